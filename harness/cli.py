@@ -1,0 +1,70 @@
+"""``bench``: the command line. Each sub-command lives in ``harness/commands/``.
+
+Errors the user can fix (``BenchError``) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from harness.errors import BenchError
+
+COMMAND_MODULES = ["plugins", "data", "teacher", "student", "refiner", "decode", "run", "leaderboard", "report"]
+
+
+class Commands:
+    """The parsers every command module adds to: top level, ``train <kind>`` and ``eval <kind>``."""
+
+    def __init__(self, parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+        self.common = common
+        self.top = parser.add_subparsers(dest="command", metavar="COMMAND")
+        train = self.top.add_parser("train", help="train one model (teacher, student, refiner, decoder)")
+        self.train = train.add_subparsers(dest="kind", metavar="KIND", required=True)
+        evaluate = self.top.add_parser("eval", help="evaluate one model and print a per-scene table")
+        self.eval = evaluate.add_subparsers(dest="kind", metavar="KIND", required=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--workdir", type=Path, default=argparse.SUPPRESS,
+        help="work directory holding rendered data, weights, teacher outputs and cells (default ./.bench, or $BENCH_WORKDIR)",
+    )
+    common.add_argument(
+        "--plugin", action="append", default=argparse.SUPPRESS, metavar="MODULE_OR_FILE",
+        help="load an extra plugin from a dotted module name or a .py file (repeatable)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="bench", parents=[common],
+        description="Benchmark absolute pose regressors, pose auto-encoders and iAPR refiners. "
+        "With no command, runs the default matrix on the synthetic dataset and prints the leaderboard.",
+    )
+    commands = Commands(parser, common)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"harness.commands.{name}").register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) is None:
+        args = parser.parse_args(["run", *argv])
+    args.workdir = getattr(args, "workdir", None)
+    args.plugin = getattr(args, "plugin", None) or []
+    try:
+        return int(args.func(args) or 0)
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

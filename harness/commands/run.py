@@ -1,0 +1,5 @@
+"""`bench` sub-commands: run (to be written)."""
+
+
+def register(commands) -> None:
+    """Add this module's parsers to ``commands`` (see ``harness.cli.Commands``)."""

@@ -1,0 +1,143 @@
+"""What each kind of plugin provides. The harness and every other plugin only
+ever talk to these interfaces, never to a concrete model.
+
+Shapes: ``B`` batch, ``D`` latent size (256 in the paper), ``S`` number of
+scenes. Poses are ``(B, 7)``: metres and a scalar-first unit quaternion,
+camera-to-world (see ``harness.poses``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+LABEL_COLUMNS = ["scene", "split", "seq", "img_path", "t1", "t2", "t3", "q1", "q2", "q3", "q4"]
+POSE_COLUMNS = ["t1", "t2", "t3", "q1", "q2", "q3", "q4"]
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class PoseData:
+    """A dataset as the harness sees it: reference labels and their image root.
+
+    ``labels`` has the reference columns (``LABEL_COLUMNS``; ``img_path``
+    relative to ``root``, ``split`` is ``train`` or ``test``) plus
+    ``scene_id``, the index of ``scene`` in ``scenes``. Quaternions are unit
+    length. ``scenes`` is the ordered scene list a multi-scene model indexes.
+    """
+
+    name: str
+    root: Path
+    labels: pd.DataFrame
+    scenes: list[str]
+    options: dict = field(default_factory=dict)
+
+    def split(self, split: str) -> "PoseData":
+        """The frames of one split (``train`` / ``test``), same scene list."""
+        rows = self.labels[self.labels["split"] == split].reset_index(drop=True)
+        return PoseData(self.name, self.root, rows, self.scenes, self.options)
+
+    def poses(self) -> Tensor:
+        """``(N, 7)`` float32 poses in label order."""
+        return torch.tensor(self.labels[POSE_COLUMNS].to_numpy(), dtype=torch.float32)
+
+    def scene_ids(self) -> Tensor:
+        """``(N,)`` int64 scene indices in label order."""
+        return torch.tensor(self.labels["scene_id"].to_numpy(), dtype=torch.int64)
+
+    def fingerprint(self) -> str:
+        """Hash of the labels (scenes, splits, paths, poses) and the scene list."""
+        h = hashlib.sha256()
+        h.update(repr(self.scenes).encode())
+        h.update(pd.util.hash_pandas_object(self.labels[LABEL_COLUMNS], index=False).values.tobytes())
+        return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- teacher
+class Latents(NamedTuple):
+    """What a teacher's image encoder produces for a batch of images."""
+
+    x: Tensor  # (B, D) position latent
+    q: Tensor  # (B, D) orientation latent
+    scene_logp: Tensor | None = None  # (B, S) log-probabilities, multi-scene teachers only
+
+
+class Teacher(nn.Module):
+    """An absolute pose regressor (APR).
+
+    Subclasses set ``latent_dim``, ``multi_scene``, ``num_scenes`` and
+    implement :meth:`encode` and :meth:`decode`. ``encode`` uses the given
+    ``scene`` (ground truth, training) to select a multi-scene latent, or the
+    argmax of its own classification when ``scene`` is None (test).
+    """
+
+    latent_dim: int = 256
+    multi_scene: bool = False
+    num_scenes: int = 1
+
+    def encode(self, images: Tensor, scene: Tensor | None = None) -> Latents:
+        """Images ``(B, 3, H, W)`` (ImageNet-normalised) to latents."""
+        raise NotImplementedError
+
+    def decode(self, latent_x: Tensor, latent_q: Tensor) -> Tensor:
+        """The regression heads: latents ``(B, D)`` each to poses ``(B, 7)`` (quaternion not normalised)."""
+        raise NotImplementedError
+
+    def forward(self, images: Tensor, scene: Tensor | None = None) -> tuple[Tensor, Latents]:
+        """``(pose (B, 7), latents)``."""
+        lat = self.encode(images, scene)
+        return self.decode(lat.x, lat.q), lat
+
+    def heads(self) -> list[nn.Module]:
+        """The modules :meth:`decode` uses (frozen and shared with students)."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- student
+class Student(nn.Module):
+    """A camera pose auto-encoder (PAE): poses to the latents its teacher would produce.
+
+    ``forward(poses (B, 7), scene (B,) int64 or None) -> (latent_x (B, D), latent_q (B, D))``.
+    A multi-scene student needs ``scene``; a single-scene one ignores it.
+    """
+
+    latent_dim: int = 256
+    multi_scene: bool = False
+
+    def forward(self, poses: Tensor, scene: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- refiner
+class Refiner(nn.Module):
+    """A relative pose regressor over latents.
+
+    ``forward(query_x, query_q, ref_x, ref_q) -> rel (B, 7)``: the relative pose
+    ``rel(query -> reference)`` (``harness.poses.relative_pose`` convention).
+    ``neighbours`` says where reference latents come from at test time:
+    ``"student"`` (encode the current estimate with the PAE, iAPR) or
+    ``"retrieval"`` (the training frame nearest the estimate, the image-RPR baseline).
+    """
+
+    latent_dim: int = 256
+    neighbours: str = "student"
+
+    def forward(self, query_x: Tensor, query_q: Tensor, ref_x: Tensor, ref_q: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- decoder
+class Decoder(nn.Module):
+    """Latents to images: ``forward(latent_x, latent_q) -> (B, 3, S, S)`` in [0, 1]."""
+
+    latent_dim: int = 256
+    image_size: int = 64
+
+    def forward(self, latent_x: Tensor, latent_q: Tensor) -> Tensor:
+        raise NotImplementedError

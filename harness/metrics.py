@@ -1,0 +1,67 @@
+"""Pose error summaries: medians, means, threshold accuracies, per scene.
+
+Position errors in metres, orientation errors in degrees (``harness.poses``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from harness.poses import pose_errors
+
+# (metres, degrees): 7Scenes-style, then Cambridge-style
+THRESHOLDS: list[tuple[float, float]] = [(0.05, 5.0), (0.10, 10.0), (0.25, 2.0), (0.5, 5.0), (5.0, 10.0)]
+
+
+def threshold_name(m: float, deg: float) -> str:
+    """Column name of a threshold accuracy, e.g. ``acc_0.05m_5deg``."""
+    return f"acc_{m:g}m_{deg:g}deg"
+
+
+def errors(est, gt) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame ``(position error m, orientation error deg)`` as float64 numpy arrays."""
+    e, g = torch.as_tensor(np.asarray(est), dtype=torch.float64), torch.as_tensor(np.asarray(gt), dtype=torch.float64)
+    pos, ori = pose_errors(e, g)
+    return pos.numpy(), ori.numpy()
+
+
+def summarize(pos_err: np.ndarray, ori_err: np.ndarray) -> dict[str, float]:
+    """Median and mean of both errors and the fraction of frames within each of ``THRESHOLDS``."""
+    pos_err, ori_err = np.asarray(pos_err, dtype=np.float64), np.asarray(ori_err, dtype=np.float64)
+    out = {
+        "median_m": float(np.median(pos_err)) if len(pos_err) else float("nan"),
+        "median_deg": float(np.median(ori_err)) if len(ori_err) else float("nan"),
+        "mean_m": float(np.mean(pos_err)) if len(pos_err) else float("nan"),
+        "mean_deg": float(np.mean(ori_err)) if len(ori_err) else float("nan"),
+        "frames": int(len(pos_err)),
+    }
+    for m, deg in THRESHOLDS:
+        out[threshold_name(m, deg)] = float(np.mean((pos_err <= m) & (ori_err <= deg))) if len(pos_err) else float("nan")
+    return out
+
+
+def per_scene(est, gt, scene_ids, scenes: list[str]) -> pd.DataFrame:
+    """One summary row per scene present in ``scene_ids`` (plus nothing else): columns of :func:`summarize`."""
+    pos, ori = errors(est, gt)
+    scene_ids = np.asarray(scene_ids)
+    rows = []
+    for sid in np.unique(scene_ids):
+        mask = scene_ids == sid
+        rows.append({"scene": scenes[int(sid)], **summarize(pos[mask], ori[mask])})
+    return pd.DataFrame(rows)
+
+
+def mean_pose_baseline(train_poses, test_poses) -> tuple[np.ndarray, np.ndarray]:
+    """Errors of the trivial predictor that always answers the mean training pose.
+
+    The mean quaternion is the principal eigenvector of ``sum q q^T`` (sign-invariant).
+    """
+    train = np.asarray(train_poses, dtype=np.float64)
+    t = train[:, :3].mean(axis=0)
+    q = train[:, 3:] / np.linalg.norm(train[:, 3:], axis=1, keepdims=True)
+    _, vecs = np.linalg.eigh(q.T @ q)
+    mean = np.concatenate([t, vecs[:, -1]])
+    test = np.asarray(test_poses, dtype=np.float64)
+    return errors(np.broadcast_to(mean, test.shape), test)

@@ -1,0 +1,74 @@
+"""``registry.toml``: built-in plugin modules and named training recipes.
+
+Recipes are data, not code. Each ``[[recipe]]`` table names the ``kind`` it
+applies to and glob patterns for ``models``, ``datasets`` and ``profiles``;
+every matching table is merged in file order, so later, more specific tables
+override earlier, general ones.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+REGISTRY_PATH = Path(__file__).resolve().parent.parent / "registry.toml"
+_MATCH_KEYS = {"kind", "models", "datasets", "profiles"}
+
+
+@lru_cache(maxsize=None)
+def load_registry(path: Path = REGISTRY_PATH) -> dict[str, Any]:
+    """Parse ``registry.toml``."""
+    with open(path, "rb") as fh:
+        return tomllib.load(fh)
+
+
+def builtin_plugin_modules() -> list[str]:
+    """Dotted names of the built-in plugin modules, in load order."""
+    return list(load_registry()["plugins"]["builtin"])
+
+
+def profiles() -> list[str]:
+    """Every profile name a recipe mentions."""
+    names: set[str] = set()
+    for table in load_registry().get("recipe", []):
+        names.update(p for p in table.get("profiles", []) if "*" not in p)
+    return sorted(names)
+
+
+def resolve_recipe(kind: str, model: str, dataset: str, profile: str) -> dict[str, Any]:
+    """Merge every recipe table matching ``kind``, ``model``, ``dataset`` and ``profile``."""
+    merged: dict[str, Any] = {}
+    for table in load_registry().get("recipe", []):
+        if table.get("kind") != kind:
+            continue
+        if not _matches(model, table.get("models", ["*"])):
+            continue
+        if not _matches(dataset, table.get("datasets", ["*"])):
+            continue
+        if not _matches(profile, table.get("profiles", ["*"])):
+            continue
+        merged.update({k: v for k, v in table.items() if k not in _MATCH_KEYS})
+    return merged
+
+
+def _matches(value: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """Turn ``["lr=1e-4", "scenes=[\\"room\\"]"]`` into typed values (TOML literal syntax, else string)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            from harness.errors import BenchError
+
+            raise BenchError(f"--set expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw
+    return out

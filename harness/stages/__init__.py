@@ -1,0 +1,1 @@
+"""Obtaining artifacts: each module trains (or loads from the store) one kind and computes what it produces."""

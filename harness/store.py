@@ -1,0 +1,195 @@
+"""The work-directory store: fingerprints, atomic writes, locks, HDF5 files, weights.
+
+Layout under the work directory (default ``./.bench``)::
+
+    data/<dataset>/...                 rendered synthetic data (native 7Scenes layout)
+    artifacts/<kind>/<name>-<fp>/      weights.pth + weights.json (what made them), checkpoints/
+    outputs/<teacher-fp>-<split>.h5    teacher outputs per split
+    cells/<cell-fp>.h5                 one evaluated matrix cell
+    locks/                             advisory file locks
+
+Every file is written to a temporary name in the same folder and renamed into
+place, so an interrupted run never leaves a half-written file. HDF5 files
+carry a ``complete`` attribute written last; a file without it, or one h5py
+cannot open, is reported, removed and treated as absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import h5py
+import numpy as np
+import torch
+
+from harness.errors import BenchError
+
+DEFAULT_WORKDIR = Path(os.environ.get("BENCH_WORKDIR", ".bench"))
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts (configs, names, upstream fingerprints)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_h5(path: Path, arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> Path:
+    """Write arrays (numpy, torch or lists of str) and attributes atomically; ``complete`` is set last."""
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as fh:
+            for key, value in arrays.items():
+                fh.create_dataset(key, data=_to_h5(value))
+            for key, value in (attrs or {}).items():
+                fh.attrs[key] = _attr(value)
+            fh.attrs["complete"] = True
+    return Path(path)
+
+
+def read_h5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """``(arrays, attrs)``, or None when absent. A corrupt or incomplete file is reported and removed."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with h5py.File(path, "r") as fh:
+            if not fh.attrs.get("complete", False):
+                raise OSError("no 'complete' marker (interrupted write)")
+            arrays = {k: _from_h5(fh[k][()]) for k in fh.keys()}
+            attrs = {k: _unattr(v) for k, v in fh.attrs.items() if k != "complete"}
+    except Exception as exc:  # h5py raises OSError / KeyError variants on damage
+        warnings.warn(f"{path}: corrupt HDF5 file removed, will recompute ({exc})", stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+    return arrays, attrs
+
+
+def _to_h5(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
+        return np.array(value, dtype=h5py.string_dtype())
+    return np.asarray(value)
+
+
+def _from_h5(value: Any) -> Any:
+    if isinstance(value, np.ndarray) and value.dtype.kind == "O":
+        return np.array([v.decode() if isinstance(v, bytes) else v for v in value], dtype=object)
+    return value
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, (dict, list, tuple)) or value is None:
+        return "json:" + json.dumps(value, default=str)
+    return value
+
+
+def _unattr(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("json:"):
+        return json.loads(value[5:])
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def save_state(path: Path, state: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> Path:
+    """Save a state dict (tensors and plain values only) atomically, with a JSON sidecar ``meta``."""
+    with atomic_path(path) as tmp:
+        torch.save(dict(state), tmp)
+    if meta is not None:
+        with atomic_path(Path(path).with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return Path(path)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Load a state dict with ``weights_only=True``; anything else (pickled code) is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BenchError(f"checkpoint {path} is not a plain state dict (refused to unpickle): {exc}".splitlines()[0]) from None
+    if not isinstance(state, dict):
+        raise BenchError(f"checkpoint {path} holds a {type(state).__name__}, expected a state dict")
+    return state
+
+
+def load_into(module: torch.nn.Module, state: Mapping[str, Any], source: str = "checkpoint") -> None:
+    """``module.load_state_dict(state)`` with an error naming every missing, unexpected or mis-shaped key."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append("missing keys: " + ", ".join(missing[:8]) + (" …" if len(missing) > 8 else ""))
+        if unexpected:
+            parts.append("unexpected keys: " + ", ".join(unexpected[:8]) + (" …" if len(unexpected) > 8 else ""))
+        if shapes:
+            parts.append("shape mismatch (checkpoint vs model): " + "; ".join(shapes[:8]))
+        raise BenchError(f"{source} does not fit {type(module).__name__}: " + " | ".join(parts))
+    module.load_state_dict(state)
+
+
+class Store:
+    """Paths and locks under one work directory."""
+
+    def __init__(self, workdir: Path | str | None = None) -> None:
+        self.root = Path(workdir) if workdir is not None else DEFAULT_WORKDIR
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def data_dir(self, dataset: str) -> Path:
+        return self.root / "data" / dataset
+
+    def artifact_dir(self, kind: str, name: str, fp: str) -> Path:
+        """Folder of one trained artifact: ``weights.pth``, ``weights.json``, ``checkpoints/``."""
+        return self.root / "artifacts" / kind / f"{name}-{fp}"
+
+    def outputs_path(self, teacher_fp: str, split: str) -> Path:
+        """HDF5 file of a teacher's outputs on one split."""
+        return self.root / "outputs" / f"{teacher_fp}-{split}.h5"
+
+    def cell_path(self, cell_fp: str) -> Path:
+        return self.root / "cells" / f"{cell_fp}.h5"
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """An exclusive advisory lock (``fcntl.flock``) shared by every process on this work directory."""
+        path = self.root / "locks" / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
