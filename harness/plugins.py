@@ -53,6 +53,8 @@ class Registry:
         return sorted(self.entries[kind])
 
     def get(self, kind: str, name: str) -> Entry:
+        if kind not in self.entries:
+            raise BenchError(f"unknown plugin kind {kind!r}; kinds: {', '.join(self.entries)}")
         try:
             return self.entries[kind][name]
         except KeyError:
@@ -118,7 +120,7 @@ class BenchPluginManager:
         """``spec`` is a dotted module name or a path to a ``.py`` file."""
         source = f"--plugin:{spec}"
         path = Path(spec)
-        if spec.endswith(".py") or path.exists():
+        if spec.endswith(".py") or path.is_file():  # a folder named like a package is still a module name
             if not path.is_file():
                 raise BenchError(f"--plugin {spec}: no such file")
             name = f"bench_plugin_{path.stem}"
@@ -128,6 +130,7 @@ class BenchPluginManager:
                 sys.modules[name] = module
                 module_spec.loader.exec_module(module)
             except Exception as exc:
+                sys.modules.pop(name, None)
                 self.broken[source] = _short_error(exc)
                 return
             self._register(module, source)
@@ -142,7 +145,7 @@ class BenchPluginManager:
         reg = Registry(broken=dict(self.broken))
         for kind, hook_name in KINDS.items():
             hook = getattr(self.pm.hook, hook_name)
-            for impl in reversed(hook.get_hookimpls()):  # registration order
+            for impl in hook.get_hookimpls():  # registration order (pluggy *calls* them in reverse)
                 source = impl.plugin_name
                 try:
                     provided = impl.function() or {}

@@ -67,8 +67,19 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
 
             raise BenchError(f"--set expects key=value, got {pair!r}")
         key, raw = pair.split("=", 1)
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = raw
+        out[key.strip()] = _parse_value(raw.strip())
     return out
+
+
+def _parse_value(raw: str) -> Any:
+    """A TOML literal (``10``, ``1e-4``, ``true``, ``["a", "b"]``), else a Python number (``.5``), else the string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        pass
+    for number in (int, float):
+        try:
+            return number(raw)
+        except ValueError:
+            pass
+    return raw

@@ -1,0 +1,108 @@
+"""The leaderboard: every cell of the store as a pandas frame, printed with tabulate.
+
+One row per pose cell and scene: dataset, scene, fraction, teacher, student,
+encode, refiner, iterations; median and mean errors (m, deg); threshold
+accuracies; ms per frame; bytes stored at test time. Decoder cells form their
+own frame (PSNR in dB, SSIM).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+from tabulate import tabulate
+
+from harness.errors import BenchError
+from harness.metrics import THRESHOLDS, threshold_name
+from harness.store import Store, read_h5
+
+KEY_COLUMNS = ["dataset", "scene", "fraction", "teacher", "student", "encode", "refiner", "iterations"]
+ERROR_COLUMNS = ["median_m", "median_deg", "mean_m", "mean_deg"]
+FORMATS = {"github": "github", "latex": "latex", "html": "html", "plain": "simple"}
+
+
+def _cell_files(store: Store, fingerprints: Iterable[str] | None) -> list[Path]:
+    if fingerprints is not None:
+        return [store.cell_path(fp) for fp in fingerprints]
+    folder = store.root / "cells"
+    return sorted(folder.glob("*.h5")) if folder.is_dir() else []
+
+
+def load_cells(store: Store, fingerprints: Iterable[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(pose rows, decoder rows)`` from the cell files (all of them, or the given fingerprints)."""
+    pose_rows, decoder_rows = [], []
+    for path in _cell_files(store, fingerprints):
+        loaded = read_h5(path)
+        if loaded is None:
+            continue
+        _, attrs = loaded
+        cell, result = attrs["cell"], attrs["result"]
+        base = {
+            "dataset": cell["dataset"], "fraction": cell["fraction"],
+            "teacher": cell["teacher"] + (f"={Path(cell['checkpoint']).name}" if cell.get("checkpoint") else ""),
+            "teacher_scenes": "+".join(cell["scenes"]),
+            "student": cell["student"] or "-", "encode": cell["encode"] or "-",
+            "refiner": cell["refiner"] or "-", "iterations": int(cell["iterations"]), "cell": attrs["fingerprint"],
+        }
+        if attrs.get("kind") == "decoder":
+            decoder_rows.append({**base, "decoder": cell["decoder"], "scene": base["teacher_scenes"],
+                                 **{k: v for k, v in result.items() if k != "grids"}})
+            continue
+        for scene_row in result["per_scene"]:
+            row = {**base, **scene_row, "ms_per_frame": result["ms_per_frame"], "stored_bytes": result["stored_bytes"]}
+            if "scene_accuracy" in result:
+                row["scene_accuracy"] = result["scene_accuracy"]
+            if "latent_mse" in result:
+                row["latent_mse"] = result["latent_mse"]
+            pose_rows.append(row)
+    poses = pd.DataFrame(pose_rows)
+    if not poses.empty:
+        poses = poses.sort_values(["dataset", "scene", "fraction", "teacher", "student", "encode", "refiner", "iterations"],
+                                  ignore_index=True)
+    return poses, pd.DataFrame(decoder_rows)
+
+
+def display_frame(poses: pd.DataFrame) -> pd.DataFrame:
+    """The columns a person reads, in order (thresholds: the ones that fit the scene's scale)."""
+    if poses.empty:
+        return poses
+    thresholds = [threshold_name(m, d) for m, d in THRESHOLDS]
+    cols = KEY_COLUMNS + ERROR_COLUMNS + [c for c in thresholds if c in poses] + ["ms_per_frame", "stored_bytes"]
+    cols += [c for c in ("scene_accuracy", "latent_mse") if c in poses]
+    out = poses[cols].copy()
+    out["stored_bytes"] = out["stored_bytes"].map(_human_bytes)
+    return out
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def render(frame: pd.DataFrame, fmt: str = "github", sort: str | None = None, group_by: str | None = None,
+           floatfmt: str = ".3f") -> str:
+    """The frame as text: ``github``, ``latex``, ``html``, ``plain`` (tabulate) or ``csv`` (pandas)."""
+    if frame.empty:
+        return "(no cells in the store yet: run `bench run` first)"
+    if sort:
+        if sort not in frame:
+            raise BenchError(f"--sort {sort!r}: not a column; columns: {', '.join(frame.columns)}")
+        frame = frame.sort_values(sort, kind="stable", ignore_index=True)
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    if fmt not in FORMATS:
+        raise BenchError(f"--format {fmt!r}: expected one of github, latex, html, plain, csv")
+    if not group_by:
+        return tabulate(frame, headers="keys", tablefmt=FORMATS[fmt], showindex=False, floatfmt=floatfmt)
+    if group_by not in frame:
+        raise BenchError(f"--group-by {group_by!r}: not a column; columns: {', '.join(frame.columns)}")
+    parts = []
+    for value, group in frame.groupby(group_by, sort=True):
+        body = tabulate(group.drop(columns=[group_by]), headers="keys", tablefmt=FORMATS[fmt], showindex=False, floatfmt=floatfmt)
+        parts.append(f"{group_by} = {value}\n\n{body}")
+    return "\n\n".join(parts)

@@ -1,0 +1,36 @@
+"""Shared test set-up.
+
+Installed (entry-point) plugins are kept out of every test so that results do
+not depend on what happens to be installed: ``BENCH_PLUGINS=none`` is set at
+import. A test that wants entry points sets ``BENCH_PLUGINS`` itself with
+``monkeypatch.setenv``. Subprocesses inherit ``os.environ`` (so the setting and
+any ``monkeypatch.setenv``); :func:`run_bench` starts ``bench`` that way.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("BENCH_PLUGINS", "none")
+
+
+@pytest.fixture
+def run_bench():
+    """``run_bench(*args, env=None, cwd=None)``: run ``python -m harness ARGS`` in a subprocess.
+
+    ``env`` entries are added to a copy of ``os.environ``; returns the
+    ``CompletedProcess`` with text ``stdout`` / ``stderr``.
+    """
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "harness", *map(str, args)],
+            env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        )
+
+    return run

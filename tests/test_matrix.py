@@ -1,0 +1,128 @@
+"""Matrix expansion, refusals, sharding, overrides and leaderboard rendering (no training)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from torch import nn
+
+from harness.commands.run import kind_overrides
+from harness.errors import BenchError
+from harness.interfaces import PoseData
+from harness.leaderboard import render
+from harness.matrix import Axes, TeacherSpec, expand, shard
+from harness.plugins import Entry, Registry
+
+
+class FakeTeacher(nn.Module):
+    def __init__(self, multi_scene: bool, latent_dim: int = 256, **_):
+        super().__init__()
+        self.multi_scene, self.latent_dim = multi_scene, latent_dim
+
+
+class FakeStudent(nn.Module):
+    def __init__(self, latent_dim: int = 256, multi_scene: bool = False, width: int | None = None, **_):
+        super().__init__()
+        self.latent_dim, self.multi_scene = (width or latent_dim), multi_scene
+
+
+class FakeRefiner(nn.Module):
+    def __init__(self, latent_dim: int = 256, neighbours: str = "student", **_):
+        super().__init__()
+        self.latent_dim, self.neighbours = latent_dim, neighbours
+
+
+def registry() -> Registry:
+    reg = Registry()
+    add = lambda kind, name, f: reg.entries[kind].__setitem__(name, Entry(kind, name, f, "test"))  # noqa: E731
+    add("teacher", "single", lambda **kw: FakeTeacher(False, **kw))
+    add("teacher", "multi", lambda **kw: FakeTeacher(True, **kw))
+    add("teacher", "wide", lambda **kw: FakeTeacher(False, latent_dim=128))
+    add("student", "pae", lambda **kw: FakeStudent(**kw))
+    add("student", "pae-64", lambda **kw: FakeStudent(width=64, **kw))
+    add("refiner", "rpr", lambda **kw: FakeRefiner(**kw))
+    add("refiner", "retrieval", lambda **kw: FakeRefiner(neighbours="retrieval", **kw))
+    add("decoder", "dec", lambda **kw: nn.Identity())
+    return reg
+
+
+def data() -> PoseData:
+    labels = pd.DataFrame({"scene": ["room", "site"], "split": ["train", "train"], "seq": [1, 1],
+                           "img_path": ["a.png", "b.png"], "t1": [0.0, 1.0], "t2": 0.0, "t3": 0.0,
+                           "q1": 1.0, "q2": 0.0, "q3": 0.0, "q4": 0.0, "scene_id": [0, 1]})
+    return PoseData("fake", ".", labels, ["room", "site"])
+
+
+def test_single_scene_teacher_is_expanded_per_scene_and_multi_scene_once():
+    plan = expand(Axes("fake", ["single", "multi"]), data(), registry(), "quick")
+    groups = [(c.teacher.name, c.scenes) for c in plan.cells]
+    assert groups == [("single", ("room",)), ("single", ("site",)), ("multi", ("room", "site"))]
+
+
+def test_full_axes_count_and_rules():
+    axes = Axes("fake", ["single@room"], students=["none", "pae"], encodes=["estimate", "ground_truth"],
+                refiners=["none", "rpr", "retrieval"], iterations=[0, 1, 3], fractions=[1.0, 0.5], decoders=["dec"])
+    plan = expand(axes, data(), registry(), "quick")
+    per_fraction = (
+        1  # teacher alone
+        + 2  # retrieval refiner without a student, iterations 1 and 3
+        + 2 * (1 + 1 + 2 * 2)  # per encode: student row, decoder row, two refiners x iterations 1, 3
+    )
+    assert len(plan.cells) == 2 * per_fraction
+    assert all(c.iterations >= 1 for c in plan.cells if c.refiner)
+    assert all(c.refiner is None for c in plan.cells if c.iterations == 0)
+    refused = [why for _, why in plan.refused]
+    assert any("student 'none'" in why for why in refused)  # rpr needs a student
+
+
+def test_incompatible_latent_sizes_and_scene_kinds_are_refused_with_reason():
+    plan = expand(Axes("fake", ["single@room"], students=["pae-64"]), data(), registry(), "quick")
+    assert [c.student for c in plan.cells] == [None]
+    assert "student latent size 64 != teacher latent size 256" in plan.refused[0][1]
+
+
+def test_unknown_names_list_the_known_ones():
+    with pytest.raises(BenchError, match="known students: pae, pae-64"):
+        expand(Axes("fake", ["single"], students=["nope"]), data(), registry(), "quick")
+    with pytest.raises(BenchError, match="unknown scene"):
+        expand(Axes("fake", ["single@kitchen"]), data(), registry(), "quick")
+
+
+def test_teacher_spec_parsing(tmp_path):
+    ckpt = tmp_path / "w.pth"
+    ckpt.write_bytes(b"x")
+    spec = TeacherSpec.parse(f"multi@room+site={ckpt}")
+    assert (spec.name, spec.scenes, spec.checkpoint) == ("multi", ("room", "site"), ckpt)
+    with pytest.raises(BenchError, match="does not exist"):
+        TeacherSpec.parse(f"multi={tmp_path / 'missing.pth'}")
+
+
+def test_shards_partition_the_cells_deterministically():
+    cells = list(range(10))
+    fps = [f"{k:04d}" for k in reversed(range(10))]
+    parts = [shard(cells, fps, f"{i}/3") for i in range(3)]
+    assert sorted(sum(parts, [])) == list(range(10))
+    assert parts == [shard(cells, fps, f"{i}/3") for i in range(3)]
+    for bad in ("3/3", "a/b", "1", "-1/2"):
+        with pytest.raises(BenchError, match="--shard"):
+            shard(cells, fps, bad)
+
+
+def test_kind_overrides():
+    out = kind_overrides(["teacher.epochs=2", "lr=1e-4", "student.encode=ground_truth"])
+    assert out["teacher"] == {"epochs": 2, "lr": 1e-4}
+    assert out["student"] == {"lr": 1e-4, "encode": "ground_truth"}
+    assert out["refiner"] == {"lr": 1e-4}
+
+
+def test_render_formats_sort_and_group():
+    frame = pd.DataFrame({"scene": ["b", "a", "a"], "teacher": ["x", "y", "z"], "median_m": [0.3, 0.1, 0.2]})
+    github = render(frame, "github", sort="median_m")
+    assert github.index("0.100") < github.index("0.200") < github.index("0.300")
+    assert render(frame, "csv").splitlines()[0] == "scene,teacher,median_m"
+    assert "\\begin{tabular}" in render(frame, "latex")
+    assert "<table>" in render(frame, "html")
+    grouped = render(frame, "github", group_by="scene")
+    assert grouped.index("scene = a") < grouped.index("scene = b")
+    with pytest.raises(BenchError, match="not a column"):
+        render(frame, sort="nope")
