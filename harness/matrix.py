@@ -130,9 +130,10 @@ def _model_config(kind: str, name: str, dataset: str, profile: str, registry: Re
     return {k: v for k, v in recipe.items() if k not in skip}
 
 
-def expand(axes: Axes, data: PoseData, registry: Registry, profile: str) -> Plan:
-    """Every compatible cell of ``axes`` (in a deterministic order) and the refused combinations."""
-    plan = Plan()
+def validate(axes: Axes, registry: Registry) -> None:
+    """Refuse unknown plugin names and impossible axis values (cheap: before any data is opened)."""
+    for text in axes.teachers:
+        registry.get("teacher", TeacherSpec.parse(text).name)
     for kind, names in (("student", axes.students), ("refiner", axes.refiners), ("decoder", axes.decoders)):
         for n in names:
             if n != NONE:
@@ -147,6 +148,11 @@ def expand(axes: Axes, data: PoseData, registry: Registry, profile: str) -> Plan
         if not 0 < frac <= 1:
             raise BenchError(f"--fraction {frac}: must be in (0, 1]")
 
+
+def expand(axes: Axes, data: PoseData, registry: Registry, profile: str) -> Plan:
+    """Every compatible cell of ``axes`` (in a deterministic order) and the refused combinations."""
+    validate(axes, registry)
+    plan = Plan()
     probes: dict[tuple[str, str], Any] = {}
 
     def probe(kind: str, name: str, **kw: Any) -> Any:

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from harness.errors import BenchError
-from harness.matrix import NONE, Axes, expand, flatten, parse_list
+from harness.matrix import NONE, Axes, expand, flatten, parse_list, shard, validate
 from harness.plugins import KINDS, get_manager
 from harness.registry import parse_overrides
 from harness.store import Store
@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     store = Store(args.workdir)
     manager = get_manager(args.plugin)
     registry = manager.registry()
+    validate(axes, registry)
+    shard([], [], args.shard)  # a malformed --shard is refused before any work
     name, data = open_dataset(args.dataset, store, registry, scenes=args.scenes)
     plan = expand(axes, data, registry, args.profile)
     if plan.refused:

@@ -1,0 +1,165 @@
+"""`bench run` end to end, as a user runs it: a subprocess on a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.store import read_h5
+
+TINY = "synthetic:frames_per_sequence=24,train_sequences=3,test_sequences=1"
+FAST = ["--set", "epochs=1", "--no-progress", "--no-report"]
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def bench(workdir: Path, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "harness", "--workdir", str(workdir), *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+def cell_files(workdir: Path) -> dict[str, tuple[int, int]]:
+    """Cell file name -> (inode, mtime_ns)."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (workdir / "cells").glob("*.h5")}
+
+
+def test_matrix_runs_caches_and_prints_the_leaderboard(tmp_path):
+    args = ["run", "--dataset", TINY, "--scenes", "room", "--teacher", "posenet-mobilenet", "--student", "none", "pae",
+            "--refiner", "none", "pae-rpr", "--iterations", "0,1,2", *FAST]
+    first = bench(tmp_path, *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # teacher alone, pae, pae-rpr x 1 and 2 iterations
+    assert "4 cell(s) in this run: 0 from the store, 4 computed, 0 failed" in first.stdout
+    assert "posenet-mobilenet" in first.stdout and "pae-rpr" in first.stdout
+    files = cell_files(tmp_path)
+    assert len(files) == 4
+    for name in files:
+        arrays, attrs = read_h5(tmp_path / "cells" / name)
+        assert arrays["pose_est"].shape == arrays["pose_gt"].shape == (24, 7)
+        assert attrs["versions"]["torch"] and attrs["cell"]["dataset"] == "synthetic"
+        assert attrs["result"]["per_scene"][0]["scene"] == "room"
+
+    again = bench(tmp_path, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "4 from the store, 0 computed" in again.stdout
+    assert cell_files(tmp_path) == files  # nothing rewritten
+
+    board = bench(tmp_path, "leaderboard", "--format", "csv")
+    assert board.returncode == 0, board.stderr
+    frame = pd.read_csv(io.StringIO(board.stdout))
+    assert len(frame) == 4
+    assert set(frame["refiner"]) == {"-", "pae-rpr"}
+    assert sorted(frame["iterations"]) == [0, 0, 1, 2]
+    assert (frame["median_m"] >= 0).all() and (frame["median_deg"] >= 0).all()
+    latex = bench(tmp_path, "leaderboard", "--format", "latex", "--group-by", "student", "--sort", "median_deg")
+    assert latex.returncode == 0 and "\\begin{tabular}" in latex.stdout and "student = pae" in latex.stdout
+
+    report = bench(tmp_path, "report", "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    pngs = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
+    assert {"cdf-room.png", "scenes.png", "iterations.png"} <= set(pngs)
+    assert "<table>" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_sigkill_mid_matrix_then_rerun_finishes_without_recomputing(tmp_path):
+    args = ["run", "--dataset", TINY, "--scenes", "room", "--teacher", "posenet-mobilenet", "--student", "pae",
+            "--encode", "estimate", "ground_truth", "--refiner", "pae-rpr", "--iterations", "1,2,3", *FAST]
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "--workdir", str(tmp_path), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.monotonic() + 240
+    while not cell_files(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = cell_files(tmp_path)
+    assert before, "the run was killed before it finished any cell"
+
+    rerun = bench(tmp_path, *args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    total = 1 + 2 * (1 + 3)  # teacher; per encoding: pae, pae-rpr x 3
+    m = re.search(r"(\d+) cell\(s\) in this run: (\d+) from the store, (\d+) computed, 0 failed", rerun.stdout)
+    assert m and int(m.group(1)) == total
+    assert int(m.group(2)) == len(before) and int(m.group(3)) == total - len(before)
+    after = cell_files(tmp_path)
+    assert len(after) == total
+    assert all(after[name] == stat for name, stat in before.items())  # finished cells were not recomputed
+    for name in after:
+        assert read_h5(tmp_path / "cells" / name) is not None
+
+
+def test_failing_cell_is_recorded_and_the_rest_goes_on(tmp_path):
+    plugin = tmp_path / "broken_apr.py"
+    plugin.write_text(
+        "from harness.hookspecs import hookimpl\n"
+        "from plugins.teachers.posenet import PoseNet\n"
+        "class Broken(PoseNet):\n"
+        "    def encode(self, images, scene=None):\n"
+        "        raise RuntimeError('this teacher always fails')\n"
+        "@hookimpl\n"
+        "def bench_teachers():\n"
+        "    return {'broken-apr': lambda **kw: Broken(**{**kw, 'backbone': 'mobilenetv2_050'})}\n"
+    )
+    out = bench(tmp_path, "--plugin", str(plugin), "run", "--dataset", TINY, "--scenes", "room",
+                "--teacher", "broken-apr", "posenet-mobilenet", *FAST)
+    assert out.returncode == 1
+    assert "this teacher always fails" in out.stderr and "1 cell(s) failed" in out.stderr
+    assert "1 computed, 1 failed" in out.stdout
+    assert len(cell_files(tmp_path)) == 1
+    assert len(list((tmp_path / "cells").glob("*.failed.json"))) == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--teacher", "nope"], "unknown teacher 'nope'; known teachers: "),
+        (["run", "--teacher", "posenet-mobilenet", "--shard", "2/x"], "--shard"),
+        (["run", "--teacher", "posenet-mobilenet=/no/such.pth"], "does not exist"),
+        (["run", "--dataset", "sevenscenes:root=/no/such/dir", "--teacher", "posenet-mobilenet"], "/no/such/dir"),
+        (["run", "--dataset", TINY, "--teacher", "posenet-mobilenet", "--iterations", "1,x"], "comma-separated"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    out = bench(tmp_path, *args, "--no-progress")
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def _readme_plugin() -> str:
+    text = README.read_text()
+    block = re.search(r"```python\n(\"\"\"tiny_apr.*?)```", text, re.S)
+    assert block, "README lost its plugin example"
+    return block.group(1)
+
+
+def test_readme_third_party_apr_installed_by_entry_point_runs_in_a_matrix(tmp_path):
+    code = _readme_plugin()
+    assert len(code.strip().splitlines()) < 40
+    site = tmp_path / "site"
+    (site / "tiny_apr-0.1.dist-info").mkdir(parents=True)
+    (site / "tiny_apr.py").write_text(code)
+    (site / "tiny_apr-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-apr\nVersion: 0.1\n")
+    (site / "tiny_apr-0.1.dist-info" / "entry_points.txt").write_text("[bench]\ntiny_apr = tiny_apr\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "BENCH_PLUGINS": "tiny_apr"}
+
+    listing = bench(tmp_path, "plugins", env=env)
+    assert listing.returncode == 0
+    assert re.search(r"teacher\s*\|\s*tiny-apr\s*\|\s*entrypoint:tiny-apr:tiny_apr", listing.stdout)
+
+    out = bench(tmp_path, "run", "--dataset", TINY, "--scenes", "room", "--teacher", "tiny-apr", "posenet-mobilenet",
+                "--student", "none", "pae", *FAST, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    board = bench(tmp_path, "leaderboard", "--format", "csv", env=env)
+    frame = pd.read_csv(io.StringIO(board.stdout))
+    assert set(frame["teacher"]) == {"tiny-apr", "posenet-mobilenet"}
+    assert set(frame[frame["teacher"] == "tiny-apr"]["student"]) == {"-", "pae"}
