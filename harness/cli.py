@@ -51,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "command", None) is None:
-        args = parser.parse_args(["run", *argv])
+    known, _ = parser.parse_known_args(argv)
+    # no command: `bench [run options]` is `bench run [run options]`
+    args = parser.parse_args(argv if getattr(known, "command", None) else ["run", *argv])
     args.workdir = getattr(args, "workdir", None)
     args.plugin = getattr(args, "plugin", None) or []
     try:

@@ -9,6 +9,7 @@ camera-to-world (see ``harness.poses``).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -52,9 +53,12 @@ class PoseData:
         return torch.tensor(self.labels["scene_id"].to_numpy(), dtype=torch.int64)
 
     def fingerprint(self) -> str:
-        """Hash of the labels (scenes, splits, paths, poses) and the scene list."""
+        """Hash of the dataset name and options, the scene list and the labels (scenes, splits, paths, poses).
+
+        Name and options tell apart datasets whose labels coincide (a synthetic twin and its real original).
+        """
         h = hashlib.sha256()
-        h.update(repr(self.scenes).encode())
+        h.update(json.dumps([self.name, self.options, self.scenes], sort_keys=True, default=str).encode())
         h.update(pd.util.hash_pandas_object(self.labels[LABEL_COLUMNS], index=False).values.tobytes())
         return h.hexdigest()[:16]
 

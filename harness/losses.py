@@ -25,4 +25,4 @@ class PoseLoss(nn.Module):
         lx = (est[:, :3] - gt[:, :3]).norm(dim=1).mean()
         lq = (normalize_quat(est[:, 3:]) - normalize_quat(gt[:, 3:])).norm(dim=1).mean()
         loss = lx * torch.exp(-self.sx) + self.sx + lq * torch.exp(-self.sq) + self.sq
-        return loss, {"lx": float(lx), "lq": float(lq)}
+        return loss, {"lx": float(lx.detach()), "lq": float(lq.detach())}

@@ -10,6 +10,9 @@ A *cell* is one evaluated combination on the test split. Expansion rules:
   the teacher's heads);
 - a refiner runs for each ``iterations`` value >= 1 (iteration 0 is the
   teacher row); refiners whose neighbours come from the student need one;
+- a decoder (``NAME`` or ``NAME@TEACHER``, limiting it to one teacher) is
+  scored on each teacher x student, the student trained with the first
+  ``encode`` value;
 - incompatible combinations (latent sizes, single- vs multi-scene) are
   refused before any work, with the reason.
 
@@ -137,7 +140,7 @@ def validate(axes: Axes, registry: Registry) -> None:
     for kind, names in (("student", axes.students), ("refiner", axes.refiners), ("decoder", axes.decoders)):
         for n in names:
             if n != NONE:
-                registry.get(kind, n)
+                registry.get(kind, n.partition("@")[0])
     for enc in axes.encodes:
         if enc not in ("estimate", "ground_truth"):
             raise BenchError(f"--encode {enc!r}: expected estimate or ground_truth")
@@ -193,6 +196,8 @@ def _expand_student(plan: Plan, base: Cell, student: str, axes: Axes, teacher: A
                 continue
             ref = probe("refiner", refiner, latent_dim=latent)
             if getattr(ref, "neighbours", "student") == "student":
+                if any(s != NONE for s in axes.students):
+                    continue  # the student rows of this teacher carry this refiner
                 plan.refused.append((f"{base.describe()} {refiner}", f"{refiner} encodes poses with a student; student 'none' given"))
                 continue
             for it in axes.iterations:
@@ -212,7 +217,9 @@ def _expand_student(plan: Plan, base: Cell, student: str, axes: Axes, teacher: A
         cell = replace(base, student=student, encode=enc)
         plan.cells.append(cell)
         for dec in axes.decoders:
-            plan.cells.append(replace(cell, decoder=dec))
+            name, _, only = dec.partition("@")
+            if enc == axes.encodes[0] and only in ("", base.teacher.name):
+                plan.cells.append(replace(cell, decoder=name))
         for refiner in axes.refiners:
             if refiner == NONE:
                 continue

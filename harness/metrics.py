@@ -22,7 +22,7 @@ def threshold_name(m: float, deg: float) -> str:
 
 def errors(est, gt) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame ``(position error m, orientation error deg)`` as float64 numpy arrays."""
-    e, g = torch.as_tensor(np.asarray(est), dtype=torch.float64), torch.as_tensor(np.asarray(gt), dtype=torch.float64)
+    e, g = torch.tensor(np.asarray(est, dtype=np.float64)), torch.tensor(np.asarray(gt, dtype=np.float64))
     pos, ori = pose_errors(e, g)
     return pos.numpy(), ori.numpy()
 

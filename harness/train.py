@@ -7,9 +7,13 @@ requires a gradient. Batches come from ``batches(epoch, rank, world_size)``,
 an iterable the caller builds (tensors sliced in memory, already on the
 device: no per-sample Python in the hot loop).
 
-Checkpoints (task, optimiser, scheduler, epoch, RNG) go to
-``checkpoint_dir/last.pth`` every ``checkpoint_every`` epochs and on Ctrl-C;
-running the same training again resumes after the last saved epoch. Under
+Checkpoints (task, optimiser, scheduler, epoch, RNG, history) go to
+``checkpoint_dir/last.pth`` at the end of every ``checkpoint_every``-th epoch;
+running the same training again resumes after the last saved epoch. On
+Ctrl-C the last epoch-end checkpoint is kept as it is when it covers the last
+completed epoch (so a resumed run, whose ``batches`` depend only on
+``(epoch, rank)``, ends with the same weights as an uninterrupted one);
+otherwise the interrupted state is saved and its epoch redone on resume. Under
 ``torchrun`` (``WORLD_SIZE > 1``) the task is wrapped in
 DistributedDataParallel (gloo on CPU, nccl on GPU) and only rank 0 writes.
 """
@@ -33,7 +37,13 @@ from harness.store import load_state, save_state
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings of one recipe: Adam, StepLR, epochs, batch size."""
+    """Optimisation settings of one recipe: Adam, a per-epoch schedule, epochs, batch size.
+
+    ``schedule``: ``step`` (StepLR every ``step_size`` epochs by ``gamma``;
+    ``step_size`` 0 keeps the rate constant) or ``cosine`` (cosine annealing
+    from ``lr`` to ``lr * gamma`` over ``epochs``). ``grad_clip`` > 0 clips
+    the gradient norm.
+    """
 
     epochs: int = 10
     batch_size: int = 32
@@ -41,6 +51,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     step_size: int = 0  # StepLR period in epochs; 0 = constant learning rate
     gamma: float = 0.1
+    schedule: str = "step"
+    grad_clip: float = 0.0
     checkpoint_every: int = 1
     seed: int = 0
 
@@ -65,6 +77,21 @@ def _init_distributed(device: torch.device) -> bool:
     return True
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch learning-rate schedule named by ``config.schedule``."""
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(config.epochs, 1), eta_min=config.lr * config.gamma
+        )
+    if config.schedule != "step":
+        from harness.errors import BenchError
+
+        raise BenchError(f"unknown schedule {config.schedule!r}; use 'step' or 'cosine'")
+    return torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=config.step_size or 10**9, gamma=config.gamma if config.step_size else 1.0
+    )
+
+
 def fit(
     task: nn.Module,
     batches: Callable[[int, int, int], Iterable[Any]],
@@ -81,9 +108,7 @@ def fit(
     torch.manual_seed(config.seed + rank)
     params = [p for p in task.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(
-        optimizer, step_size=config.step_size or 10**9, gamma=config.gamma if config.step_size else 1.0
-    )
+    scheduler = make_scheduler(optimizer, config)
     start, history = 0, []
     ckpt = Path(checkpoint_dir) / "last.pth" if checkpoint_dir is not None else None
     if ckpt is not None and ckpt.exists():
@@ -108,6 +133,7 @@ def fit(
 
     bar = tqdm(total=config.epochs, initial=start, desc=desc, disable=not progress or rank != 0, unit="ep", leave=False)
     epoch = start
+    saved = start  # the epoch the checkpoint on disk ends with
     try:
         task.train()
         for epoch in range(start, config.epochs):
@@ -118,20 +144,25 @@ def fit(
                 loss, logs = model(batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 optimizer.step()
                 count += 1
-                for k, v in {"loss": float(loss), **logs}.items():
+                for k, v in {"loss": float(loss.detach()), **logs}.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
-            scheduler.step()
             means = {k: v / max(count, 1) for k, v in sums.items()}
+            means["lr"] = optimizer.param_groups[0]["lr"]
+            scheduler.step()
             means["seconds"] = time.perf_counter() - t0
             history.append(means)
             bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k != "seconds"})
             bar.update(1)
             if (epoch + 1) % max(config.checkpoint_every, 1) == 0 or epoch + 1 == config.epochs:
                 save(epoch + 1)
+                saved = epoch + 1
     except KeyboardInterrupt:
-        save(epoch)  # the interrupted epoch is redone on resume
+        if saved < epoch:  # completed epochs not on disk yet: keep them; the interrupted one is redone
+            save(epoch)
         raise
     finally:
         bar.close()

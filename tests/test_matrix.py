@@ -66,13 +66,19 @@ def test_full_axes_count_and_rules():
     per_fraction = (
         1  # teacher alone
         + 2  # retrieval refiner without a student, iterations 1 and 3
-        + 2 * (1 + 1 + 2 * 2)  # per encode: student row, decoder row, two refiners x iterations 1, 3
+        + 1  # decoder (student trained with the first encoding)
+        + 2 * (1 + 2 * 2)  # per encode: student row, two refiners x iterations 1, 3
     )
     assert len(plan.cells) == 2 * per_fraction
     assert all(c.iterations >= 1 for c in plan.cells if c.refiner)
     assert all(c.refiner is None for c in plan.cells if c.iterations == 0)
-    refused = [why for _, why in plan.refused]
-    assert any("student 'none'" in why for why in refused)  # rpr needs a student
+    assert plan.refused == []  # rpr without a student is not a combination when students are given
+
+
+def test_refiner_needing_a_student_is_refused_when_no_student_is_given():
+    plan = expand(Axes("fake", ["single@room"], refiners=["rpr"], iterations=[1]), data(), registry(), "quick")
+    assert [c.refiner for c in plan.cells] == [None]
+    assert "student 'none'" in plan.refused[0][1]
 
 
 def test_incompatible_latent_sizes_and_scene_kinds_are_refused_with_reason():
@@ -126,3 +132,11 @@ def test_render_formats_sort_and_group():
     assert grouped.index("scene = a") < grouped.index("scene = b")
     with pytest.raises(BenchError, match="not a column"):
         render(frame, sort="nope")
+
+
+def test_decoder_can_be_limited_to_one_teacher():
+    axes = Axes("fake", ["single@room", "multi"], students=["pae"], encodes=["estimate", "ground_truth"],
+                decoders=["dec@single"])
+    plan = expand(axes, data(), registry(), "quick")
+    decoded = [(c.teacher.name, c.encode, c.decoder) for c in plan.cells if c.decoder]
+    assert decoded == [("single", "estimate", "dec")]

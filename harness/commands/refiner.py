@@ -1,5 +1,109 @@
-"""`bench` sub-commands: refiner (to be written)."""
+"""``bench train refiner NAME --teacher T --student S`` and ``bench eval refiner NAME ... --iterations K``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from tabulate import tabulate
+
+from harness.commands.common import add_data_options, make_context
+
+COLUMNS = ["scene", "iteration", "frames", "median_m", "median_deg", "mean_m", "mean_deg",
+           "acc_0.05m_5deg", "acc_0.1m_10deg", "acc_0.25m_2deg", "acc_0.5m_5deg", "ms_per_frame"]
+
+
+def _add_options(parser: argparse.ArgumentParser, iterations: int) -> None:
+    parser.add_argument("name", metavar="NAME", help="refiner name: pae-rpr (iAPR) or image-rpr (retrieval baseline)")
+    parser.add_argument("--teacher", required=True, metavar="T[=CHECKPOINT]",
+                        help="teacher name (trained with its recipe or found in the store), optionally =path to its weights")
+    parser.add_argument("--student", metavar="S",
+                        help="student (PAE) that encodes poses, e.g. pae; needed by pae-rpr, ignored by image-rpr")
+    parser.add_argument("--encode", choices=["estimate", "ground_truth"], default="estimate",
+                        help="what the student encoded during its training (default estimate)")
+    parser.add_argument("--iterations", type=int, default=iterations, help=f"refinement iterations (default {iterations})")
+    parser.add_argument("--split", default="test", help="split to evaluate on (default test)")
+    add_data_options(parser)
 
 
 def register(commands) -> None:
-    """Add this module's parsers to ``commands`` (see ``harness.cli.Commands``)."""
+    """Add ``train refiner`` and ``eval refiner`` (see ``harness.cli.Commands``)."""
+    train = commands.train.add_parser(
+        "refiner", parents=[commands.common], help="train a relative pose regressor (iAPR or image-RPR)",
+        description="Train a refiner from its teacher's stored training-split outputs (and the student's encoding "
+        "of neighbour poses for pae-rpr); a stored one is reused, an interrupted training resumes. Then prints "
+        "the errors per refinement iteration per scene.",
+    )
+    _add_options(train, 3)
+    train.set_defaults(func=run_train)
+    ev = commands.eval.add_parser(
+        "refiner", parents=[commands.common], help="evaluate a refiner per iteration per scene",
+        description="Run K iterations of refinement from the teacher's estimate (iteration 0) and print median/mean "
+        "errors, threshold accuracies and cumulative ms per frame per iteration per scene, and the bytes the "
+        "refiner keeps at test time.",
+    )
+    _add_options(ev, 3)
+    ev.set_defaults(func=run_eval)
+
+
+def _split_name(spec: str) -> tuple[str, Path | None]:
+    name, eq, path = spec.partition("=")
+    return name, (Path(path) if eq else None)
+
+
+def _obtain(args: argparse.Namespace):
+    from harness.stages.refiner import obtain_refiner
+    from harness.stages.teacher import obtain_teacher
+
+    ctx = make_context(args, "refiner")
+    t_name, checkpoint = _split_name(args.teacher)
+    t0 = time.perf_counter()
+    teacher = obtain_teacher(ctx, t_name, checkpoint)
+    student = None
+    if args.student:
+        from harness.stages.student import obtain_student
+
+        student = obtain_student(ctx, args.student, teacher, encode=args.encode)
+    refiner = obtain_refiner(ctx, args.name, teacher, student)
+    return ctx, teacher, student, refiner, time.perf_counter() - t0
+
+
+def report(ctx, refiner, teacher, student, split: str, iterations: int) -> str:
+    """Errors per iteration per scene (:func:`harness.stages.refiner.evaluate_refiner`) and stored bytes."""
+    from harness.stages.refiner import evaluate_refiner
+
+    frame = evaluate_refiner(ctx, refiner, teacher, student, split, iterations)
+    table = tabulate(frame[[c for c in COLUMNS if c in frame]], headers="keys", tablefmt="github", showindex=False,
+                     floatfmt=".4g")
+    stored = int(frame["stored_bytes"].iloc[0]) if len(frame) else 0
+    what = "PAE + RPR weights" if getattr(refiner.model, "neighbours", "student") == "student" else \
+        "training images + their latents and poses + RPR weights"
+    return f"{table}\nstored at test time besides the teacher: {stored:,} bytes ({stored / 2**20:.2f} MiB: {what})"
+
+
+def _describe(ctx, teacher, student, refiner, split: str) -> str:
+    s = f", student {student.name} ({student.fingerprint})" if student is not None else ""
+    return (f"refiner {refiner.name} ({refiner.fingerprint}) of teacher {teacher.name} ({teacher.fingerprint}){s} "
+            f"on {ctx.dataset} {split}, scenes {', '.join(ctx.data.scenes)}")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from harness.train import distributed_env
+
+    ctx, teacher, student, refiner, seconds = _obtain(args)
+    if distributed_env()[0] != 0:
+        return 0
+    print(f"{_describe(ctx, teacher, student, refiner, args.split)}: ready in {seconds:.1f} s, {refiner.path}")
+    print(report(ctx, refiner, teacher, student, args.split, args.iterations))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    ctx, teacher, student, refiner, _ = _obtain(args)
+    print(_describe(ctx, teacher, student, refiner, args.split))
+    print(report(ctx, refiner, teacher, student, args.split, args.iterations))
+    return 0
+
+
+__all__ = ["register", "report"]

@@ -21,7 +21,7 @@ DEFAULT_MATRIX = {
     "encode": ["estimate", "ground_truth"],
     "refiner": [NONE, "pae-rpr"],
     "iterations": "0,1,3",
-    "decoder": ["image-decoder"],
+    "decoder": ["image-decoder@posenet-mobilenet"],
 }
 
 
@@ -31,7 +31,7 @@ def register(commands) -> None:
         description="Expand every compatible combination into cells, obtain each model from the store or train it "
         "with its recipe, evaluate every cell on the test split, cache it in HDF5 and print the leaderboard. "
         "With no axis options, runs the default matrix (posenet-mobilenet on room, mstransformer on room+site, "
-        "pae with both encodings, pae-rpr for 1 and 3 iterations, the image decoder).",
+        "pae with both encodings, pae-rpr for 1 and 3 iterations, the image decoder on the PoseNet PAE).",
     )
     p.add_argument("--dataset", default="synthetic", help="dataset NAME[:key=value,...] (default synthetic)")
     p.add_argument("--scenes", nargs="+", metavar="SCENE", help="restrict to these scenes")
@@ -42,7 +42,8 @@ def register(commands) -> None:
     p.add_argument("--refiner", nargs="+", action="extend", metavar="R", help="refiners (pae-rpr, image-rpr; 'none')")
     p.add_argument("--iterations", help="refinement iterations, comma-separated, e.g. 0,1,3")
     p.add_argument("--fraction", help="training-data fractions, comma-separated, e.g. 1.0,0.3")
-    p.add_argument("--decoder", nargs="+", action="extend", metavar="D", help="decoders scored on every teacher x student (image-decoder)")
+    p.add_argument("--decoder", nargs="+", action="extend", metavar="D", help="decoders scored on every teacher x student (the student trained with the first --encode value); "
+                   "NAME@TEACHER limits one to that teacher")
     p.add_argument("--profile", default="quick", help="recipe profile: quick or paper (default quick)")
     p.add_argument("--set", action="append", default=[], metavar="[KIND.]KEY=VALUE",
                    help="override a recipe value for one kind (teacher.epochs=2) or all kinds (epochs=2); repeatable")

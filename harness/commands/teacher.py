@@ -1,5 +1,82 @@
-"""`bench` sub-commands: teacher (to be written)."""
+"""``bench train teacher NAME`` and ``bench eval teacher NAME[=CHECKPOINT]``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from tabulate import tabulate
+
+from harness.commands.common import add_data_options, make_context
 
 
 def register(commands) -> None:
-    """Add this module's parsers to ``commands`` (see ``harness.cli.Commands``)."""
+    """Add ``train teacher`` and ``eval teacher`` (see ``harness.cli.Commands``)."""
+    train = commands.train.add_parser(
+        "teacher", parents=[commands.common], help="train an APR teacher with its recipe (or find it in the store)",
+        description="Train a teacher (absolute pose regressor) with its registry.toml recipe on a dataset's "
+        "training split; a stored one is reused, an interrupted training resumes. Prints test errors.",
+    )
+    train.add_argument("name", metavar="NAME", help="teacher name, e.g. posenet-mobilenet, mstransformer")
+    add_data_options(train)
+    train.set_defaults(func=run_train)
+
+    ev = commands.eval.add_parser(
+        "teacher", parents=[commands.common], help="evaluate a teacher per scene beside the mean-pose baseline",
+        description="Evaluate a teacher (trained with its recipe, or NAME=CHECKPOINT.pth for given weights) "
+        "and print per-scene errors on the test and training splits beside the mean-training-pose baseline.",
+    )
+    ev.add_argument("name", metavar="NAME[=CHECKPOINT]", help="teacher name, optionally =path to a state dict")
+    add_data_options(ev)
+    ev.set_defaults(func=run_eval)
+
+
+def _split_name(spec: str) -> tuple[str, Path | None]:
+    name, eq, path = spec.partition("=")
+    return name, (Path(path) if eq else None)
+
+
+def report(ctx, art) -> str:
+    """The per-scene table: teacher test errors, mean-pose baseline, train-split errors, scene accuracy."""
+    from harness.stages.teacher import baseline_table, evaluate_teacher
+
+    test = evaluate_teacher(ctx, art, "test")
+    train = evaluate_teacher(ctx, art, "train")
+    base = baseline_table(ctx, "test")
+    frame = test[["scene", "frames", "median_m", "median_deg", "mean_m", "mean_deg"]].copy()
+    frame = frame.merge(base.rename(columns={"median_m": "baseline_m", "median_deg": "baseline_deg"}), on="scene", how="left")
+    frame = frame.merge(train[["scene", "median_m", "median_deg"]].rename(
+        columns={"median_m": "train_m", "median_deg": "train_deg"}), on="scene", how="left")
+    for col in test.columns:
+        if col.startswith("acc_") or col in ("scene_acc", "ms_per_frame"):
+            frame[col] = test[col].to_numpy()
+    return tabulate(frame, headers="keys", tablefmt="github", showindex=False, floatfmt=".3g")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from harness.stages.teacher import obtain_teacher
+    from harness.train import distributed_env
+
+    ctx = make_context(args, "teacher")
+    t0 = time.perf_counter()
+    art = obtain_teacher(ctx, args.name)
+    if distributed_env()[0] != 0:
+        return 0
+    print(f"teacher {art.name} ({art.fingerprint}) ready in {time.perf_counter() - t0:.1f} s: {art.path}")
+    print(report(ctx, art))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from harness.stages.teacher import obtain_teacher
+
+    name, checkpoint = _split_name(args.name)
+    ctx = make_context(args, "teacher")
+    art = obtain_teacher(ctx, name, checkpoint)
+    print(f"teacher {art.name} ({art.fingerprint}) on {ctx.dataset}, scenes {', '.join(ctx.data.scenes)}")
+    print(report(ctx, art))
+    return 0
+
+
+__all__ = ["register", "report"]

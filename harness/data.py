@@ -1,0 +1,716 @@
+"""The data layer: label files, native dataset layouts, images, transforms, subsets and pairs.
+
+Conventions (DESIGN.md §1, §4): a pose is ``[t1, t2, t3, q1, q2, q3, q4]`` =
+position in metres and a scalar-first unit quaternion of the camera-to-world
+rotation; cameras use the OpenCV frame (x right, y down, looking along +z).
+Image paths in label files are relative to a dataset root.
+
+Every reader validates what it reads and raises :class:`DataError` whose
+message names the file, the 1-based data row (and the file line), and the
+column. The exception carries ``errors``, the list of every problem found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from harness import poses as P
+from harness.errors import BenchError, DataError
+from harness.interfaces import LABEL_COLUMNS, POSE_COLUMNS, PoseData
+from harness.store import Store, atomic_path
+
+SPLITS = ("train", "test")
+STRING_COLUMNS = ["scene", "split", "seq", "img_path"]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_LISTED_ERRORS = 20
+
+
+def _pair_columns(suffix: str) -> list[str]:
+    return [f"img_path_{suffix}", f"scene_{suffix}", f"scene_id_{suffix}",
+            f"x1_{suffix}", f"x2_{suffix}", f"x3_{suffix}",
+            f"q1_{suffix}", f"q2_{suffix}", f"q3_{suffix}", f"q4_{suffix}"]
+
+
+PAIR_POSE_A = ["x1_a", "x2_a", "x3_a", "q1_a", "q2_a", "q3_a", "q4_a"]
+PAIR_POSE_B = ["x1_b", "x2_b", "x3_b", "q1_b", "q2_b", "q3_b", "q4_b"]
+PAIR_POSE_AB = ["x1_ab", "x2_ab", "x3_ab", "q1_ab", "q2_ab", "q3_ab", "q4_ab"]
+PAIR_COLUMNS = _pair_columns("a") + _pair_columns("b") + PAIR_POSE_AB
+
+
+# =========================================================================== errors
+def data_error(errors: Sequence[str]) -> DataError:
+    """One :class:`DataError` listing ``errors`` (the first ``MAX_LISTED_ERRORS``); ``.errors`` holds all."""
+    shown = list(errors[:MAX_LISTED_ERRORS])
+    if len(errors) > MAX_LISTED_ERRORS:
+        shown.append(f"... and {len(errors) - MAX_LISTED_ERRORS} more")
+    exc = DataError("\n".join(shown))
+    exc.errors = list(errors)  # type: ignore[attr-defined]
+    return exc
+
+
+def _where(path: Path | str, row: int, column: str | None = None) -> str:
+    """``file, row R (line L), column 'c'`` for a 0-based data row of a CSV with one header line."""
+    col = f", column {column!r}" if column else ""
+    return f"{path}, row {row + 1} (line {row + 2}){col}"
+
+
+# =========================================================================== table validation
+def _read_csv(path: Path | str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise data_error([f"{path}: no such file"])
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise data_error([f"{path}: not a readable CSV file ({str(exc).splitlines()[0]})"]) from None
+
+
+def _require_columns(df: pd.DataFrame, required: Sequence[str], path: Path | str) -> None:
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise data_error([
+            f"{path}: missing column(s) {', '.join(missing)} "
+            f"(expected {','.join(required)}; found {','.join(map(str, df.columns)) or 'none'})"
+        ])
+
+
+def _numeric(df: pd.DataFrame, columns: Sequence[str], path: Path | str, errors: list[str]) -> np.ndarray:
+    """``(N, len(columns))`` float64; every non-numeric, NaN or infinite cell appended to ``errors``."""
+    out = np.empty((len(df), len(columns)), dtype=np.float64)
+    for j, col in enumerate(columns):
+        raw = df[col].astype(str).str.strip()
+        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+        for i in np.flatnonzero(~np.isfinite(values)):
+            errors.append(f"{_where(path, i, col)}: not a finite number ({raw.iloc[i]!r})")
+        out[:, j] = values
+    return out
+
+
+def _quaternions(q: np.ndarray, path: Path | str, columns: Sequence[str], errors: list[str]) -> np.ndarray:
+    """Normalise ``(N, 4)`` quaternions; zero (or not finite) ones are errors."""
+    norm = np.linalg.norm(q, axis=1)
+    bad = np.isfinite(norm) & (norm < 1e-8)
+    for i in np.flatnonzero(bad):
+        errors.append(f"{_where(path, i, ','.join(columns))}: zero quaternion")
+    # rows already unit length (to 1e-9) are kept bit for bit, so files round-trip exactly
+    scale = np.where((norm > 1e-8) & (np.abs(norm - 1.0) > 1e-9), norm, 1.0)
+    return q / scale[:, None]
+
+
+def _non_empty(df: pd.DataFrame, columns: Sequence[str], path: Path | str, errors: list[str]) -> None:
+    for col in columns:
+        for i in np.flatnonzero(df[col].astype(str).str.strip().to_numpy() == ""):
+            errors.append(f"{_where(path, i, col)}: empty value")
+
+
+# =========================================================================== labels
+def read_labels(path: Path | str, root: Path | str | None = None, check_images: bool = False) -> pd.DataFrame:
+    """Read a reference label CSV (``scene,split,seq,img_path,t1,t2,t3,q1,q2,q3,q4``).
+
+    Positions in metres, quaternions scalar first (camera-to-world); non-unit
+    quaternions are normalised (their sign is kept). ``split`` must be
+    ``train`` or ``test``. With ``check_images``, every ``root / img_path``
+    must exist. Returns exactly ``LABEL_COLUMNS`` (strings, float64 poses).
+    Raises :class:`DataError` listing every problem with file, row and column.
+    """
+    path = Path(path)
+    df = _read_csv(path)
+    _require_columns(df, LABEL_COLUMNS, path)
+    errors: list[str] = []
+    out = df[STRING_COLUMNS].apply(lambda s: s.str.strip()).reset_index(drop=True)
+    _non_empty(out, ["scene", "split", "img_path"], path, errors)
+    for i in np.flatnonzero(~out["split"].isin(SPLITS).to_numpy() & (out["split"] != "").to_numpy()):
+        errors.append(f"{_where(path, i, 'split')}: unknown split {out['split'].iloc[i]!r} (expected train or test)")
+    values = _numeric(df, POSE_COLUMNS, path, errors)
+    values[:, 3:] = _quaternions(values[:, 3:], path, POSE_COLUMNS[3:], errors)
+    if errors:
+        raise data_error(errors)
+    out[POSE_COLUMNS] = values
+    if check_images:
+        check_image_files(out, root if root is not None else path.parent, source=path)
+    return out[LABEL_COLUMNS]
+
+
+def write_labels(df: pd.DataFrame, path: Path | str) -> Path:
+    """Write ``LABEL_COLUMNS`` of ``df`` as a reference label CSV (atomically, full float precision)."""
+    _require_columns(df, LABEL_COLUMNS, "labels to write")
+    with atomic_path(Path(path)) as tmp:
+        df[LABEL_COLUMNS].to_csv(tmp, index=False, float_format="%.17g")
+    return Path(path)
+
+
+def check_image_files(labels: pd.DataFrame, root: Path | str, source: Path | str = "labels") -> None:
+    """Raise :class:`DataError` naming every ``root / img_path`` that is not a file (with its label row)."""
+    root = Path(root)
+    errors = [
+        f"{_where(source, i, 'img_path')}: image file {root / p} does not exist"
+        for i, p in enumerate(labels["img_path"].tolist())
+        if not (root / p).is_file()
+    ]
+    if errors:
+        raise data_error(errors)
+
+
+# =========================================================================== pairs
+def read_pairs(path: Path | str) -> pd.DataFrame:
+    """Read a pairs CSV (``PAIR_COLUMNS``: frames ``a`` and ``b`` and ``rel(a -> b)`` as ``_ab``).
+
+    ``img_path_b`` may be empty (a virtual neighbour has no image). Quaternions
+    are normalised; errors name file, row and column.
+    """
+    path = Path(path)
+    df = _read_csv(path)
+    _require_columns(df, PAIR_COLUMNS, path)
+    errors: list[str] = []
+    out = df[["img_path_a", "scene_a", "img_path_b", "scene_b"]].apply(lambda s: s.str.strip()).reset_index(drop=True)
+    _non_empty(out, ["img_path_a", "scene_a", "scene_b"], path, errors)
+    ids = _numeric(df, ["scene_id_a", "scene_id_b"], path, errors)
+    blocks = {}
+    for cols in (PAIR_POSE_A, PAIR_POSE_B, PAIR_POSE_AB):
+        v = _numeric(df, cols, path, errors)
+        v[:, 3:] = _quaternions(v[:, 3:], path, cols[3:], errors)
+        blocks[tuple(cols)] = v
+    if errors:
+        raise data_error(errors)
+    out["scene_id_a"] = ids[:, 0].astype(np.int64)
+    out["scene_id_b"] = ids[:, 1].astype(np.int64)
+    for cols, v in blocks.items():
+        out[list(cols)] = v
+    return out[PAIR_COLUMNS]
+
+
+def write_pairs(df: pd.DataFrame, path: Path | str) -> Path:
+    """Write ``PAIR_COLUMNS`` of ``df`` as a pairs CSV (atomically)."""
+    _require_columns(df, PAIR_COLUMNS, "pairs to write")
+    with atomic_path(Path(path)) as tmp:
+        df[PAIR_COLUMNS].to_csv(tmp, index=False, float_format="%.17g")
+    return Path(path)
+
+
+# =========================================================================== native layouts
+def _scene_dirs(root: Path, marker: Sequence[str], scenes: Iterable[str] | None, layout: str) -> list[Path]:
+    """Scene folders under ``root`` holding any of ``marker``; requested ``scenes`` must exist."""
+    if not root.is_dir():
+        raise data_error([f"{root}: dataset root is not a folder"])
+    known = sorted(p.name for p in root.iterdir() if p.is_dir() and any((p / m).is_file() for m in marker))
+    if not known:
+        raise data_error([f"{root}: no {layout} scene folders (a scene folder holds {' or '.join(marker)})"])
+    if scenes is None:
+        return [root / s for s in known]
+    unknown = [s for s in scenes if s not in known]
+    if unknown:
+        raise data_error([f"{root}: unknown scene(s) {', '.join(unknown)}; known scenes: {', '.join(known)}"])
+    return [root / s for s in scenes]
+
+
+def _read_numbers(path: Path) -> np.ndarray:
+    try:
+        return np.array(path.read_text().split(), dtype=np.float64)
+    except ValueError:
+        return np.array([np.nan])
+
+
+def matrices_to_poses(T: np.ndarray) -> np.ndarray:
+    """``(N, 7)`` poses from ``(N, 4, 4)`` camera-to-world matrices (rotation orthonormalised by SVD)."""
+    R = torch.as_tensor(T[:, :3, :3], dtype=torch.float64)
+    U, _, Vh = torch.linalg.svd(R)
+    d = torch.sign(torch.linalg.det(U @ Vh))
+    U = torch.cat([U[..., :2], U[..., 2:] * d[:, None, None]], dim=-1)
+    q = P.matrix_to_quat(U @ Vh)
+    return np.concatenate([T[:, :3, 3], q.numpy()], axis=1)
+
+
+def poses_to_matrices(poses: np.ndarray | Tensor) -> np.ndarray:
+    """``(N, 4, 4)`` camera-to-world matrices from ``(N, 7)`` poses."""
+    p = torch.as_tensor(np.asarray(poses), dtype=torch.float64)
+    T = torch.zeros(len(p), 4, 4, dtype=torch.float64)
+    T[:, :3, :3] = P.quat_to_matrix(p[:, 3:])
+    T[:, :3, 3] = p[:, :3]
+    T[:, 3, 3] = 1
+    return T.numpy()
+
+
+_SEQUENCE = re.compile(r"^sequence(\d+)$")
+
+
+def read_sevenscenes(root: Path | str, scenes: Iterable[str] | None = None) -> pd.DataFrame:
+    """Labels of a native 7Scenes layout.
+
+    ``<root>/<scene>/TrainSplit.txt`` and ``TestSplit.txt`` list ``sequenceN``
+    (one a line); frames are ``<scene>/seq-NN/frame-XXXXXX.pose.txt`` (a 4x4
+    camera-to-world matrix, metres) with ``frame-XXXXXX.color.png`` beside
+    them. Image existence is not checked here (see :func:`check_image_files`).
+    """
+    root = Path(root)
+    rows: list[pd.DataFrame] = []
+    errors: list[str] = []
+    for scene_dir in _scene_dirs(root, ["TrainSplit.txt", "TestSplit.txt"], scenes, "7Scenes"):
+        for split, fname in (("train", "TrainSplit.txt"), ("test", "TestSplit.txt")):
+            split_file = scene_dir / fname
+            if not split_file.is_file():
+                errors.append(f"{split_file}: missing split file")
+                continue
+            for line_no, line in enumerate(split_file.read_text().splitlines(), start=1):
+                line = line.strip()
+                if not line:
+                    continue
+                m = _SEQUENCE.match(line)
+                if not m:
+                    errors.append(f"{split_file}, line {line_no}: expected 'sequenceN', got {line!r}")
+                    continue
+                seq = f"seq-{int(m.group(1)):02d}"
+                seq_dir = scene_dir / seq
+                if not seq_dir.is_dir():
+                    errors.append(f"{split_file}, line {line_no}: sequence folder {seq_dir} does not exist")
+                    continue
+                pose_files = sorted(seq_dir.glob("frame-*.pose.txt"))
+                if not pose_files:
+                    errors.append(f"{seq_dir}: no frame-*.pose.txt files")
+                    continue
+                mats = []
+                for pf in pose_files:
+                    numbers = _read_numbers(pf)
+                    if numbers.size != 16 or not np.isfinite(numbers).all():
+                        errors.append(f"{pf}: expected a 4x4 matrix of 16 finite numbers")
+                        numbers = np.eye(4).ravel()
+                    elif np.abs(np.linalg.det(numbers.reshape(4, 4)[:3, :3]) - 1) > 0.1:
+                        errors.append(f"{pf}: the upper-left 3x3 block is not a rotation")
+                    mats.append(numbers.reshape(4, 4))
+                poses = matrices_to_poses(np.stack(mats))
+                names = [pf.name[: -len(".pose.txt")] + ".color.png" for pf in pose_files]
+                frame = pd.DataFrame({
+                    "scene": scene_dir.name, "split": split, "seq": seq,
+                    "img_path": [f"{scene_dir.name}/{seq}/{n}" for n in names],
+                })
+                frame[POSE_COLUMNS] = poses
+                rows.append(frame)
+    if errors:
+        raise data_error(errors)
+    return _concat(rows)
+
+
+def read_cambridge(root: Path | str, scenes: Iterable[str] | None = None) -> pd.DataFrame:
+    """Labels of a native Cambridge Landmarks layout.
+
+    ``<root>/<Scene>/dataset_train.txt`` / ``dataset_test.txt``: three header
+    lines, then ``seqN/frameNNNNN.png X Y Z W P Q R`` (camera position in
+    metres, camera-to-world quaternion scalar first). Non-unit quaternions
+    are normalised; errors name the file, line and column.
+    """
+    root = Path(root)
+    rows: list[pd.DataFrame] = []
+    errors: list[str] = []
+    names = ["X", "Y", "Z", "W", "P", "Q", "R"]
+    for scene_dir in _scene_dirs(root, ["dataset_train.txt", "dataset_test.txt"], scenes, "Cambridge"):
+        for split in SPLITS:
+            txt = scene_dir / f"dataset_{split}.txt"
+            if not txt.is_file():
+                errors.append(f"{txt}: missing split file")
+                continue
+            paths, values, lines = [], [], []
+            for line_no, line in enumerate(txt.read_text().splitlines()[3:], start=4):
+                fields = line.split()
+                if not fields:
+                    continue
+                if len(fields) != 8:
+                    errors.append(f"{txt}, line {line_no}: expected 'seqN/frameNNNNN.png X Y Z W P Q R' (8 fields), got {len(fields)}")
+                    continue
+                row = []
+                for name, value in zip(names, fields[1:]):
+                    try:
+                        v = float(value)
+                    except ValueError:
+                        v = math.nan
+                    if not math.isfinite(v):
+                        errors.append(f"{txt}, line {line_no}, column {name}: not a finite number ({value!r})")
+                    row.append(v)
+                if math.fsum(abs(v) for v in row[3:] if math.isfinite(v)) < 1e-8:
+                    errors.append(f"{txt}, line {line_no}, columns W,P,Q,R: zero quaternion")
+                paths.append(fields[0])
+                values.append(row)
+                lines.append(line_no)
+            if not paths:
+                continue
+            v = np.array(values, dtype=np.float64)
+            norm = np.linalg.norm(v[:, 3:], axis=1, keepdims=True)
+            v[:, 3:] /= np.where((norm > 1e-8) & (np.abs(norm - 1.0) > 1e-9), norm, 1.0)
+            frame = pd.DataFrame({
+                "scene": scene_dir.name, "split": split,
+                "seq": [p.split("/")[0] if "/" in p else "" for p in paths],
+                "img_path": [f"{scene_dir.name}/{p}" for p in paths],
+            })
+            frame[POSE_COLUMNS] = v
+            rows.append(frame)
+    if errors:
+        raise data_error(errors)
+    return _concat(rows)
+
+
+def _concat(rows: list[pd.DataFrame]) -> pd.DataFrame:
+    if not rows:
+        return pd.DataFrame({c: pd.Series(dtype=object if c in STRING_COLUMNS else np.float64) for c in LABEL_COLUMNS})
+    return pd.concat(rows, ignore_index=True)[LABEL_COLUMNS]
+
+
+# =========================================================================== PoseData
+def make_pose_data(
+    name: str, root: Path | str, labels: pd.DataFrame, scenes: Iterable[str] | None = None,
+    options: dict | None = None,
+) -> PoseData:
+    """A :class:`PoseData` of ``labels`` restricted to ``scenes`` (default: all, sorted).
+
+    Adds ``scene_id`` (index into the sorted scene list). An unknown scene is a
+    :class:`DataError` listing the known ones.
+    """
+    known = sorted(labels["scene"].unique().tolist())
+    if scenes is not None:
+        scenes = list(dict.fromkeys(scenes))
+        unknown = [s for s in scenes if s not in known]
+        if unknown:
+            raise data_error([f"dataset {name!r}: unknown scene(s) {', '.join(unknown)}; known scenes: {', '.join(known) or '(none)'}"])
+        labels = labels[labels["scene"].isin(scenes)]
+        chosen = sorted(scenes)
+    else:
+        chosen = known
+    labels = labels[LABEL_COLUMNS].reset_index(drop=True).copy()
+    labels["scene_id"] = labels["scene"].map({s: i for i, s in enumerate(chosen)}).astype(np.int64)
+    return PoseData(name=name, root=Path(root), labels=labels, scenes=chosen, options=dict(options or {}))
+
+
+def parse_dataset_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``NAME`` or ``NAME:key=value,key=value`` -> ``(NAME, options)``.
+
+    Values are parsed as TOML literals (``3`` -> int, ``0.5`` -> float,
+    ``true`` -> bool) and otherwise kept as strings (paths). Values cannot
+    contain commas.
+    """
+    import tomllib
+
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    if not name or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+        raise BenchError(f"dataset spec {spec!r}: expected NAME or NAME:key=value,key=value")
+    options: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))) if rest else []:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise BenchError(f"dataset spec {spec!r}: {item!r} is not key=value")
+        try:
+            options[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key.strip()] = raw.strip()
+    if rest.strip() == "" and ":" in spec:
+        raise BenchError(f"dataset spec {spec!r}: nothing after ':'; expected NAME:key=value,...")
+    return name, options
+
+
+def open_dataset(spec: str, store: Store, registry: Any, scenes: Iterable[str] | None = None) -> tuple[str, PoseData]:
+    """Build the dataset named by ``spec`` (see :func:`parse_dataset_spec`) through its plugin.
+
+    ``fraction=F`` (and ``fraction_seed=S``) in the spec is applied here with
+    :func:`with_fraction`; every other option goes to the plugin's factory as
+    a keyword argument, with ``store`` and (when given) ``scenes``.
+    Returns ``(NAME, data)``.
+    """
+    name, options = parse_dataset_spec(spec)
+    fraction = options.pop("fraction", 1.0)
+    fraction_seed = options.pop("fraction_seed", 0)
+    if scenes is not None:
+        options["scenes"] = list(scenes)
+    data = registry.build("dataset", name, store=store, **options)
+    if not isinstance(data, PoseData):
+        raise BenchError(f"dataset plugin {name!r} returned {type(data).__name__}, expected PoseData")
+    if scenes is not None and set(data.scenes) - set(scenes):
+        data = make_pose_data(data.name, data.root, data.labels, scenes, data.options)
+    if not isinstance(fraction, (int, float)):
+        raise BenchError(f"dataset spec {spec!r}: fraction must be a number, got {fraction!r}")
+    if fraction != 1.0:
+        data = with_fraction(data, float(fraction), int(fraction_seed))
+    return name, data
+
+
+def _stable_seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+
+
+def with_fraction(data: PoseData, fraction: float, seed: int = 0) -> PoseData:
+    """Keep ``round(fraction * n)`` (at least 1) training frames of each scene; test frames untouched.
+
+    The choice for a scene depends only on ``(seed, scene)`` and its frame list,
+    and smaller fractions are subsets of larger ones (one permutation per
+    scene, its first k frames). Label order is preserved.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise BenchError(f"fraction must be in (0, 1], got {fraction}")
+    labels = data.labels
+    keep = np.ones(len(labels), dtype=bool)
+    for scene in data.scenes:
+        idx = np.flatnonzero(((labels["scene"] == scene) & (labels["split"] == "train")).to_numpy())
+        if len(idx) == 0:
+            continue
+        k = max(1, int(round(fraction * len(idx))))
+        perm = np.random.default_rng(_stable_seed("fraction", seed, scene)).permutation(len(idx))
+        keep[idx] = False
+        keep[idx[perm[:k]]] = True
+    options = {**data.options, "fraction": fraction, "fraction_seed": seed}
+    return PoseData(data.name, data.root, labels[keep].reset_index(drop=True), data.scenes, options)
+
+
+# =========================================================================== images
+def _load_one(path: Path, size: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        if (w, h) != (size, size):
+            scale = size / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def image_cache_path(data: PoseData, size: int, store: Store) -> Path:
+    """Where :func:`load_images` caches ``data``'s images: keyed by labels, scene list, root and size."""
+    key = hashlib.sha256(f"{data.fingerprint()}|{Path(data.root).resolve()}|{size}".encode()).hexdigest()[:16]
+    return store.root / "cache" / f"images-{key}-{size}.npy"
+
+
+def load_images(data: PoseData, size: int, store: Store | None = None, workers: int | None = None) -> Tensor:
+    """All images of ``data`` as uint8 ``(N, 3, size, size)`` in label order.
+
+    Shorter side resized to ``size`` (bilinear), then centre-cropped. Decoded
+    in a thread pool; with a ``store`` the tensor is cached under
+    ``store.root/cache`` (atomic write) and the next call only reads it back.
+    A missing image file is a :class:`DataError` naming the file and label row.
+    """
+    cache = image_cache_path(data, size, store) if store is not None else None
+    if cache is not None and cache.is_file():
+        try:
+            arr = np.load(cache)
+            if arr.shape == (len(data.labels), 3, size, size) and arr.dtype == np.uint8:
+                return torch.from_numpy(arr)
+        except (ValueError, OSError, EOFError):
+            pass
+        cache.unlink(missing_ok=True)
+    root = Path(data.root)
+    paths = [root / p for p in data.labels["img_path"].tolist()]
+    check_image_files(data.labels, root, source=f"dataset {data.name!r} labels")
+    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+
+    def load(i: int) -> None:
+        try:
+            out[i] = _load_one(paths[i], size)
+        except OSError as exc:
+            raise data_error([f"{_where(f'dataset {data.name!r} labels', i, 'img_path')}: cannot read image {paths[i]} ({exc})"]) from None
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(load, range(len(paths)), chunksize=64))
+    if cache is not None:
+        with atomic_path(cache) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, out)
+    return torch.from_numpy(out)
+
+
+def normalize_images(x: Tensor) -> Tensor:
+    """ImageNet normalisation of uint8 ``(B, 3, H, W)`` images (floats are taken to be in [0, 1])."""
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def augment_images(
+    x: Tensor, generator: torch.Generator | None = None, brightness: float = 0.2, contrast: float = 0.2,
+    saturation: float = 0.2, shift: int | None = None,
+) -> Tensor:
+    """Batched training augmentation of uint8 ``(B, 3, H, W)`` images, returns uint8.
+
+    Per image: colour jitter (brightness, contrast, saturation factors uniform
+    in ``[1 - a, 1 + a]``, as torchvision's ColorJitter, fixed order) and a
+    random translation of up to ``shift`` pixels (default ``H // 16``) by
+    edge padding and cropping. Vectorised over the batch.
+    """
+    B, C, H, W = x.shape
+    dev = x.device
+
+    def factors(a: float) -> Tensor:
+        u = torch.rand(B, 1, 1, 1, generator=generator)
+        return (1 - a + 2 * a * u).to(dev)
+
+    y = x.float()
+    weights = y.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    if brightness:
+        y = y * factors(brightness)
+    if contrast:
+        mean = (y * weights).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+        y = (y - mean) * factors(contrast) + mean
+    if saturation:
+        gray = (y * weights).sum(1, keepdim=True)
+        y = gray + (y - gray) * factors(saturation)
+    y = y.clamp(0, 255)
+    s = H // 16 if shift is None else shift
+    if s > 0:
+        padded = torch.nn.functional.pad(y, (s, s, s, s), mode="replicate")
+        off = torch.randint(0, 2 * s + 1, (2, B), generator=generator).to(dev)
+        iy = off[0][:, None] + torch.arange(H, device=dev)  # (B, H)
+        ix = off[1][:, None] + torch.arange(W, device=dev)  # (B, W)
+        b = torch.arange(B, device=dev)[:, None, None]
+        y = padded.permute(0, 2, 3, 1)[b, iy[:, :, None], ix[:, None, :]].permute(0, 3, 1, 2)
+    return y.round().to(torch.uint8)
+
+
+class PoseImageDataset(torch.utils.data.Dataset):
+    """Per-sample torch Dataset with the reference torchvision transforms.
+
+    Test: ``Resize(size)`` (shorter side), ``CenterCrop(size)``, ``ToTensor``,
+    ImageNet ``Normalize``. Train adds a random translation
+    (``RandomCrop(size, padding=size // 16, padding_mode='edge')``) and
+    ``ColorJitter(0.2, 0.2, 0.2)``. (The reference resizes to 256/224 of the
+    crop size before cropping; here train and test see the same field of view,
+    like :func:`load_images` + :func:`augment_images`.) Items are dicts:
+    ``image`` float ``(3, S, S)``, ``pose`` float32 ``(7,)``, ``scene`` and
+    ``index`` int64 scalars.
+    """
+
+    def __init__(self, data: PoseData, size: int = 64, train: bool = False) -> None:
+        from torchvision import transforms as T
+
+        self.data = data
+        self.size = size
+        self.root = Path(data.root)
+        self.paths = data.labels["img_path"].tolist()
+        self.poses = data.poses()
+        self.scenes = data.scene_ids()
+        steps: list[Any] = [T.Resize(size), T.CenterCrop(size)]
+        if train:
+            steps += [T.RandomCrop(size, padding=max(1, size // 16), padding_mode="edge"), T.ColorJitter(0.2, 0.2, 0.2)]
+        steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        self.transform = T.Compose(steps)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        from PIL import Image
+
+        path = self.root / self.paths[i]
+        if not path.is_file():
+            raise data_error([f"{_where(f'dataset {self.data.name!r} labels', i, 'img_path')}: image file {path} does not exist"])
+        with Image.open(path) as im:
+            image = self.transform(im.convert("RGB"))
+        return {"image": image, "pose": self.poses[i], "scene": self.scenes[i], "index": torch.tensor(i, dtype=torch.int64)}
+
+
+# =========================================================================== neighbours and pairs
+def pose_distance(query: Tensor, database: Tensor, orientation_weight: float = 1.0) -> Tensor:
+    """``(N, M)`` pose-space distances ``sqrt(|t_q - t_d|^2 + (w * angle)^2)``.
+
+    ``angle`` is the rotation angle between the orientations in radians and
+    ``orientation_weight`` ``w`` is in metres per radian (1.0: one radian,
+    57.3 deg, counts like one metre; 0 compares positions only).
+    """
+    tq, qq = P.split_pose(query.double())
+    td, qd = P.split_pose(database.double())
+    pos = torch.cdist(tq, td)
+    dot = (P.normalize_quat(qq) @ P.normalize_quat(qd).T).abs().clamp(0.0, 1.0)
+    angle = 2 * torch.acos(dot)
+    return torch.sqrt(pos**2 + (orientation_weight * angle) ** 2)
+
+
+def nearest_neighbours(
+    query: Tensor, database: Tensor, k: int = 1, orientation_weight: float = 1.0, exclude_self: bool = False,
+    chunk: int = 2048,
+) -> Tensor:
+    """Indices ``(N, k)`` int64 of the ``k`` database poses nearest each query, nearest first.
+
+    Distance as :func:`pose_distance` (``orientation_weight`` in metres per
+    radian). ``exclude_self``: query ``i`` is database ``i`` (same set, same
+    order), which is never returned for it. Batched over ``chunk`` queries.
+    """
+    N, M = len(query), len(database)
+    if exclude_self and N != M:
+        raise BenchError(f"exclude_self needs query and database to be the same set (got {N} and {M} poses)")
+    available = M - 1 if exclude_self else M
+    if not 1 <= k <= available:
+        raise BenchError(f"asked for {k} neighbours among {available} candidate poses")
+    out = []
+    for start in range(0, N, chunk):
+        d = pose_distance(query[start:start + chunk], database, orientation_weight)
+        if exclude_self:
+            rows = torch.arange(len(d))
+            d[rows, rows + start] = math.inf
+        out.append(torch.topk(d, k, dim=1, largest=False).indices)
+    return torch.cat(out) if out else torch.empty(0, k, dtype=torch.int64)
+
+
+def virtual_neighbours(poses: Tensor, std_m: float, std_deg: float, generator: torch.Generator | None = None) -> Tensor:
+    """Poses ``(N, 7)`` sampled around ``poses``: Gaussian ``std_m`` metres per axis, ``std_deg`` degrees per rotation axis."""
+    return P.perturb_poses(poses, std_m, std_deg, generator=generator)
+
+
+def make_pairs(
+    data: PoseData, k: int = 1, orientation_weight: float = 1.0, split: str = "train",
+    virtual: int = 0, std_m: float = 0.3, std_deg: float = 10.0, seed: int = 0,
+) -> pd.DataFrame:
+    """Training pairs in the pairs CSV format (``PAIR_COLUMNS``).
+
+    For every frame ``a`` of ``split``: its ``k`` nearest other frames ``b`` of
+    the same scene and split (:func:`nearest_neighbours`), then ``virtual``
+    virtual neighbours (``a``'s pose perturbed, ``img_path_b`` empty). The
+    ``_ab`` columns hold ``rel(a -> b)`` (``harness.poses.relative_pose``).
+    """
+    part = data.split(split) if split else data
+    labels = part.labels
+    poses = part.poses().double()
+    gen = torch.Generator().manual_seed(seed)
+    a_idx, b_idx, b_poses = [], [], []
+    for scene in part.scenes:
+        idx = torch.from_numpy(np.flatnonzero((labels["scene"] == scene).to_numpy()))
+        if len(idx) == 0:
+            continue
+        if k > 0:
+            kk = min(k, len(idx) - 1)
+            if kk > 0:
+                nn_local = nearest_neighbours(poses[idx], poses[idx], kk, orientation_weight, exclude_self=True)
+                a_idx.append(idx.repeat_interleave(kk))
+                b_idx.append(idx[nn_local.reshape(-1)])
+                b_poses.append(poses[b_idx[-1]])
+        if virtual > 0:
+            rep = idx.repeat_interleave(virtual)
+            a_idx.append(rep)
+            b_idx.append(torch.full_like(rep, -1))
+            b_poses.append(virtual_neighbours(poses[rep], std_m, std_deg, generator=gen))
+    if not a_idx:
+        return pd.DataFrame({c: [] for c in PAIR_COLUMNS})
+    a = torch.cat(a_idx)
+    b = torch.cat(b_idx)
+    pb = torch.cat(b_poses)
+    pa = poses[a]
+    rel = P.relative_pose(pa, pb)
+    la = labels.iloc[a.numpy()].reset_index(drop=True)
+    real = (b >= 0).numpy()
+    out = pd.DataFrame({
+        "img_path_a": la["img_path"], "scene_a": la["scene"], "scene_id_a": la["scene_id"].astype(np.int64),
+        "img_path_b": np.where(real, labels["img_path"].to_numpy()[b.clamp_min(0).numpy()], ""),
+        "scene_b": la["scene"], "scene_id_b": la["scene_id"].astype(np.int64),
+    })
+    out[PAIR_POSE_A] = pa.numpy()
+    out[PAIR_POSE_B] = pb.numpy()
+    out[PAIR_POSE_AB] = rel.numpy()
+    return out[PAIR_COLUMNS]

@@ -1,0 +1,49 @@
+"""Image decoder (DESIGN.md §1): PAE latents to an ``S x S`` RGB image.
+
+    cat(latent_x, latent_q) (B, 2D) -> 512 -> 1024 -> 2048 -> 3*S*S, ReLU between, sigmoid
+    -> (B, 3, S, S) in [0, 1]
+
+Trained with L1 against the resized training image (``harness.stages.decoder``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from harness.hookspecs import hookimpl
+from harness.interfaces import Decoder
+
+VERSION = "1"
+
+
+class MLPDecoder(Decoder):
+    """An MLP from concatenated latents to an image (``hidden`` widths configurable)."""
+
+    def __init__(self, latent_dim: int = 256, image_size: int = 64, hidden: tuple[int, ...] | list[int] = (512, 1024, 2048)) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.image_size = image_size
+        widths = [2 * latent_dim, *hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(widths[-1], 3 * image_size * image_size))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, latent_x: Tensor, latent_q: Tensor) -> Tensor:
+        z = torch.cat([latent_x, latent_q], dim=-1)  # (B, 2D)
+        S = self.image_size
+        return torch.sigmoid(self.net(z)).view(-1, 3, S, S)  # (B, 3, S, S)
+
+
+def factory(latent_dim: int = 256, **config: Any) -> Decoder:
+    """``image-decoder`` (keys: image_size, hidden)."""
+    return MLPDecoder(latent_dim=latent_dim, **config)
+
+
+@hookimpl
+def bench_decoders() -> dict[str, Callable[..., Decoder]]:
+    return {"image-decoder": factory}

@@ -1,0 +1,110 @@
+"""PAE-based relative pose regressor (iAPR, DESIGN.md §1).
+
+A Transformer encoder over six tokens::
+
+    [rel_x_token, rel_q_token, query_latent_x, query_latent_q, ref_latent_x, ref_latent_q]   (B, 6, d)
+
+(latents standardised per dimension with training statistics kept as buffers,
+then projected to ``d`` when ``latent_dim != d``; a learned embedding per
+token position marks its type). The outputs at the two ``rel`` tokens go
+through LayerNorm and MLP heads ``Linear(d, 1024) + GELU + Linear(1024, 3 | 4)``
+to ``rel(query -> reference)``: ``t = t_ref - t_query`` (world frame, metres)
+and ``q = q_query^-1 q_ref`` (not normalised), the ``harness.poses.relative_pose``
+convention. At test time the reference latents are the PAE's encoding of the
+current estimate (``neighbours = "student"``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from harness.hookspecs import hookimpl
+from harness.interfaces import Refiner
+
+VERSION = "1"
+
+
+class MLPHead(nn.Module):
+    """``Linear(d, hidden) + GELU + Linear(hidden, out)``."""
+
+    def __init__(self, d: int, out: int, hidden: int = 1024) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class TransformerRPR(Refiner):
+    """Transformer-encoder RPR over query and reference latents (``forward -> rel (B, 7)``)."""
+
+    def __init__(
+        self,
+        latent_dim: int = 256,
+        d_model: int = 256,
+        layers: int = 2,
+        heads: int = 4,
+        ffn: int = 2048,
+        dropout: float = 0.1,
+        head_hidden: int = 1024,
+        neighbours: str = "student",
+    ) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.neighbours = neighbours
+        self.proj = nn.Identity() if latent_dim == d_model else nn.Linear(latent_dim, d_model)
+        # per-dimension standardisation of the input latents (position row 0, orientation row 1), set from
+        # the training latents before training (identity until then); part of the state dict
+        self.register_buffer("latent_mean", torch.zeros(2, latent_dim))
+        self.register_buffer("latent_std", torch.ones(2, latent_dim))
+        self.rel_tokens = nn.Parameter(torch.zeros(2, d_model))  # learned [rel_x, rel_q] query tokens
+        self.type_embed = nn.Parameter(torch.zeros(6, d_model))  # token type / position
+        nn.init.normal_(self.rel_tokens, std=0.02)
+        nn.init.normal_(self.type_embed, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            d_model, heads, ffn, dropout, activation="gelu", batch_first=True, norm_first=False,
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False)
+        self.norm_x = nn.LayerNorm(d_model)
+        self.norm_q = nn.LayerNorm(d_model)
+        self.head_x = MLPHead(d_model, 3, head_hidden)
+        self.head_q = MLPHead(d_model, 4, head_hidden)
+
+    def forward(self, query_x: Tensor, query_q: Tensor, ref_x: Tensor, ref_q: Tensor) -> Tensor:
+        B = query_x.shape[0]
+        lat = torch.stack([query_x, query_q, ref_x, ref_q], dim=1)  # (B, 4, D)
+        lat = (lat - self.latent_mean.repeat(2, 1)) / self.latent_std.repeat(2, 1)  # rows x, q, x, q
+        lat = self.proj(lat)  # (B, 4, d)
+        rel = self.rel_tokens.unsqueeze(0).expand(B, -1, -1)  # (B, 2, d)
+        tokens = torch.cat([rel, lat], dim=1) + self.type_embed  # (B, 6, d)
+        out = self.encoder(tokens)  # (B, 6, d)
+        t = self.head_x(self.norm_x(out[:, 0]))  # (B, 3)
+        q = self.head_q(self.norm_q(out[:, 1]))  # (B, 4)
+        return torch.cat([t, q], dim=-1)
+
+    def set_latent_stats(self, latent_x: Tensor, latent_q: Tensor, eps: float = 1e-3) -> None:
+        """Standardise inputs with the mean and std of training latents ``(N, D)`` (dims that never vary keep std 1)."""
+        with torch.no_grad():
+            for row, lat in enumerate((latent_x, latent_q)):
+                std = lat.float().std(0)
+                self.latent_mean[row] = lat.float().mean(0)
+                self.latent_std[row] = torch.where(std > eps, std, torch.ones_like(std))
+
+    def init_output_bias(self, mean_rel: Tensor) -> None:
+        """Start the heads at a typical relative pose (e.g. identity rotation): bias of the last layers."""
+        with torch.no_grad():
+            self.head_x.net[-1].bias.copy_(mean_rel[:3])
+            self.head_q.net[-1].bias.copy_(mean_rel[3:])
+
+
+def factory(latent_dim: int = 256, **config: Any) -> Refiner:
+    """``pae-rpr``: :class:`TransformerRPR` with PAE neighbours (keys: d_model, layers, heads, ffn, dropout, head_hidden)."""
+    return TransformerRPR(latent_dim=latent_dim, neighbours="student", **config)
+
+
+@hookimpl
+def bench_refiners() -> dict[str, Callable[..., Refiner]]:
+    return {"pae-rpr": factory}

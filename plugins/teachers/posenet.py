@@ -1,0 +1,172 @@
+"""PoseNet teachers: a timm CNN backbone and two 256-d latent heads (DESIGN.md §1).
+
+    image (B, 3, H, W) -> backbone, global average pool -> f (B, C)
+    latent_x = ReLU(x_latent_fc(f))  (B, 256)   position latent
+    latent_q = ReLU(q_latent_fc(f))  (B, 256)   orientation latent
+    pose = [x_reg(dropout(latent_x)), q_reg(dropout(latent_q))]  (B, 3 + 4)
+
+Variants are registered timm-style with :func:`register_variant`;
+:func:`create_teacher` builds any of them, or ``posenet`` with any timm model
+name as ``backbone=``. Backbones start from random weights unless
+``backbone_weights=PATH`` names a local timm or torchvision state dict: this
+module never downloads anything.
+
+Reference quirk (for importing the reference's checkpoints later): in the
+reference weights the layer named ``x_latent_fc`` feeds the *orientation*
+latent and ``q_latent_fc`` the *position* latent. Here the names mean what
+they say; :func:`from_reference_state_dict` swaps the two when importing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from harness.errors import BenchError
+from harness.hookspecs import hookimpl
+from harness.interfaces import Latents, Teacher
+from harness.store import load_state
+
+VERSION = "1"
+
+_VARIANTS: dict[str, dict[str, Any]] = {}
+
+
+def register_variant(name: str) -> Callable[[Callable[[], dict[str, Any]]], Callable[[], dict[str, Any]]]:
+    """Decorator: a function returning a variant's default config registers it under ``name``."""
+
+    def wrap(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        _VARIANTS[name] = fn()
+        return fn
+
+    return wrap
+
+
+@register_variant("posenet")
+def _posenet() -> dict[str, Any]:
+    return {"backbone": "mobilenetv2_100"}
+
+
+@register_variant("posenet-mobilenet")
+def _posenet_mobilenet() -> dict[str, Any]:
+    return {"backbone": "mobilenetv2_100"}
+
+
+@register_variant("posenet-resnet50")
+def _posenet_resnet50() -> dict[str, Any]:
+    return {"backbone": "resnet50"}
+
+
+@register_variant("posenet-efficientnet")
+def _posenet_efficientnet() -> dict[str, Any]:
+    return {"backbone": "efficientnet_b0"}
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
+    """Load a local timm or torchvision state dict into a timm backbone (classifier keys ignored).
+
+    torchvision and timm name most ImageNet models alike (ResNets identically);
+    keys that still do not fit are refused, naming them.
+    """
+    state = load_state(Path(path))
+    for key in ("state_dict", "model"):
+        if key in state and isinstance(state[key], dict):
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = backbone.state_dict()
+    # classifier weights of an ImageNet checkpoint have no place in a num_classes=0 backbone
+    state = {k: v for k, v in state.items() if k in own or not k.split(".")[0] in {"fc", "classifier", "head"}}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        raise BenchError(
+            f"backbone weights {path} do not fit {type(backbone).__name__}: "
+            f"missing {missing[:6]}, unexpected {unexpected[:6]}, shape mismatch {shapes[:6]}"
+        )
+    backbone.load_state_dict(state)
+
+
+class PoseNet(Teacher):
+    """Single-scene PoseNet APR over any timm backbone."""
+
+    version = VERSION
+
+    def __init__(
+        self,
+        backbone: str = "mobilenetv2_100",
+        latent_dim: int = 256,
+        dropout: float = 0.1,
+        backbone_weights: str | None = None,
+        num_scenes: int = 1,
+        **timm_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.multi_scene = False
+        self.num_scenes = 1  # a PoseNet regresses one coordinate frame; several scenes share it
+        try:
+            self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, **timm_kwargs)
+        except Exception as exc:  # unknown model names, bad kwargs
+            raise BenchError(f"timm cannot build backbone {backbone!r}: {exc}") from None
+        if backbone_weights:
+            load_backbone_weights(self.backbone, backbone_weights)
+        dim = self.backbone.num_features
+        self.x_latent_fc = nn.Linear(dim, latent_dim)  # position latent (see the module note on the reference)
+        self.q_latent_fc = nn.Linear(dim, latent_dim)  # orientation latent
+        self.dropout = nn.Dropout(dropout)
+        self.x_reg = nn.Linear(latent_dim, 3)
+        self.q_reg = nn.Linear(latent_dim, 4)
+
+    def encode(self, images: Tensor, scene: Tensor | None = None) -> Latents:
+        f = self.backbone(images)  # (B, C) pooled
+        return Latents(torch.relu(self.x_latent_fc(f)), torch.relu(self.q_latent_fc(f)))
+
+    def decode(self, latent_x: Tensor, latent_q: Tensor) -> Tensor:
+        return torch.cat([self.x_reg(self.dropout(latent_x)), self.q_reg(self.dropout(latent_q))], dim=-1)
+
+    def heads(self) -> list[nn.Module]:
+        return [self.x_reg, self.q_reg]
+
+    @torch.no_grad()
+    def init_output_bias(self, mean_pose: Tensor) -> None:
+        """Start the regressors at ``mean_pose`` (7,): bias = mean, small weights."""
+        for layer, value in ((self.x_reg, mean_pose[:3]), (self.q_reg, mean_pose[3:])):
+            layer.bias.copy_(value)
+            layer.weight.mul_(0.1)
+
+
+def from_reference_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a reference PoseNet state dict to this module's meaning (swap the two latent layers)."""
+    out = {}
+    for k, v in state.items():
+        if k.startswith("x_latent_fc."):
+            k = "q_latent_fc." + k.removeprefix("x_latent_fc.")
+        elif k.startswith("q_latent_fc."):
+            k = "x_latent_fc." + k.removeprefix("q_latent_fc.")
+        out[k] = v
+    return out
+
+
+def create_teacher(name: str, **overrides: Any) -> PoseNet:
+    """Build a registered variant with ``overrides`` on top of its defaults (timm's ``create_model``)."""
+    if name not in _VARIANTS:
+        raise BenchError(f"unknown PoseNet variant {name!r}; known: {', '.join(sorted(_VARIANTS))}")
+    return PoseNet(**{**_VARIANTS[name], **overrides})
+
+
+def _factory(name: str) -> Callable[..., PoseNet]:
+    def build(**config: Any) -> PoseNet:
+        return create_teacher(name, **config)
+
+    build.__doc__ = f"Build {name} ({_VARIANTS[name]})."
+    return build
+
+
+@hookimpl
+def bench_teachers() -> dict[str, Callable[..., Teacher]]:
+    return {name: _factory(name) for name in _VARIANTS}
