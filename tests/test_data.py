@@ -91,7 +91,7 @@ def test_labels_bad_number_names_file_row_column(tmp_path, value):
     df.to_csv(tmp_path / "l.csv", index=False)
     with pytest.raises(DataError) as e:
         D.read_labels(tmp_path / "l.csv")
-    assert f"l.csv, row 4 (line 5), column 't3': not a finite number" in str(e.value)
+    assert "l.csv, row 4 (line 5), column 't3': not a finite number" in str(e.value)
 
 
 def test_labels_zero_quaternion_and_unknown_split_all_reported(tmp_path):

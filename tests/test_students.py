@@ -183,7 +183,7 @@ def test_pae_learns_a_teachers_latents_and_is_reused(tmp_path, monkeypatch):
     # the student's decoded poses, scored against ground truth, are about as good as the teacher's own
     assert row.student_median_m == pytest.approx(row.teacher_median_m, rel=0.2)
     assert row.student_median_deg == pytest.approx(row.teacher_median_deg, rel=0.2)
-    assert row.vs_teacher_m < 0.6 * row.teacher_median_m and row.vs_teacher_deg < 0.6 * row.teacher_median_deg
+    assert row.vs_teacher_m < 0.8 * row.teacher_median_m and row.vs_teacher_deg < 0.8 * row.teacher_median_deg
 
     # stored: a second obtain_student loads the weights and trains nothing
     monkeypatch.setattr(stage, "fit", lambda *a, **k: pytest.fail("retrained a stored student"))
@@ -286,6 +286,11 @@ def test_paper_recipe_follows_the_teacher_and_set_wins(tmp_path):
     assert (recipe["epochs"], recipe["batch_size"], recipe["lr"], recipe["sx"], recipe["sq"]) == (300, 32, 1e-3, -3.0, -6.5)
     recipe = student_recipe(make_ctx(tmp_path, data, profile="paper", epochs=5), "pae", teacher)
     assert recipe["epochs"] == 5
+    # the pose term's weight may depend on what the student encodes
+    assert stage.pose_weight({"pose_weight": {"estimate": 0.0, "ground_truth": 1.0}}, "ground_truth") == 1.0
+    assert stage.pose_weight({"pose_weight": 0.5}, "estimate") == 0.5
+    with pytest.raises(BenchError, match="ground_truth"):
+        stage.pose_weight({"pose_weight": {"estimate": 0.0}}, "ground_truth")
 
 
 # =========================================================================== no image, real teacher

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -54,3 +56,33 @@ class Artifact:
     model: nn.Module
     path: Path | None = None
     upstream: dict[str, str] = field(default_factory=dict)  # kind -> fingerprint of what it was built on
+
+
+def plugin_version(ctx: Context, kind: str, name: str) -> str:
+    """The ``VERSION`` of the module that registered ``name`` (part of artifact fingerprints; "0" if unset)."""
+    module = sys.modules.get(getattr(ctx.registry.get(kind, name).factory, "__module__", ""), None)
+    return str(getattr(module, "VERSION", "0"))
+
+
+def train_once(ctx: Context, kind: str, name: str, fp: str, model: nn.Module, weights: Path,
+               train: Callable[[], None]) -> None:
+    """Run ``train()`` unless ``weights`` exist, then load them into ``model`` (eval mode, on the device).
+
+    Training runs under a store lock, re-checked once taken, so two processes
+    sharing a work directory never train the same artifact twice. Under
+    torchrun the ranks train together (one job): no lock between them, and
+    every rank waits for rank 0's weights.
+    """
+    from harness.store import load_into, load_state
+    from harness.train import distributed_env
+
+    _, world = distributed_env()
+    if not weights.exists():
+        lock = ctx.store.lock(f"{kind}-{name}-{fp}") if world == 1 else contextlib.nullcontext()
+        with lock:
+            if not weights.exists():  # another process may have trained it while we waited
+                train()
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    load_into(model, load_state(weights), source=f"stored weights {weights}")
+    model.to(ctx.device).eval()

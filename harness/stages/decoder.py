@@ -13,21 +13,18 @@ in ``TASK_KEYS`` and model keys for the factory (``image_size``, ``hidden``).
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.errors import BenchError
 from harness.interfaces import Decoder, PoseData
-from harness.stages.context import Artifact, Context
-from harness.store import atomic_path, fingerprint, load_into, load_state, save_state
+from harness.stages.context import Artifact, Context, plugin_version, train_once
+from harness.store import atomic_path, fingerprint, save_state
 from harness.train import TrainConfig, distributed_env, fit
 
 TASK_KEYS = {"eval_batch_size", "description"}
@@ -156,21 +153,11 @@ def obtain_decoder(ctx: Context, name: str, teacher: Artifact, student: Artifact
         raise BenchError(f"decoder plugin {name!r} built a {type(model).__name__}, not a harness Decoder")
     train = ctx.data.split("train")
     upstream = {"teacher": teacher.fingerprint, "student": student.fingerprint, "data": train.fingerprint()}
-    module = sys.modules.get(getattr(ctx.registry.get("decoder", name).factory, "__module__", ""), None)
-    fp = fingerprint("decoder", name, str(getattr(module, "VERSION", "0")), recipe, upstream)
+    fp = fingerprint("decoder", name, plugin_version(ctx, "decoder", name), recipe, upstream)
     out_dir = ctx.store.artifact_dir("decoder", name, fp)
     weights = out_dir / "weights.pth"
     art = Artifact("decoder", name, fp, recipe, model, weights, upstream)
-    rank, world = distributed_env()
-    if not weights.exists():
-        lock = ctx.store.lock(f"decoder-{name}-{fp}") if world == 1 else contextlib.nullcontext()
-        with lock:
-            if not weights.exists():
-                _train(ctx, name, model, recipe, student, train, out_dir)
-    if world > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    load_into(model, load_state(weights), source=f"stored weights {weights}")
-    model.to(ctx.device).eval()
+    train_once(ctx, "decoder", name, fp, model, weights, lambda: _train(ctx, name, model, recipe, student, train, out_dir))
     return art
 
 

@@ -37,9 +37,7 @@ of its stored ``scene_logp``) selects the PAE's scene and the retrieval database
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -54,8 +52,8 @@ from harness.errors import BenchError
 from harness.interfaces import Refiner
 from harness.losses import PoseLoss
 from harness.metrics import per_scene
-from harness.stages.context import Artifact, Context
-from harness.store import fingerprint, load_into, load_state, save_state
+from harness.stages.context import Artifact, Context, plugin_version, train_once
+from harness.store import fingerprint, save_state
 from harness.train import TrainConfig, distributed_env, fit
 
 # recipe keys the training task reads (never passed to the model factory)
@@ -89,11 +87,6 @@ def module_bytes(module: nn.Module | None) -> int:
     if module is None:
         return 0
     return int(sum(t.numel() * t.element_size() for t in module.state_dict().values()))
-
-
-def _plugin_version(ctx: Context, kind: str, name: str) -> str:
-    module = sys.modules.get(getattr(ctx.registry.get(kind, name).factory, "__module__", ""), None)
-    return str(getattr(module, "VERSION", "0"))
 
 
 # =========================================================================== compatibility
@@ -295,22 +288,13 @@ def obtain_refiner(ctx: Context, name: str, teacher: Artifact, student: Artifact
     upstream = {"teacher": teacher.fingerprint, "data": train.fingerprint()}
     if student is not None:
         upstream["student"] = student.fingerprint
-    fp = fingerprint("refiner", name, _plugin_version(ctx, "refiner", name), recipe, upstream)
+    fp = fingerprint("refiner", name, plugin_version(ctx, "refiner", name), recipe, upstream)
     if recipe["finetune"]:
         model.add_module("image_encoder", copy.deepcopy(teacher.model))
     out_dir = ctx.store.artifact_dir("refiner", name, fp)
     weights = out_dir / "weights.pth"
     art = Artifact("refiner", name, fp, recipe, model, weights, upstream)
-    rank, world = distributed_env()
-    if not weights.exists():
-        lock = ctx.store.lock(f"refiner-{name}-{fp}") if world == 1 else contextlib.nullcontext()
-        with lock:
-            if not weights.exists():
-                _train(ctx, name, model, recipe, teacher, student, out_dir)
-    if world > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    load_into(model, load_state(weights), source=f"stored weights {weights}")
-    model.to(ctx.device).eval()
+    train_once(ctx, "refiner", name, fp, model, weights, lambda: _train(ctx, name, model, recipe, teacher, student, out_dir))
     return art
 
 

@@ -12,7 +12,6 @@ always train) plus any ``TrainConfig`` keys for that stage (``epochs``, ``lr``, 
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import hashlib
 import re
@@ -31,7 +30,7 @@ from harness.interfaces import PoseData, Teacher
 from harness.losses import PoseLoss
 from harness.metrics import errors, mean_pose_baseline, per_scene
 from harness.poses import normalize_quat, pose_errors
-from harness.stages.context import Artifact, Context
+from harness.stages.context import Artifact, Context, train_once
 from harness.store import fingerprint, load_into, load_state, read_h5, save_state, write_h5
 from harness.train import TrainConfig, distributed_env, fit
 
@@ -207,17 +206,7 @@ def obtain_teacher(ctx: Context, name: str, checkpoint: Path | None = None) -> A
         teacher.to(ctx.device).eval()
         art.path = checkpoint
         return art
-    rank, world = distributed_env()
-    if not weights.exists():
-        # under torchrun the ranks train together (one job): no lock between them
-        lock = ctx.store.lock(f"teacher-{name}-{fp}") if world == 1 else contextlib.nullcontext()
-        with lock:
-            if not weights.exists():  # another process may have trained it while we waited
-                _train(ctx, name, teacher, recipe, train, out_dir, source)
-    if world > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()  # rank 0 has written the weights
-    load_into(teacher, load_state(weights), source=f"stored weights {weights}")
-    teacher.to(ctx.device).eval()
+    train_once(ctx, "teacher", name, fp, teacher, weights, lambda: _train(ctx, name, teacher, recipe, train, out_dir, source))
     return art
 
 
@@ -240,7 +229,6 @@ def _train(ctx: Context, name: str, teacher: Teacher, recipe: dict[str, Any], tr
         teacher.init_output_bias(mean_pose(poses))
     task = TeacherTask(teacher, float(recipe["sx"]), float(recipe["sq"]), bool(recipe["learn_weights"]),
                        float(recipe["nll_weight"])).to(ctx.device)
-    base = TrainConfig.from_recipe(recipe)
     stages = recipe.get("stages") or [{}]
     names = [n for n, _ in teacher.named_parameters()]
     history: list[dict[str, float]] = []
