@@ -83,3 +83,18 @@ def _parse_value(raw: str) -> Any:
         except ValueError:
             pass
     return raw
+
+
+class Variants(dict):
+    """Named default configs of one model family, registered timm-style with a decorator.
+
+    ``variants = Variants()``; ``@variants.register("name")`` on a function
+    returning the variant's config dict; ``variants["name"]`` is that config.
+    """
+
+    def register(self, name: str):
+        def wrap(fn):
+            self[name] = fn()
+            return fn
+
+        return wrap

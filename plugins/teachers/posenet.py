@@ -28,22 +28,14 @@ from torch import Tensor, nn
 
 from harness.errors import BenchError
 from harness.hookspecs import hookimpl
+from harness.registry import Variants
 from harness.interfaces import Latents, Teacher
 from harness.store import load_state
 
 VERSION = "1"
 
-_VARIANTS: dict[str, dict[str, Any]] = {}
-
-
-def register_variant(name: str) -> Callable[[Callable[[], dict[str, Any]]], Callable[[], dict[str, Any]]]:
-    """Decorator: a function returning a variant's default config registers it under ``name``."""
-
-    def wrap(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
-        _VARIANTS[name] = fn()
-        return fn
-
-    return wrap
+_VARIANTS = Variants()
+register_variant = _VARIANTS.register
 
 
 @register_variant("posenet")
