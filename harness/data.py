@@ -143,12 +143,17 @@ def read_labels(path: Path | str, root: Path | str | None = None, check_images: 
     return out[LABEL_COLUMNS]
 
 
+def _write_csv(df: pd.DataFrame, columns: list[str], path: Path | str, what: str) -> Path:
+    """Write ``columns`` of ``df`` as CSV atomically, floats at full precision."""
+    _require_columns(df, columns, what)
+    with atomic_path(Path(path)) as tmp:
+        df[columns].to_csv(tmp, index=False, float_format="%.17g")
+    return Path(path)
+
+
 def write_labels(df: pd.DataFrame, path: Path | str) -> Path:
     """Write ``LABEL_COLUMNS`` of ``df`` as a reference label CSV (atomically, full float precision)."""
-    _require_columns(df, LABEL_COLUMNS, "labels to write")
-    with atomic_path(Path(path)) as tmp:
-        df[LABEL_COLUMNS].to_csv(tmp, index=False, float_format="%.17g")
-    return Path(path)
+    return _write_csv(df, LABEL_COLUMNS, path, "labels to write")
 
 
 def check_image_files(labels: pd.DataFrame, root: Path | str, source: Path | str = "labels") -> None:
@@ -193,10 +198,7 @@ def read_pairs(path: Path | str) -> pd.DataFrame:
 
 def write_pairs(df: pd.DataFrame, path: Path | str) -> Path:
     """Write ``PAIR_COLUMNS`` of ``df`` as a pairs CSV (atomically)."""
-    _require_columns(df, PAIR_COLUMNS, "pairs to write")
-    with atomic_path(Path(path)) as tmp:
-        df[PAIR_COLUMNS].to_csv(tmp, index=False, float_format="%.17g")
-    return Path(path)
+    return _write_csv(df, PAIR_COLUMNS, path, "pairs to write")
 
 
 # =========================================================================== native layouts
