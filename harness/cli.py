@@ -27,18 +27,25 @@ class Commands:
         self.eval = evaluate.add_subparsers(dest="kind", metavar="KIND", required=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def common_options(plugin_dest: str = "plugin") -> argparse.ArgumentParser:
+    """``--workdir`` and ``--plugin``, accepted before and after the command. Sub-command values replace
+    top-level ones in argparse, so the top level collects ``--plugin`` under its own ``plugin_dest``."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--workdir", type=Path, default=argparse.SUPPRESS,
         help="work directory holding rendered data, weights, teacher outputs and cells (default ./.bench, or $BENCH_WORKDIR)",
     )
     common.add_argument(
-        "--plugin", action="append", default=argparse.SUPPRESS, metavar="MODULE_OR_FILE",
+        "--plugin", action="append", default=argparse.SUPPRESS, metavar="MODULE_OR_FILE", dest=plugin_dest,
         help="load an extra plugin from a dotted module name or a .py file (repeatable)",
     )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = common_options()
     parser = argparse.ArgumentParser(
-        prog="bench", parents=[common],
+        prog="bench", parents=[common_options("top_plugin")],
         description="Benchmark absolute pose regressors, pose auto-encoders and iAPR refiners. "
         "With no command, runs the default matrix on the synthetic dataset and prints the leaderboard.",
     )
@@ -55,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     # no command: `bench [run options]` is `bench run [run options]`
     args = parser.parse_args(argv if getattr(known, "command", None) else ["run", *argv])
     args.workdir = getattr(args, "workdir", None)
-    args.plugin = getattr(args, "plugin", None) or []
+    args.plugin = [*getattr(args, "top_plugin", []), *getattr(args, "plugin", [])]
     try:
         return int(args.func(args) or 0)
     except BenchError as exc:

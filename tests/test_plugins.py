@@ -221,9 +221,10 @@ def test_unknown_name_lists_known_names(local_plugins):
 
 
 def test_bench_plugins_subprocess(thirdparty, local_plugins, run_bench, tmp_path):
-    """``python -m harness --plugin FILE --plugin BROKEN --plugin DOTTED plugins`` with an installed entry point."""
+    """``python -m harness --plugin FILE --plugin BROKEN plugins --plugin DOTTED`` with an installed entry point
+    (``--plugin`` before and after the command add up)."""
     proc = run_bench(
-        "--plugin", local_plugins["file"], "--plugin", local_plugins["broken"], "--plugin", local_plugins["dotted"], "plugins",
+        "--plugin", local_plugins["file"], "--plugin", local_plugins["broken"], "plugins", "--plugin", local_plugins["dotted"],
         env={"PYTHONPATH": f"{thirdparty}:{local_plugins['pythonpath']}", "BENCH_PLUGINS": "thirdapr"}, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr

@@ -274,3 +274,31 @@ def test_finetune_trains_the_image_encoder_and_encodes_queries_once(tmp_path, fa
     assert len(calls) == (1 if name == "pae-rpr" else 2)
     assert res["poses"].shape == (4, 12, 7) and np.isfinite(res["poses"]).all()
     assert res["stored_bytes"] >= stage.module_bytes(enc)
+
+
+def test_finetune_batches_encode_each_query_frame_once():
+    """Fine-tuning batches hold each distinct query frame once, every pair points at its own frame, and
+    a frame's pairs share a batch; the epoch still covers every pair exactly once."""
+    images = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8)
+    frames = torch.arange(10).repeat_interleave(3)  # 3 pairs per frame (e.g. k=1 nearest + 2 virtual)
+    rel = torch.randn(30, 7)
+
+    def make(epoch):
+        return {"images": frames, "scene": torch.zeros(30, dtype=torch.int64), "rel": rel}
+
+    batches = list(stage.PairBatches(make, 6, seed=3, images=images, augment=False)(0))
+    from harness.data import normalize_images
+
+    seen = []
+    for b in batches:
+        assert len(b["images"]) == 2  # 6 pairs of 2 frames: each frame gathered once
+        for row, r in enumerate(b["rel"]):
+            i = int(torch.nonzero((rel == r).all(1))[0])
+            seen.append(i)
+            torch.testing.assert_close(b["images"][b["image_rows"][row]], normalize_images(images[frames[i : i + 1]])[0])
+    assert sorted(seen) == list(range(30))
+    # two ranks take disjoint halves
+    halves = [torch.cat([b["rel"] for b in stage.PairBatches(make, 6, seed=3, images=images, augment=False)(0, r, 2)])
+              for r in (0, 1)]
+    assert len(halves[0]) == len(halves[1]) == 15 - 15 % 3
+    assert not (halves[0][:, None] == halves[1][None]).all(-1).any()

@@ -179,7 +179,8 @@ class RPRTask(nn.Module):
     """A refiner plus its loss: ``forward(batch) -> (loss, logs)``.
 
     ``batch``: dict with ``qx``, ``qq`` (query latents ``(B, D)``) or ``images``
-    + ``scene`` (fine-tuning: encoded here by ``refiner.image_encoder``), ``rx``,
+    ``(U, 3, S, S)`` + ``image_rows`` ``(B,)`` (the image of each pair) + ``scene``
+    (fine-tuning: encoded here by ``refiner.image_encoder``), ``rx``,
     ``rq`` (reference latents) and ``rel`` (target ``(B, 7)``). Loss: the
     Kendall pose loss on the relative pose. Logs: median relative errors (m, deg).
     """
@@ -190,10 +191,14 @@ class RPRTask(nn.Module):
         self.loss = PoseLoss(sx, sq, learnable=learn_weights)
 
     def query_latents(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        if "images" in batch:
+        if "images" in batch:  # fine-tuning: each distinct query image is encoded once for all its pairs
             enc = self.refiner.image_encoder
-            lat = enc.encode(batch["images"], batch["scene"] if enc.multi_scene else None)
-            return lat.x, lat.q
+            rows = batch["image_rows"]
+            scene = None
+            if enc.multi_scene:
+                scene = batch["scene"].new_zeros(len(batch["images"])).scatter_(0, rows, batch["scene"])
+            lat = enc.encode(batch["images"], scene)
+            return lat.x[rows], lat.q[rows]
         return batch["qx"], batch["qq"]
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
@@ -217,9 +222,12 @@ class PairBatches:
 
     ``make(epoch) -> dict of (P, ...) tensors`` builds the epoch's pairs (fixed
     ones, or new virtual neighbours each epoch); the order depends only on
-    ``(seed, epoch)``, each rank takes every ``world``-th pair. ``images`` /
-    ``ref_images`` entries that hold indices into ``self.images`` are gathered,
-    augmented and normalised per batch (fine-tuning).
+    ``(seed, epoch)``, each rank takes one contiguous slice of it. An
+    ``images`` entry (fine-tuning) holds each pair's query frame index: pairs
+    are then ordered frame by frame (frames in random order), so that a batch
+    gathers, augments and normalises each distinct frame once (``images``
+    ``(U, 3, S, S)``, ``image_rows`` ``(B,)``) and the encoder runs once per
+    frame, not once per pair. ``ref_images`` indices are gathered per pair.
     """
 
     def __init__(self, make: Callable[[int], dict[str, Tensor]], batch_size: int, seed: int = 0,
@@ -228,15 +236,24 @@ class PairBatches:
         self.images, self.augment = images, augment
         self.device = device or torch.device("cpu")
 
-    def __call__(self, epoch: int, rank: int = 0, world: int = 1) -> Iterator[dict[str, Tensor]]:
+    def _pixels(self, frames: Tensor, generator: torch.Generator) -> Tensor:
         from harness.data import augment_images, normalize_images
 
+        u8 = self.images[frames]
+        return normalize_images(augment_images(u8, generator=generator) if self.augment else u8)
+
+    def __call__(self, epoch: int, rank: int = 0, world: int = 1) -> Iterator[dict[str, Tensor]]:
         pairs = self.make(epoch)
         n = len(pairs["rel"])
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=g)
+        if "images" in pairs:  # group the pairs of each query frame, frames in random order
+            frames = pairs["images"]
+            rank_of = torch.empty(int(frames.max()) + 1 if n else 0, dtype=torch.int64)
+            rank_of[frames[order]] = torch.arange(n)  # a random rank per frame (the last pair of it wins)
+            order = order[torch.argsort(rank_of[frames[order]], stable=True)]
         per_rank = n // world
-        mine = order[: per_rank * world][rank::world]
+        mine = order[rank * per_rank : (rank + 1) * per_rank]
         bs = max(1, self.batch_size // world)
         stop = len(mine) - len(mine) % bs if len(mine) > bs else len(mine)
         ga = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1009 + rank)
@@ -245,11 +262,12 @@ class PairBatches:
             batch = {}
             for key, value in pairs.items():
                 v = value[idx]
-                if key in ("images", "ref_images"):
-                    u8 = self.images[v]
-                    if self.augment:
-                        u8 = augment_images(u8, generator=ga)
-                    v = normalize_images(u8)
+                if key == "images":
+                    uniq, rows = torch.unique(v, return_inverse=True)
+                    batch["image_rows"] = rows.to(self.device)
+                    v = self._pixels(uniq, ga)
+                elif key == "ref_images":
+                    v = self._pixels(v, ga)
                 batch[key] = v.to(self.device)
             yield batch
 
