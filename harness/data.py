@@ -661,8 +661,10 @@ def nearest_neighbours(
     return torch.cat(out) if out else torch.empty(0, k, dtype=torch.int64)
 
 
-def virtual_neighbours(poses: Tensor, std_m: float, std_deg: float, generator: torch.Generator | None = None) -> Tensor:
-    """Poses ``(N, 7)`` sampled around ``poses``: Gaussian ``std_m`` metres per axis, ``std_deg`` degrees per rotation axis."""
+def virtual_neighbours(poses: Tensor, std_m: float | Tensor, std_deg: float | Tensor,
+                       generator: torch.Generator | None = None) -> Tensor:
+    """Poses ``(N, 7)`` sampled around ``poses``: Gaussian ``std_m`` metres per axis, ``std_deg`` degrees per
+    rotation axis (floats, or ``(N, 1)`` tensors: one spread per pose)."""
     return P.perturb_poses(poses, std_m, std_deg, generator=generator)
 
 

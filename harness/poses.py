@@ -191,10 +191,12 @@ def random_quat(n: int, generator: torch.Generator | None = None, dtype=torch.fl
     return canonical_quat(q)
 
 
-def perturb_poses(poses: Tensor, std_m: float, std_deg: float, generator: torch.Generator | None = None) -> Tensor:
-    """Poses moved by Gaussian noise: ``std_m`` metres per axis, a rotation of ``std_deg`` degrees per axis."""
+def perturb_poses(poses: Tensor, std_m: float | Tensor, std_deg: float | Tensor,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """Poses moved by Gaussian noise: ``std_m`` metres per axis, a rotation of ``std_deg`` degrees per axis
+    (floats, or tensors that broadcast against ``(..., 1)``, e.g. one spread per pose)."""
     t, q = split_pose(poses)
     dt = torch.randn(t.shape, generator=generator, dtype=poses.dtype) * std_m
-    aa = torch.randn(t.shape, generator=generator, dtype=poses.dtype) * math.radians(std_deg)
+    aa = torch.randn(t.shape, generator=generator, dtype=poses.dtype) * (std_deg * (math.pi / 180.0))
     dq = axis_angle_to_quat(aa)
     return join_pose(t + dt, canonical_quat(normalize_quat(quat_multiply(normalize_quat(q), dq))))

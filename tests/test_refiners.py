@@ -175,15 +175,20 @@ def test_rpr_learns_on_small_data(tmp_path, fake_outputs, monkeypatch, name, pai
     assert res["poses"].shape == (3, 40, 7) and np.isfinite(res["poses"]).all()
 
 
-def test_virtual_spread_is_measured_from_the_teacher(tmp_path, fake_outputs):
-    data = make_data(tmp_path / "data", n_train=60)
-    outs = make_outputs(data, 16, noise_m=0.2, noise_deg=6)
+def test_virtual_spread_is_measured_from_the_teacher_per_scene(tmp_path, fake_outputs):
+    """Virtual neighbours spread like the teacher's training error in each scene (metres outdoors, decimetres indoors)."""
+    data = make_data(tmp_path / "data", n_train=60, scenes=("a", "b"))
+    outs = make_outputs(data, 16, noise_m=0.2, noise_deg=6, multi_scene=True)
+    train = outs["train"]
+    in_b = train["scene_id"] == 1
+    far = P.perturb_poses(torch.as_tensor(train["pose_gt"][in_b]).double(), 2.0, 3.0, generator=torch.Generator().manual_seed(1))
+    train["pose_est"][in_b] = far.float().numpy()
     fake_outputs(outs)
     ctx = make_ctx(tmp_path, data, refiner={**TINY_RPR, "epochs": 1, "pairs": "virtual", "spread_scale": 1.0})
-    art = stage.obtain_refiner(ctx, "pae-rpr", teacher_artifact(16), student_artifact(16))
-    meta = _sidecar(art)
-    assert meta["virtual_std"]["m"] == pytest.approx(0.2, rel=0.3)  # per-axis std of the teacher's error
-    assert meta["virtual_std"]["deg"] == pytest.approx(6, rel=0.3)
+    art = stage.obtain_refiner(ctx, "pae-rpr", teacher_artifact(16, True, 2), student_artifact(16, True))
+    std = _sidecar(art)["virtual_std"]
+    assert std["a"]["m"] == pytest.approx(0.2, rel=0.3) and std["a"]["deg"] == pytest.approx(6, rel=0.3)
+    assert std["b"]["m"] == pytest.approx(2.0, rel=0.3) and std["b"]["deg"] == pytest.approx(3, rel=0.3)
 
 
 def test_evaluate_refiner_table(tmp_path, fake_outputs):

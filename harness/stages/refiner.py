@@ -15,7 +15,9 @@ frame (its teacher latents) and a reference pose with latents:
   around the ground truth, new ones every epoch, encoded by the PAE. The
   spread (``std_m`` metres / ``std_deg`` degrees per axis) is
   ``spread_scale`` times the teacher's per-axis RMS error on the training
-  split, measured from its stored outputs, unless the recipe fixes it.
+  frames of the frame's scene (a multi-scene teacher errs by metres outdoors
+  and decimetres indoors), measured from its stored outputs, unless the
+  recipe fixes it.
 * ``pairs = "both"``: the union of the two.
 
 The target is ``rel(query_gt -> reference)`` (``harness.poses.relative_pose``).
@@ -148,12 +150,18 @@ def relative_target(query: Tensor, ref: Tensor) -> Tensor:
     return P.join_pose(rel[..., :3], P.canonical_quat(rel[..., 3:]))
 
 
-def teacher_spread(out: dict[str, np.ndarray]) -> tuple[float, float]:
-    """Per-axis RMS error ``(metres, degrees)`` of the teacher on stored outputs (for virtual neighbours)."""
+def teacher_spread(out: dict[str, np.ndarray]) -> dict[int, tuple[float, float]]:
+    """Per-axis RMS error ``(metres, degrees)`` of the teacher per scene id, from stored outputs
+    (the spread of virtual neighbours)."""
     est = torch.as_tensor(np.asarray(out["pose_est"]), dtype=torch.float64)
     gt = torch.as_tensor(np.asarray(out["pose_gt"]), dtype=torch.float64)
+    scene = torch.as_tensor(np.asarray(out["scene_id"]), dtype=torch.int64)
     pos, ori = P.pose_errors(est, gt)
-    return float(torch.sqrt((pos**2).mean() / 3)), float(torch.sqrt((ori**2).mean() / 3))
+    spread = {}
+    for sid in torch.unique(scene).tolist():
+        m = scene == sid
+        spread[sid] = (float(torch.sqrt((pos[m] ** 2).mean() / 3)), float(torch.sqrt((ori[m] ** 2).mean() / 3)))
+    return spread
 
 
 def nearest_pairs(poses: Tensor, scene: Tensor, k: int, orientation_weight: float) -> tuple[Tensor, Tensor]:
@@ -331,8 +339,15 @@ def _train(ctx: Context, name: str, model: Refiner, recipe: dict[str, Any], teac
         raise BenchError(f"refiner {name!r}: the teacher's training split has {N} frame(s); need at least 2")
     pairs = str(recipe["pairs"])
     spread = teacher_spread(out)
-    std_m = float(recipe.get("std_m") or max(recipe["spread_scale"] * spread[0], recipe["min_std_m"]))
-    std_deg = float(recipe.get("std_deg") or max(recipe["spread_scale"] * spread[1], recipe["min_std_deg"]))
+    std = {  # per scene id: (metres, degrees) per axis
+        sid: (float(recipe.get("std_m") or max(recipe["spread_scale"] * m, recipe["min_std_m"])),
+              float(recipe.get("std_deg") or max(recipe["spread_scale"] * deg, recipe["min_std_deg"])))
+        for sid, (m, deg) in spread.items()
+    }
+    lut = torch.zeros(int(scene.max()) + 1, 2)
+    for sid, v in std.items():
+        lut[sid] = torch.tensor(v)
+    std_rows = lut[scene]  # (N, 2): each frame's spread
     pae = student.model.to(ctx.device).eval() if student is not None else None
     finetune = bool(recipe["finetune"])
 
@@ -354,7 +369,7 @@ def _train(ctx: Context, name: str, model: Refiner, recipe: dict[str, Any], teac
         if pairs in ("virtual", "both"):
             g = torch.Generator().manual_seed(config.seed * 7919 + epoch)
             a = torch.arange(N).repeat_interleave(int(recipe["virtual"]))
-            ref = _virtual(gt[a], std_m, std_deg, g)
+            ref = _virtual(gt[a], std_rows[a, :1], std_rows[a, 1:], g)
             rx, rq = encode_poses(pae, ref, scene[a])
             parts.append({"a": a, "b": torch.full_like(a, -1), "rel": relative_target(gt[a], ref), "rx": rx.cpu(), "rq": rq.cpu()})
         batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if all(k in p for p in parts)}
@@ -393,8 +408,9 @@ def _train(ctx: Context, name: str, model: Refiner, recipe: dict[str, Any], teac
     meta = {
         "kind": "refiner", "name": name, "recipe": recipe, "dataset": ctx.dataset, "scenes": ctx.data.scenes,
         "teacher": teacher.fingerprint, "student": student.fingerprint if student is not None else None,
-        "train_frames": N, "teacher_train_rms": {"m_per_axis": spread[0], "deg_per_axis": spread[1]},
-        "virtual_std": {"m": std_m, "deg": std_deg}, "epochs": len(history),
+        "train_frames": N,
+        "teacher_train_rms": {ctx.data.scenes[s]: {"m_per_axis": m, "deg_per_axis": d} for s, (m, d) in spread.items()},
+        "virtual_std": {ctx.data.scenes[s]: {"m": m, "deg": d} for s, (m, d) in std.items()}, "epochs": len(history),
         "train_seconds": sum(h.get("seconds", 0.0) for h in history), "wall_seconds": time.perf_counter() - t0,
         "first": history[0] if history else {}, "final": history[-1] if history else {},
         "sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach()), "torch": torch.__version__,
@@ -402,7 +418,7 @@ def _train(ctx: Context, name: str, model: Refiner, recipe: dict[str, Any], teac
     save_state(out_dir / "weights.pth", model.state_dict(), meta=meta)
 
 
-def _virtual(poses: Tensor, std_m: float, std_deg: float, generator: torch.Generator) -> Tensor:
+def _virtual(poses: Tensor, std_m: float | Tensor, std_deg: float | Tensor, generator: torch.Generator) -> Tensor:
     """Virtual neighbours around ``poses`` with the quaternion sign of ``poses`` (the PAE saw label signs)."""
     from harness.data import virtual_neighbours
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from harness.hookspecs import hookimpl
 from harness.interfaces import Refiner
 
-VERSION = "1"
+VERSION = "2"  # 2: virtual-neighbour spread per scene
 
 
 class MLPHead(nn.Module):
