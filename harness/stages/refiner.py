@@ -405,12 +405,13 @@ def _train(ctx: Context, name: str, model: Refiner, recipe: dict[str, Any], teac
                   device=ctx.device)
     if distributed_env()[0] != 0:
         return
+    scene_name = ctx.data.scenes  # scene ids index the dataset's scenes
     meta = {
         "kind": "refiner", "name": name, "recipe": recipe, "dataset": ctx.dataset, "scenes": ctx.data.scenes,
         "teacher": teacher.fingerprint, "student": student.fingerprint if student is not None else None,
         "train_frames": N,
-        "teacher_train_rms": {ctx.data.scenes[s]: {"m_per_axis": m, "deg_per_axis": d} for s, (m, d) in spread.items()},
-        "virtual_std": {ctx.data.scenes[s]: {"m": m, "deg": d} for s, (m, d) in std.items()}, "epochs": len(history),
+        "teacher_train_rms": {scene_name[s]: {"m_per_axis": m, "deg_per_axis": d} for s, (m, d) in spread.items()},
+        "virtual_std": {scene_name[s]: {"m": m, "deg": d} for s, (m, d) in std.items()}, "epochs": len(history),
         "train_seconds": sum(h.get("seconds", 0.0) for h in history), "wall_seconds": time.perf_counter() - t0,
         "first": history[0] if history else {}, "final": history[-1] if history else {},
         "sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach()), "torch": torch.__version__,
