@@ -150,18 +150,17 @@ def relative_target(query: Tensor, ref: Tensor) -> Tensor:
     return P.join_pose(rel[..., :3], P.canonical_quat(rel[..., 3:]))
 
 
-def teacher_spread(out: dict[str, np.ndarray]) -> dict[int, tuple[float, float]]:
-    """Per-axis RMS error ``(metres, degrees)`` of the teacher per scene id, from stored outputs
-    (the spread of virtual neighbours)."""
+def teacher_spread(out: dict[str, np.ndarray]) -> Tensor:
+    """Per-axis RMS error of the teacher per scene id, ``(S, 2)`` as (metres, degrees), from stored outputs
+    (the spread of virtual neighbours; a scene without frames gets 0)."""
     est = torch.as_tensor(np.asarray(out["pose_est"]), dtype=torch.float64)
     gt = torch.as_tensor(np.asarray(out["pose_gt"]), dtype=torch.float64)
     scene = torch.as_tensor(np.asarray(out["scene_id"]), dtype=torch.int64)
     pos, ori = P.pose_errors(est, gt)
-    spread = {}
-    for sid in torch.unique(scene).tolist():
-        m = scene == sid
-        spread[sid] = (float(torch.sqrt((pos[m] ** 2).mean() / 3)), float(torch.sqrt((ori[m] ** 2).mean() / 3)))
-    return spread
+    S = int(scene.max()) + 1 if len(scene) else 0
+    frames = torch.bincount(scene, minlength=S).clamp_min(1)
+    sq = torch.stack([torch.bincount(scene, pos**2, S), torch.bincount(scene, ori**2, S)], 1)
+    return torch.sqrt(sq / frames[:, None] / 3)
 
 
 def nearest_pairs(poses: Tensor, scene: Tensor, k: int, orientation_weight: float) -> tuple[Tensor, Tensor]:
@@ -255,11 +254,10 @@ class PairBatches:
         n = len(pairs["rel"])
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=g)
-        if "images" in pairs:  # group the pairs of each query frame, frames in random order
+        if "images" in pairs and n:  # group the pairs of each query frame, frames in random order
             frames = pairs["images"]
-            rank_of = torch.empty(int(frames.max()) + 1 if n else 0, dtype=torch.int64)
-            rank_of[frames[order]] = torch.arange(n)  # a random rank per frame (the last pair of it wins)
-            order = order[torch.argsort(rank_of[frames[order]], stable=True)]
+            frame_rank = torch.randperm(int(frames.max()) + 1, generator=g)
+            order = order[torch.argsort(frame_rank[frames[order]], stable=True)]
         per_rank = n // world
         mine = order[rank * per_rank : (rank + 1) * per_rank]
         bs = max(1, self.batch_size // world)
@@ -338,16 +336,12 @@ def _train(ctx: Context, name: str, model: Refiner, recipe: dict[str, Any], teac
     if N < 2:
         raise BenchError(f"refiner {name!r}: the teacher's training split has {N} frame(s); need at least 2")
     pairs = str(recipe["pairs"])
-    spread = teacher_spread(out)
-    std = {  # per scene id: (metres, degrees) per axis
-        sid: (float(recipe.get("std_m") or max(recipe["spread_scale"] * m, recipe["min_std_m"])),
-              float(recipe.get("std_deg") or max(recipe["spread_scale"] * deg, recipe["min_std_deg"])))
-        for sid, (m, deg) in spread.items()
-    }
-    lut = torch.zeros(int(scene.max()) + 1, 2)
-    for sid, v in std.items():
-        lut[sid] = torch.tensor(v)
-    std_rows = lut[scene]  # (N, 2): each frame's spread
+    spread = teacher_spread(out)  # (S, 2) per scene id: metres, degrees per axis
+    std = torch.maximum(recipe["spread_scale"] * spread, spread.new_tensor([recipe["min_std_m"], recipe["min_std_deg"]]))
+    for col, key in enumerate(("std_m", "std_deg")):  # a spread the recipe fixes
+        if recipe.get(key):
+            std[:, col] = float(recipe[key])
+    std_rows = std[scene].float()  # (N, 2): each frame's spread
     pae = student.model.to(ctx.device).eval() if student is not None else None
     finetune = bool(recipe["finetune"])
 
@@ -405,13 +399,13 @@ def _train(ctx: Context, name: str, model: Refiner, recipe: dict[str, Any], teac
                   device=ctx.device)
     if distributed_env()[0] != 0:
         return
-    scene_name = ctx.data.scenes  # scene ids index the dataset's scenes
+    present = torch.unique(scene).tolist()  # scene ids index the dataset's scenes
     meta = {
         "kind": "refiner", "name": name, "recipe": recipe, "dataset": ctx.dataset, "scenes": ctx.data.scenes,
         "teacher": teacher.fingerprint, "student": student.fingerprint if student is not None else None,
         "train_frames": N,
-        "teacher_train_rms": {scene_name[s]: {"m_per_axis": m, "deg_per_axis": d} for s, (m, d) in spread.items()},
-        "virtual_std": {scene_name[s]: {"m": m, "deg": d} for s, (m, d) in std.items()}, "epochs": len(history),
+        "teacher_train_rms": {ctx.data.scenes[s]: dict(zip(("m_per_axis", "deg_per_axis"), spread[s].tolist())) for s in present},
+        "virtual_std": {ctx.data.scenes[s]: dict(zip(("m", "deg"), std[s].tolist())) for s in present}, "epochs": len(history),
         "train_seconds": sum(h.get("seconds", 0.0) for h in history), "wall_seconds": time.perf_counter() - t0,
         "first": history[0] if history else {}, "final": history[-1] if history else {},
         "sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach()), "torch": torch.__version__,
