@@ -185,6 +185,11 @@ class Store:
     def cell_path(self, cell_fp: str) -> Path:
         return self.root / "cells" / f"{cell_fp}.h5"
 
+    def cell_paths(self) -> list[Path]:
+        """Every cell file of the store, sorted by name."""
+        folder = self.root / "cells"
+        return sorted(folder.glob("*.h5")) if folder.is_dir() else []
+
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """An exclusive advisory lock (``fcntl.flock``) shared by every process on this work directory."""
