@@ -27,10 +27,7 @@ import torch  # noqa: E402
 
 from harness import poses as P  # noqa: E402
 from harness.plugins import get_registry  # noqa: E402
-from harness.registry import resolve_recipe  # noqa: E402
-from harness.stages import refiner as refiner_stage  # noqa: E402
-from harness.stages import student as student_stage  # noqa: E402
-from harness.stages import teacher as teacher_stage  # noqa: E402
+from harness.stages.context import build_named  # noqa: E402
 
 K = 3
 REPEAT = {"paper": 3, "quick": 7}
@@ -42,13 +39,10 @@ SCALES = {  # profile, teacher, image size, frames per batch
 
 def build(profile: str, teacher_name: str):
     reg = get_registry()
-    t_recipe = resolve_recipe("teacher", teacher_name, "synthetic", profile)
-    teacher = reg.build("teacher", teacher_name, num_scenes=2, **teacher_stage.model_config(t_recipe))
-    s_recipe = resolve_recipe("student", "pae", "synthetic", profile)
-    student = reg.build("student", "pae", latent_dim=teacher.latent_dim, num_scenes=2,
-                        multi_scene=teacher.multi_scene, **student_stage.model_config(s_recipe))
-    r_recipe = resolve_recipe("refiner", "pae-rpr", "synthetic", profile)
-    rpr = reg.build("refiner", "pae-rpr", latent_dim=teacher.latent_dim, **refiner_stage.model_config(r_recipe))
+    teacher = build_named(reg, "teacher", teacher_name, "synthetic", profile, num_scenes=2)
+    student = build_named(reg, "student", "pae", "synthetic", profile, latent_dim=teacher.latent_dim, num_scenes=2,
+                          multi_scene=teacher.multi_scene)
+    rpr = build_named(reg, "refiner", "pae-rpr", "synthetic", profile, latent_dim=teacher.latent_dim)
     return teacher.eval(), student.eval(), rpr.eval()
 
 

@@ -41,7 +41,7 @@ def test_finetune_step_grouped_vs_per_pair(benchmark):
         return {"images": frames, "scene": frames % 2, "rx": torch.randn(n, d, generator=g),
                 "rq": torch.randn(n, d, generator=g), "rel": torch.randn(n, 7, generator=g)}
 
-    grouped = next(iter(refiner_stage.PairBatches(make, BATCH, images=images, augment=False)(0)))
+    grouped = next(iter(refiner_stage.pair_batches(make, BATCH, images=images, augment=False)(0)))
     per_pair = {**grouped, "images": grouped["images"][grouped["image_rows"]], "image_rows": torch.arange(BATCH)}
 
     def step(batch):

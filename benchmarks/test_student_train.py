@@ -40,10 +40,11 @@ from harness.interfaces import LABEL_COLUMNS  # noqa: E402
 from harness.losses import PoseLoss  # noqa: E402
 from harness.plugins import get_registry  # noqa: E402
 from harness.poses import random_quat  # noqa: E402
-from harness.registry import resolve_recipe  # noqa: E402
+from harness.recipes import resolve  # noqa: E402
+from harness.stages.context import build_model  # noqa: E402
 from harness.stages import teacher as teacher_stage  # noqa: E402
 from harness.stages.context import Artifact, Context  # noqa: E402
-from harness.stages.student import build_student, obtain_student, student_recipe  # noqa: E402
+from harness.stages.student import obtain_student  # noqa: E402
 from harness.store import Store  # noqa: E402
 
 FRAMES = 256
@@ -78,9 +79,9 @@ def setup(tmp_path_factory):
     g = torch.Generator().manual_seed(0)
     poses = torch.cat([torch.rand(FRAMES, 3, generator=g) * 4, random_quat(FRAMES, g, torch.float32)], 1).numpy()
     data = {size: write_frames(root / f"images{size}", size, poses) for size in SIZES}
-    recipe = resolve_recipe("teacher", TEACHER, DATASET, "paper")
+    recipe = resolve(get_registry(), "teacher", TEACHER, DATASET, "paper")
     torch.manual_seed(0)
-    model = get_registry().build("teacher", TEACHER, num_scenes=1, **teacher_stage.model_config(recipe)).eval()
+    model = build_model(get_registry(), recipe, num_scenes=1).eval()
     return root, data, recipe, model
 
 
@@ -89,8 +90,8 @@ def context(root, data, name: str) -> Context:
                    device=torch.device("cpu"), progress=False)
 
 
-def teacher_artifact(model, recipe: dict, size: int) -> Artifact:
-    return Artifact("teacher", TEACHER, f"bench-{size}", {**recipe, "image_size": size, "eval_batch_size": 32}, model)
+def teacher_artifact(model, recipe, size: int) -> Artifact:
+    return Artifact("teacher", TEACHER, f"bench-{size}", {**recipe.values(), "image_size": size, "eval_batch_size": 32}, model)
 
 
 @pytest.fixture(scope="module")
@@ -120,13 +121,13 @@ def test_student_training_store_vs_reference(benchmark, setup, store_training, s
     outputs_s = time.perf_counter() - t0
 
     # the reference: every batch loads its images and re-runs the frozen teacher
-    s_recipe = student_recipe(ctx, STUDENT, teacher)
-    bs = int(s_recipe["batch_size"])
+    s_recipe = ctx.recipe("student", STUDENT, teacher=teacher.recipe)
+    bs = s_recipe.train.batch_size
     torch.manual_seed(0)
-    student = build_student(ctx, STUDENT, s_recipe, model).train()
-    loss_fn = PoseLoss(float(s_recipe["sx"]), float(s_recipe["sq"]))
-    opt = torch.optim.Adam([*student.parameters(), *loss_fn.parameters()], lr=float(s_recipe["lr"]),
-                           weight_decay=float(s_recipe["weight_decay"]))
+    student = build_model(ctx.registry, s_recipe, latent_dim=model.latent_dim).train()
+    loss_fn = PoseLoss(s_recipe.task.sx, s_recipe.task.sq)
+    opt = torch.optim.Adam([*student.parameters(), *loss_fn.parameters()], lr=s_recipe.train.lr,
+                           weight_decay=s_recipe.train.weight_decay)
     loader = torch.utils.data.DataLoader(PoseImageDataset(data[size], size), batch_size=bs, shuffle=True, num_workers=0)
     model.requires_grad_(False)
 

@@ -20,7 +20,8 @@ import torch  # noqa: E402
 
 from harness.data import normalize_images  # noqa: E402
 from harness.plugins import get_registry  # noqa: E402
-from harness.registry import resolve_recipe  # noqa: E402
+from harness.recipes import resolve  # noqa: E402
+from harness.stages.context import build_model  # noqa: E402
 from harness.stages import teacher as teacher_stage  # noqa: E402
 
 FRAMES = 256
@@ -44,12 +45,12 @@ def per_frame_loop(model: torch.nn.Module, images: torch.Tensor) -> list:
 @pytest.mark.parametrize("case", list(CASES))
 def test_batched_vs_per_frame(benchmark, case):
     name, profile, scenes = CASES[case]
-    recipe = resolve_recipe("teacher", name, "synthetic", profile)
+    recipe = resolve(get_registry(), "teacher", name, "synthetic", profile)
     torch.manual_seed(0)
-    model = get_registry().build("teacher", name, num_scenes=scenes, **teacher_stage.model_config(recipe)).eval()
-    size = int(recipe["image_size"])
+    model = build_model(get_registry(), recipe, num_scenes=scenes).eval()
+    size = recipe.task.image_size
     images = torch.randint(0, 256, (FRAMES, 3, size, size), dtype=torch.uint8)
-    batch = int(recipe.get("eval_batch_size", 64))
+    batch = recipe.task.eval_batch_size
 
     per_frame_loop(model, images[:8])  # warm-up
     t0 = time.perf_counter()

@@ -8,60 +8,27 @@ own frame (PSNR in dB, SSIM).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 from tabulate import tabulate
 
+from harness.cells import cell_files, decoder_rows, pose_rows
 from harness.errors import BenchError
 from harness.metrics import THRESHOLDS, threshold_name
-from harness.store import Store, read_h5
+from harness.store import Store
 
-KEY_COLUMNS = ["dataset", "scene", "fraction", "teacher", "student", "encode", "refiner", "iterations"]
+KEY_COLUMNS = ["dataset", "scene", "fraction", "seed", "teacher", "student", "encode", "refiner", "iterations"]
 ERROR_COLUMNS = ["median_m", "median_deg", "mean_m", "mean_deg"]
 FORMATS = {"github": "github", "latex": "latex", "html": "html", "plain": "simple"}
+FORMAT_NAMES = [*FORMATS, "csv"]
 
 
-def _cell_files(store: Store, fingerprints: Iterable[str] | None) -> list[Path]:
-    if fingerprints is not None:
-        return [store.cell_path(fp) for fp in fingerprints]
-    folder = store.root / "cells"
-    return sorted(folder.glob("*.h5")) if folder.is_dir() else []
-
-
-def load_cells(store: Store, fingerprints: Iterable[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_cells(store: Store, fingerprints: Iterable[str] | None = None,
+               iterations: Iterable[int] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(pose rows, decoder rows)`` from the cell files (all of them, or the given fingerprints)."""
-    pose_rows, decoder_rows = [], []
-    for path in _cell_files(store, fingerprints):
-        loaded = read_h5(path)
-        if loaded is None:
-            continue
-        _, attrs = loaded
-        cell, result = attrs["cell"], attrs["result"]
-        base = {
-            "dataset": cell["dataset"], "fraction": cell["fraction"],
-            "teacher": cell["teacher"] + (f"={Path(cell['checkpoint']).name}" if cell.get("checkpoint") else ""),
-            "teacher_scenes": "+".join(cell["scenes"]),
-            "student": cell["student"] or "-", "encode": cell["encode"] or "-",
-            "refiner": cell["refiner"] or "-", "iterations": int(cell["iterations"]), "cell": attrs["fingerprint"],
-        }
-        if attrs.get("kind") == "decoder":
-            decoder_rows.append({**base, "decoder": cell["decoder"], "scene": base["teacher_scenes"],
-                                 **{k: v for k, v in result.items() if k != "grids"}})
-            continue
-        for scene_row in result["per_scene"]:
-            row = {**base, **scene_row, "ms_per_frame": result["ms_per_frame"], "stored_bytes": result["stored_bytes"]}
-            if "scene_accuracy" in result:
-                row["scene_accuracy"] = result["scene_accuracy"]
-            if "latent_mse" in result:
-                row["latent_mse"] = result["latent_mse"]
-            pose_rows.append(row)
-    poses = pd.DataFrame(pose_rows)
-    if not poses.empty:
-        poses = poses.sort_values(["dataset", "scene", "fraction", "teacher", "student", "encode", "refiner", "iterations"],
-                                  ignore_index=True)
-    return poses, pd.DataFrame(decoder_rows)
+    cells = cell_files(store, fingerprints)
+    return pose_rows(cells, iterations), decoder_rows(cells)
 
 
 def display_frame(poses: pd.DataFrame) -> pd.DataFrame:

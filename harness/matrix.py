@@ -1,4 +1,4 @@
-"""The matrix: teacher x student x encode x refiner x iterations x fraction, expanded into cells.
+"""The matrix: teacher x student x encode x refiner x iterations x fraction x seed, expanded into cells.
 
 A *cell* is one evaluated combination on the test split. Expansion rules:
 
@@ -8,31 +8,40 @@ A *cell* is one evaluated combination on the test split. Expansion rules:
 - ``student = none`` is the teacher alone; with a student and no refiner the
   cell is the PAE's reproduction of the teacher (estimate encoded, decoded by
   the teacher's heads);
-- a refiner runs for each ``iterations`` value >= 1 (iteration 0 is the
-  teacher row); refiners whose neighbours come from the student need one;
+- a refiner cell runs ``K = max(iterations)`` steps once and stores every
+  iteration (0 is the teacher's estimate); the leaderboard shows each
+  requested iteration >= 1. Without ``--iterations`` K is the refiner
+  recipe's ``iterations``; ``--iterations 0`` alone with a refiner is refused
+  (no refinement asked for), never dropped silently. Refiners whose
+  neighbours come from the student need one;
 - a decoder (``NAME`` or ``NAME@TEACHER``, limiting it to one teacher) is
   scored on each teacher x student, the student trained with the first
   ``encode`` value;
-- incompatible combinations (latent sizes, single- vs multi-scene) are
-  refused before any work, with the reason.
+- every cell is repeated per seed: the seed of every model in its chain
+  (a student or refiner of seed s is distilled from the teacher of seed s);
+- incompatible combinations (``harness.compat``: latent sizes, single- vs
+  multi-scene) are refused before any work, with the reason.
 
-The cell fingerprint is computed from names, resolved recipes, checkpoint
-hashes and the data fingerprint alone, so a finished cell is found in the
-store without building or training anything.
+A model name may carry weights: ``NAME=FILE.pth`` (their file hash enters the fingerprint).
+The cell fingerprint is computed from the axes, the resolved recipes (values
+and plugin versions), weight-file hashes and the data fingerprint alone, so a
+finished cell is found in the store without building or training anything.
 """
 
 from __future__ import annotations
 
-import hashlib
 import platform
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
+from harness.compat import Incompatible, check_decoder, check_refiner, check_student, uses_student
 from harness.errors import BenchError
 from harness.interfaces import PoseData
 from harness.plugins import Registry
-from harness.registry import resolve_recipe
+from harness.recipes import ENCODES, Override, Recipe, resolve
+from harness.stages.chain import split_name
+from harness.stages.context import build_model
 from harness.store import fingerprint
 
 NONE = "none"
@@ -67,14 +76,16 @@ class Cell:
     scenes: tuple[str, ...]
     fraction: float
     teacher: TeacherSpec
-    student: str | None = None
+    student: str | None = None  # NAME or NAME=WEIGHTS
     encode: str | None = None
-    refiner: str | None = None
-    iterations: int = 0
+    refiner: str | None = None  # NAME or NAME=WEIGHTS
+    iterations: int = 0  # K: refinement steps the cell runs and stores (0 for a teacher or student cell)
     decoder: str | None = None  # a decoder cell scores images decoded from the student's latents
+    seed: int = 0
+    shown: tuple[int, ...] = ()  # iterations (>= 1) the leaderboard shows of a refiner cell; not fingerprinted
 
     def describe(self) -> str:
-        parts = [self.teacher.label(), "+".join(self.scenes), f"{self.fraction:g}"]
+        parts = [self.teacher.label(), "+".join(self.scenes), f"{self.fraction:g}", f"seed {self.seed}"]
         if self.student:
             parts.append(f"{self.student}/{self.encode}")
         if self.refiner:
@@ -89,6 +100,14 @@ class Cell:
         d["teacher"] = self.teacher.name
         d["checkpoint"] = str(self.teacher.checkpoint) if self.teacher.checkpoint else None
         d["scenes"] = list(self.scenes)
+        d["shown_iterations"] = list(d.pop("shown"))
+        return d
+
+    def identity(self) -> dict[str, Any]:
+        """What the fingerprint hashes of the axes (not how the leaderboard shows them)."""
+        d = self.record()
+        d.pop("shown_iterations")
+        d.pop("checkpoint")  # by content: the file hash is hashed instead
         return d
 
 
@@ -109,28 +128,10 @@ class Axes:
     students: list[str] = field(default_factory=lambda: [NONE])
     encodes: list[str] = field(default_factory=lambda: ["estimate"])
     refiners: list[str] = field(default_factory=lambda: [NONE])
-    iterations: list[int] = field(default_factory=lambda: [0])
+    iterations: list[int] | None = None  # None: each refiner recipe's default K
     fractions: list[float] = field(default_factory=lambda: [1.0])
     decoders: list[str] = field(default_factory=list)
-
-
-def _probe(registry: Registry, kind: str, name: str, **kwargs: Any) -> Any:
-    """Build a plugin with default config, to read its ``multi_scene`` / ``latent_dim`` / ``neighbours``."""
-    try:
-        return registry.build(kind, name, **kwargs)
-    except BenchError:
-        raise
-    except Exception as exc:
-        raise BenchError(f"{kind} {name!r} could not be built: {type(exc).__name__}: {exc}") from None
-
-
-def _model_config(kind: str, name: str, dataset: str, profile: str, registry: Registry) -> dict[str, Any]:
-    """Recipe keys the factory accepts (everything except training settings), for probing."""
-    from harness.train import TrainConfig
-
-    recipe = resolve_recipe(kind, name, dataset, profile)
-    skip = set(TrainConfig.__dataclass_fields__) | {"stages", "sx", "sq", "image_size", "pairs", "encode", "finetune"}
-    return {k: v for k, v in recipe.items() if k not in skip}
+    seeds: list[int] = field(default_factory=lambda: [0])
 
 
 def validate(axes: Axes, registry: Registry) -> None:
@@ -140,78 +141,110 @@ def validate(axes: Axes, registry: Registry) -> None:
     for kind, names in (("student", axes.students), ("refiner", axes.refiners), ("decoder", axes.decoders)):
         for n in names:
             if n != NONE:
-                registry.get(kind, n.partition("@")[0])
+                registry.get(kind, split_name(n.partition("@")[0])[0])
+                _weights_exist(kind, n)
     for enc in axes.encodes:
-        if enc not in ("estimate", "ground_truth"):
+        if enc not in ENCODES:
             raise BenchError(f"--encode {enc!r}: expected estimate or ground_truth")
-    for it in axes.iterations:
+    for it in axes.iterations or []:
         if it < 0:
             raise BenchError(f"--iterations {it}: must be >= 0")
     for frac in axes.fractions:
         if not 0 < frac <= 1:
             raise BenchError(f"--fraction {frac}: must be in (0, 1]")
+    for seed in axes.seeds:
+        if seed < 0:
+            raise BenchError(f"--seeds {seed}: seeds must be >= 0")
 
 
-def expand(axes: Axes, data: PoseData, registry: Registry, profile: str) -> Plan:
+def _weights_exist(kind: str, spec: str) -> None:
+    _, path = split_name(spec)
+    if path is not None and not path.is_file():
+        raise BenchError(f"--{kind} {spec}: weights file {path} does not exist")
+
+
+class _Probe:
+    """Untrained models built once per (kind, name, shape), to read latent sizes and scene kinds."""
+
+    def __init__(self, registry: Registry, dataset: str, profile: str, overrides: list[Override]) -> None:
+        self.registry, self.dataset, self.profile, self.overrides = registry, dataset, profile, overrides
+        self.built: dict[tuple, Any] = {}
+        self.recipes: dict[tuple[str, str], Recipe] = {}
+
+    def recipe(self, kind: str, name: str) -> Recipe:
+        if (kind, name) not in self.recipes:
+            self.recipes[kind, name] = resolve(self.registry, kind, name, self.dataset, self.profile, self.overrides)
+        return self.recipes[kind, name]
+
+    def __call__(self, kind: str, name: str, **fixed: Any) -> Any:
+        key = (kind, name, tuple(sorted(fixed.items())))
+        if key not in self.built:
+            self.built[key] = build_model(self.registry, self.recipe(kind, name), **fixed)
+        return self.built[key]
+
+
+def expand(axes: Axes, data: PoseData, registry: Registry, profile: str,
+           overrides: list[Override] | None = None) -> Plan:
     """Every compatible cell of ``axes`` (in a deterministic order) and the refused combinations."""
     validate(axes, registry)
     plan = Plan()
-    probes: dict[tuple[str, str], Any] = {}
-
-    def probe(kind: str, name: str, **kw: Any) -> Any:
-        key = (kind, name + repr(sorted(kw.items())))
-        if key not in probes:
-            cfg = _model_config(kind, name, axes.dataset, profile, registry)
-            try:
-                probes[key] = _probe(registry, kind, name, **{**cfg, **kw})
-            except BenchError:
-                probes[key] = _probe(registry, kind, name, **kw)
-        return probes[key]
-
+    probe = _Probe(registry, axes.dataset, profile, overrides or [])
     for text in axes.teachers:
         spec = TeacherSpec.parse(text)
-        registry.get("teacher", spec.name)
         scenes = list(spec.scenes or data.scenes)
         unknown = [s for s in scenes if s not in data.scenes]
         if unknown:
             raise BenchError(f"--teacher {text}: unknown scene(s) {', '.join(unknown)}; known: {', '.join(data.scenes)}")
         teacher = probe("teacher", spec.name, num_scenes=len(scenes))
-        multi = bool(getattr(teacher, "multi_scene", False))
-        groups = [tuple(scenes)] if multi else [(s,) for s in scenes]
-        latent = int(getattr(teacher, "latent_dim", 256))
-        for frac in axes.fractions:
-            for group in groups:
-                base = Cell(axes.dataset, group, frac, spec)
-                plan.cells.append(base)
-                for student in axes.students:
-                    _expand_student(plan, base, student, axes, teacher, multi, latent, group, probe)
+        groups = [tuple(scenes)] if bool(getattr(teacher, "multi_scene", False)) else [(s,) for s in scenes]
+        for seed in axes.seeds:
+            for frac in axes.fractions:
+                for group in groups:
+                    base = Cell(axes.dataset, group, frac, spec, seed=seed)
+                    plan.cells.append(base)
+                    for student in axes.students:
+                        _expand_student(plan, base, student, axes, teacher, probe)
     return plan
 
 
-def _expand_student(plan: Plan, base: Cell, student: str, axes: Axes, teacher: Any, multi: bool, latent: int,
-                    group: tuple[str, ...], probe) -> None:
+def _refiner_cells(plan: Plan, cell: Cell, refiner: str, axes: Axes, probe: _Probe) -> None:
+    """The one refiner cell of ``refiner`` on top of ``cell`` (K = max requested iteration)."""
+    name = split_name(refiner)[0]
+    wanted = sorted({k for k in axes.iterations if k >= 1}) if axes.iterations is not None else \
+        list(range(1, probe.recipe("refiner", name).task.iterations + 1))
+    if not wanted:
+        plan.refused.append((f"{cell.describe()} {refiner}", f"--iterations {','.join(map(str, axes.iterations))} "
+                             "asks for no refinement step (give --iterations 1 or more, e.g. 0,1,3)"))
+        return
+    plan.cells.append(replace(cell, refiner=refiner, iterations=max(wanted), shown=tuple(wanted)))
+
+
+def _expand_student(plan: Plan, base: Cell, student: str, axes: Axes, teacher: Any, probe: _Probe) -> None:
+    latent = int(getattr(teacher, "latent_dim", 256))
     if student == NONE:
         for refiner in axes.refiners:
             if refiner == NONE:
                 continue
-            ref = probe("refiner", refiner, latent_dim=latent)
-            if getattr(ref, "neighbours", "student") == "student":
+            ref = probe("refiner", split_name(refiner)[0], latent_dim=latent)
+            if uses_student(ref):
                 if any(s != NONE for s in axes.students):
                     continue  # the student rows of this teacher carry this refiner
                 plan.refused.append((f"{base.describe()} {refiner}", f"{refiner} encodes poses with a student; student 'none' given"))
                 continue
-            for it in axes.iterations:
-                if it >= 1:
-                    plan.cells.append(replace(base, refiner=refiner, iterations=it))
+            try:
+                check_refiner(refiner, ref, base.teacher.name, teacher, None, None)
+            except Incompatible as exc:
+                plan.refused.append((f"{base.describe()} {refiner}", str(exc)))
+                continue
+            _refiner_cells(plan, base, refiner, axes, probe)
         return
-    stud = probe("student", student, latent_dim=latent, num_scenes=len(group), multi_scene=multi)
-    s_latent = int(getattr(stud, "latent_dim", latent))
-    if s_latent != latent:
-        plan.refused.append((f"{base.describe()} {student}", f"student latent size {s_latent} != teacher latent size {latent}"))
-        return
-    if bool(getattr(stud, "multi_scene", False)) != multi:
-        kind = "multi-scene" if getattr(stud, "multi_scene", False) else "single-scene"
-        plan.refused.append((f"{base.describe()} {student}", f"{kind} student under a {'multi' if multi else 'single'}-scene teacher"))
+    s_name = split_name(student)[0]
+    multi = bool(getattr(teacher, "multi_scene", False))
+    stud = probe("student", s_name, latent_dim=latent, num_scenes=len(base.scenes), multi_scene=multi)
+    try:
+        check_student(s_name, stud, base.teacher.name, teacher, len(base.scenes))
+    except Incompatible as exc:
+        plan.refused.append((f"{base.describe()} {student}", str(exc)))
         return
     for enc in axes.encodes:
         cell = replace(base, student=student, encode=enc)
@@ -219,43 +252,24 @@ def _expand_student(plan: Plan, base: Cell, student: str, axes: Axes, teacher: A
         for dec in axes.decoders:
             name, _, only = dec.partition("@")
             if enc == axes.encodes[0] and only in ("", base.teacher.name):
+                check_decoder(name, base.teacher.name, teacher, s_name, stud)
                 plan.cells.append(replace(cell, decoder=name))
         for refiner in axes.refiners:
             if refiner == NONE:
                 continue
-            ref = probe("refiner", refiner, latent_dim=latent)
-            if int(getattr(ref, "latent_dim", latent)) != latent:
-                plan.refused.append((f"{cell.describe()} {refiner}", f"refiner latent size {ref.latent_dim} != teacher latent size {latent}"))
+            ref = probe("refiner", split_name(refiner)[0], latent_dim=latent)
+            try:
+                check_refiner(refiner, ref, base.teacher.name, teacher, s_name, stud)
+            except Incompatible as exc:
+                plan.refused.append((f"{cell.describe()} {refiner}", str(exc)))
                 continue
-            for it in axes.iterations:
-                if it >= 1:
-                    plan.cells.append(replace(cell, refiner=refiner, iterations=it))
+            _refiner_cells(plan, cell, refiner, axes, probe)
 
 
-def file_hash(path: Path | None) -> str | None:
-    """SHA-256 prefix of a file's bytes (checkpoints enter fingerprints by content)."""
-    if path is None:
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def cell_fingerprint(cell: Cell, data_fp: str, recipes: dict[str, dict[str, Any]], ckpt_hash: str | None) -> str:
-    """Stable identity of a cell: its axes, the resolved recipes it uses and the data it sees."""
-    return fingerprint("cell", cell.record(), data_fp, recipes, ckpt_hash)
-
-
-def recipes_for(cell: Cell, profile: str, overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The resolved recipe of every model the cell uses (command-line overrides applied)."""
-    used = {"teacher": cell.teacher.name, "student": cell.student, "refiner": cell.refiner, "decoder": cell.decoder}
-    return {
-        kind: {**resolve_recipe(kind, name, cell.dataset, profile), **overrides.get(kind, {})}
-        for kind, name in used.items()
-        if name
-    }
+def cell_fingerprint(cell: Cell, data_fp: str, recipes: dict[str, str], weights: dict[str, str | None]) -> str:
+    """Stable identity of a cell: its axes, the fingerprints of the recipes it uses (values and plugin
+    versions), the hashes of given weight files and the data it sees."""
+    return fingerprint("cell", cell.identity(), data_fp, recipes, weights)
 
 
 def shard(cells: list[Cell], fps: list[str], spec: str | None) -> list[int]:

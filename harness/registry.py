@@ -38,40 +38,29 @@ def profiles() -> list[str]:
     return sorted(names)
 
 
-def resolve_recipe(kind: str, model: str, dataset: str, profile: str) -> dict[str, Any]:
-    """Merge every recipe table matching ``kind``, ``model``, ``dataset`` and ``profile``."""
-    merged: dict[str, Any] = {}
-    for table in load_registry().get("recipe", []):
-        if table.get("kind") != kind:
+def matching_tables(kind: str, model: str, dataset: str | None = None, profile: str | None = None,
+                    with_index: bool = False) -> list:
+    """The ``[[recipe]]`` tables for ``kind`` and ``model`` (and ``dataset`` / ``profile`` when given), in file order.
+
+    With ``with_index``, ``(number, table)`` pairs (1-based table numbers, as ``bench recipe`` shows them).
+    """
+    out = []
+    for number, table in enumerate(load_registry().get("recipe", []), start=1):
+        if table.get("kind") != kind or not _matches(model, table.get("models", ["*"])):
             continue
-        if not _matches(model, table.get("models", ["*"])):
+        if dataset is not None and not _matches(dataset, table.get("datasets", ["*"])):
             continue
-        if not _matches(dataset, table.get("datasets", ["*"])):
+        if profile is not None and not _matches(profile, table.get("profiles", ["*"])):
             continue
-        if not _matches(profile, table.get("profiles", ["*"])):
-            continue
-        merged.update({k: v for k, v in table.items() if k not in _MATCH_KEYS})
-    return merged
+        out.append((number, table) if with_index else table)
+    return out
 
 
 def _matches(value: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(value, p) for p in patterns)
 
 
-def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """Turn ``["lr=1e-4", "scenes=[\\"room\\"]"]`` into typed values (TOML literal syntax, else string)."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            from harness.errors import BenchError
-
-            raise BenchError(f"--set expects key=value, got {pair!r}")
-        key, raw = pair.split("=", 1)
-        out[key.strip()] = _parse_value(raw.strip())
-    return out
-
-
-def _parse_value(raw: str) -> Any:
+def parse_value(raw: str) -> Any:
     """A TOML literal (``10``, ``1e-4``, ``true``, ``["a", "b"]``), else a Python number (``.5``), else the string."""
     try:
         return tomllib.loads(f"v = {raw}")["v"]

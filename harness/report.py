@@ -57,7 +57,7 @@ def error_curves(store: Store, poses: pd.DataFrame, out: Path) -> list[Path]:
             sid = attrs["scenes"].index(scene)
             mask = arrays["scene_id"] == sid
             for ax, key in ((ax_m, "position_error_m"), (ax_d, "orientation_error_deg")):
-                err = np.sort(arrays[key][mask])
+                err = np.sort(arrays[key][list(attrs["iterations"]).index(int(row["iterations"]))][mask])
                 ax.plot(err, np.arange(1, len(err) + 1) / max(len(err), 1), label=_label(row))
         ax_m.set(xlabel="position error (m)", ylabel="fraction of frames", title=f"{scene}: position")
         ax_d.set(xlabel="orientation error (deg)", title=f"{scene}: orientation")

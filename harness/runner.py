@@ -3,26 +3,32 @@
 A cell that raises is recorded (``cells/<fp>.failed.json``) and the rest of the
 matrix goes on; the next run retries it. Two processes on one work directory
 take a per-cell lock and re-check the store after taking it, so no cell (and,
-through the stages' own locks, no artifact) is computed twice.
+through the stages' own locks, no artifact) is computed twice. The file
+format is :mod:`harness.cells`.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import traceback
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from harness.interfaces import PoseData
-from harness.matrix import Cell, Plan, cell_fingerprint, file_hash, recipes_for, shard, software_versions
+from harness.matrix import Cell, Plan, cell_fingerprint, shard, software_versions
 from harness.metrics import errors, per_scene
 from harness.plugins import BenchPluginManager
-from harness.stages.context import Context
-from harness.store import Store, atomic_path, read_h5, write_h5
+from harness.recipes import Override, overrides_text, resolve
+from harness.stages.chain import Chain, obtain_chain, split_name
+from harness.stages.context import Context, file_hash
+from harness.store import Store, atomic_path, fingerprint, read_h5, write_h5
 
 
 @dataclass
@@ -36,42 +42,92 @@ class RunSummary:
     seconds: float = 0.0
 
 
-def subset(data: PoseData, scenes: tuple[str, ...], fraction: float) -> PoseData:
-    """The frames of ``scenes`` (re-indexed), the training split reduced to ``fraction``."""
+def subset(data: PoseData, scenes: tuple[str, ...], fraction: float, seed: int = 0) -> PoseData:
+    """The frames of ``scenes`` (re-indexed), the training split reduced to ``fraction`` (drawn per ``seed``)."""
     from harness.data import make_pose_data, with_fraction
 
     labels = data.labels[data.labels["scene"].isin(scenes)].drop(columns=["scene_id"])
     sub = make_pose_data(data.name, data.root, labels.reset_index(drop=True), scenes=list(scenes), options=data.options)
-    return with_fraction(sub, fraction) if fraction < 1.0 else sub
+    return with_fraction(sub, fraction, seed) if fraction < 1.0 else sub
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout aprbench runs from (``None`` when installed from a wheel)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 class MatrixRunner:
     """Evaluates the cells of a plan against one store."""
 
     def __init__(self, store: Store, manager: BenchPluginManager, data: PoseData, dataset: str, profile: str,
-                 overrides: dict[str, dict[str, Any]] | None = None, progress: bool = True) -> None:
+                 overrides: list[Override] | None = None, progress: bool = True) -> None:
         self.store, self.manager, self.data, self.dataset = store, manager, data, dataset
         self.registry = manager.registry()
-        self.profile, self.overrides, self.progress = profile, overrides or {}, progress
+        self.profile, self.overrides, self.progress = profile, overrides or [], progress
         self._contexts: dict[tuple, Context] = {}
-        self._ckpt_hashes: dict[Any, str | None] = {}
+        self._hashes: dict[Path, str | None] = {}
+        self._commit = git_commit()
 
     # -- identity ---------------------------------------------------------
     def context(self, cell: Cell) -> Context:
-        key = (cell.scenes, cell.fraction)
+        """The context of a cell's scenes, fraction and seed (shared by the cells that have them in common)."""
+        key = (cell.scenes, cell.fraction, cell.seed)
         if key not in self._contexts:
             self._contexts[key] = Context(
-                store=self.store, registry=self.registry, data=subset(self.data, cell.scenes, cell.fraction),
+                store=self.store, registry=self.registry, data=subset(self.data, cell.scenes, cell.fraction, cell.seed),
                 dataset=self.dataset, profile=self.profile, progress=self.progress, overrides=self.overrides,
+                seed=cell.seed,
             )
         return self._contexts[key]
 
+    def _hash(self, path: Path | None) -> str | None:
+        if path is None:
+            return None
+        if path not in self._hashes:
+            self._hashes[path] = file_hash(path)
+        return self._hashes[path]
+
+    def recipes(self, cell: Cell) -> dict[str, str]:
+        """The fingerprints of the recipes of every model the cell uses (resolved with the cell's seed)."""
+        args = (self.registry,)
+        rest = (self.dataset, self.profile, self.overrides, cell.seed)
+        teacher = resolve(*args, "teacher", cell.teacher.name, *rest)
+        out = {"teacher": teacher.fingerprint()}
+        if cell.student:
+            out["student"] = resolve(*args, "student", split_name(cell.student)[0], *rest, teacher=teacher).fingerprint()
+        for kind in ("refiner", "decoder"):
+            name = getattr(cell, kind)
+            if name:
+                out[kind] = resolve(*args, kind, split_name(name)[0], *rest).fingerprint()
+        return out
+
     def fingerprint(self, cell: Cell) -> str:
-        ckpt = cell.teacher.checkpoint
-        if ckpt not in self._ckpt_hashes:
-            self._ckpt_hashes[ckpt] = file_hash(ckpt)
-        data_fp = self.context(cell).data.fingerprint()
-        return cell_fingerprint(cell, data_fp, recipes_for(cell, self.profile, self.overrides), self._ckpt_hashes[ckpt])
+        weights = {"teacher": self._hash(cell.teacher.checkpoint)}
+        for kind in ("student", "refiner", "decoder"):
+            name = getattr(cell, kind)
+            if name:
+                weights[kind] = self._hash(split_name(name)[1])
+        return cell_fingerprint(cell, self.context(cell).data.fingerprint(), self.recipes(cell), weights)
+
+    def provenance(self, cell: Cell) -> dict[str, Any]:
+        """What produced a cell (:data:`harness.cells.PROVENANCE_KEYS`)."""
+        import harness
+
+        ctx = self.context(cell)
+        return {
+            "profile": self.profile, "overrides": overrides_text(self.overrides),
+            "recipe_fingerprint": fingerprint(self.recipes(cell)), "aprbench_version": harness.__version__,
+            "git_commit": self._commit, "dataset_fingerprint": ctx.data.fingerprint(), "device": str(ctx.device),
+            "precision": "fp32", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
 
     # -- running ----------------------------------------------------------
     def run(self, plan: Plan, shard_spec: str | None = None) -> tuple[RunSummary, list[str]]:
@@ -109,8 +165,8 @@ class MatrixRunner:
         summary.seconds = time.perf_counter() - start
         return summary, fps
 
-    def failure_path(self, fp: str):
-        return self.store.cell_path(fp).with_suffix(".failed.json")
+    def failure_path(self, fp: str) -> Path:
+        return self.store.failure_path(fp)
 
     def _record_failure(self, cell: Cell, fp: str, exc: BaseException) -> None:
         record = {"cell": cell.record(), "error": f"{type(exc).__name__}: {exc}",
@@ -119,76 +175,72 @@ class MatrixRunner:
             tmp.write_text(json.dumps(record, indent=2, default=str))
 
     def _compute(self, cell: Cell, fp: str) -> None:
-        from harness.stages.teacher import obtain_teacher, teacher_outputs
-
         ctx = self.context(cell)
-        teacher = obtain_teacher(ctx, cell.teacher.name, checkpoint=cell.teacher.checkpoint)
-        outs = teacher_outputs(ctx, teacher, "test")
-        fingerprints = {"teacher": teacher.fingerprint, "data": ctx.data.fingerprint()}
-        stored_bytes = _weights_bytes(teacher)
-        extra: dict[str, Any] = {}
-        est, time_s = outs["pose_est"], float(np.mean(outs["time_s"]))
-        if cell.student:
-            from harness.stages.student import obtain_student, student_outputs
-
-            student = obtain_student(ctx, cell.student, teacher, encode=cell.encode or "estimate")
-            fingerprints["student"] = student.fingerprint
-            if cell.decoder:
-                self._decoder_cell(ctx, cell, fp, teacher, student, fingerprints)
-                return
-            if cell.refiner is None:
-                s_out = student_outputs(ctx, student, teacher, "test")
-                est, time_s = s_out["pose_est"], float(np.mean(s_out["time_s"]))
-                extra["latent_mse"] = float(np.mean(s_out["latent_mse"]))
-                stored_bytes = _weights_bytes(teacher) + _weights_bytes(student)
+        teacher_text = cell.teacher.name + (f"={cell.teacher.checkpoint}" if cell.teacher.checkpoint else "")
+        chain = obtain_chain(ctx, teacher_text, cell.student, cell.encode or "estimate", cell.refiner, cell.decoder)
+        attrs = {"cell": cell.record(), "fingerprint": fp, "scenes": ctx.data.scenes,
+                 "upstream": {k: a.fingerprint for k, a in vars(chain).items() if a is not None},
+                 "profile": self.profile, "provenance": self.provenance(cell), "versions": software_versions()}
+        if cell.decoder:
+            result = self._decoder_cell(ctx, chain, fp, attrs)
         else:
-            student = None
-        if cell.refiner:
-            from harness.stages.refiner import obtain_refiner, refine
+            result = self._pose_cell(ctx, chain, cell, fp, attrs)
+        self.manager.pm.hook.bench_cell_finished(cell=cell.record(), result=result)
 
-            refiner = obtain_refiner(ctx, cell.refiner, teacher, student)
-            fingerprints["refiner"] = refiner.fingerprint
-            res = refine(ctx, refiner, teacher, student, "test", cell.iterations)
-            est, time_s = res["poses"][-1], float(res["time_s"][-1])
-            stored_bytes = _weights_bytes(teacher) + int(res["stored_bytes"])
-            extra["iteration_median_m"] = [float(np.median(errors(p, res["pose_gt"])[0])) for p in res["poses"]]
-            extra["iteration_median_deg"] = [float(np.median(errors(p, res["pose_gt"])[1])) for p in res["poses"]]
+    def _pose_cell(self, ctx: Context, chain: Chain, cell: Cell, fp: str, attrs: dict[str, Any]) -> dict[str, Any]:
+        from harness.stages.teacher import teacher_outputs
+
+        outs = teacher_outputs(ctx, chain.teacher, "test")
         gt, scene_id = outs["pose_gt"], outs["scene_id"]
-        pos, ori = errors(est, gt)
-        scenes = per_scene(est, gt, scene_id, ctx.data.scenes).to_dict(orient="records")
-        result = {"ms_per_frame": 1000.0 * time_s, "stored_bytes": int(stored_bytes), "per_scene": scenes, **extra}
-        if teacher.model is not None and getattr(teacher.model, "multi_scene", False):
+        stored_bytes = _weights_bytes(chain.teacher)
+        extra: dict[str, Any] = {}
+        if chain.refiner is not None:
+            from harness.stages.refiner import refine
+
+            res = refine(ctx, chain.refiner, chain.teacher, chain.student, "test", cell.iterations)
+            estimates, seconds = list(res["poses"]), [float(t) for t in res["time_s"]]
+            stored_bytes += int(res["stored_bytes"])
+        elif chain.student is not None:
+            from harness.stages.student import student_outputs
+
+            s_out = student_outputs(ctx, chain.student, chain.teacher, "test")
+            estimates, seconds = [s_out["pose_est"]], [float(np.mean(s_out["time_s"]))]
+            extra["latent_mse"] = float(np.mean(s_out["latent_mse"]))
+            stored_bytes += _weights_bytes(chain.student)
+        else:
+            estimates, seconds = [outs["pose_est"]], [float(np.mean(outs["time_s"]))]
+        errs = [errors(est, gt) for est in estimates]
+        per_iteration = [
+            {"iteration": k, "ms_per_frame": 1000.0 * seconds[k],
+             "per_scene": per_scene(est, gt, scene_id, ctx.data.scenes).to_dict(orient="records")}
+            for k, est in enumerate(estimates)
+        ]
+        result = {"per_iteration": per_iteration, "stored_bytes": int(stored_bytes), **extra}
+        if getattr(chain.teacher.model, "multi_scene", False):
             result["scene_accuracy"] = float(np.mean(outs["scene_logp"].argmax(1) == scene_id))
         write_h5(
             self.store.cell_path(fp),
-            {"pose_est": est, "pose_gt": gt, "scene_id": scene_id, "position_error_m": pos,
-             "orientation_error_deg": ori, "time_s": np.full(len(gt), time_s)},
-            {"kind": "pose", "cell": cell.record(), "fingerprint": fp, "upstream": fingerprints,
-             "result": result, "scenes": ctx.data.scenes, "iteration": cell.iterations, "profile": self.profile,
-             "versions": software_versions(), "created": time.time()},
+            {"pose_est": np.stack(estimates).astype(np.float32), "pose_gt": gt, "scene_id": scene_id,
+             "img_path": list(outs["img_path"]), "position_error_m": np.stack([e[0] for e in errs]),
+             "orientation_error_deg": np.stack([e[1] for e in errs])},
+            {**attrs, "kind": "pose", "iterations": list(range(len(estimates))), "result": result},
         )
-        self.manager.pm.hook.bench_cell_finished(cell=cell.record(), result=result)
+        return result
 
-    def _decoder_cell(self, ctx: Context, cell: Cell, fp: str, teacher, student, fingerprints: dict) -> None:
-        from harness.stages.decoder import decoder_scores, obtain_decoder, write_grid
+    def _decoder_cell(self, ctx: Context, chain: Chain, fp: str, attrs: dict[str, Any]) -> dict[str, Any]:
+        from harness.stages.decoder import decoder_scores, write_grid
 
-        decoder = obtain_decoder(ctx, cell.decoder, teacher, student)
-        fingerprints["decoder"] = decoder.fingerprint
+        teacher, student, decoder = chain.teacher, chain.student, chain.decoder
         scores = {split: decoder_scores(ctx, decoder, teacher, student, split) for split in ("train", "test")}
         grids = {}
         for split in ("train", "test"):
-            out = self.store.cell_path(fp).with_name(f"{fp}-grid-{split}.png")
-            write_grid(ctx, decoder, teacher, student, split, out)
-            grids[split] = str(out)
-        result = {f"{split}_{k}": float(v) for split, s in scores.items() for k, v in s.items()}
+            grids[split] = str(write_grid(ctx, decoder, teacher, student, split, self.store.grid_path(fp, split)))
+        result: dict[str, Any] = {f"{split}_{k}": float(v) for split, s in scores.items() for k, v in s.items()}
         result["grids"] = grids
         result["stored_bytes"] = _weights_bytes(decoder)
-        write_h5(
-            self.store.cell_path(fp), {"psnr": np.array([scores["train"]["psnr"], scores["test"]["psnr"]])},
-            {"kind": "decoder", "cell": cell.record(), "fingerprint": fp, "upstream": fingerprints, "result": result,
-             "scenes": ctx.data.scenes, "profile": self.profile, "versions": software_versions(), "created": time.time()},
-        )
-        self.manager.pm.hook.bench_cell_finished(cell=cell.record(), result=result)
+        write_h5(self.store.cell_path(fp), {"psnr": np.array([scores["train"]["psnr"], scores["test"]["psnr"]])},
+                 {**attrs, "kind": "decoder", "result": result})
+        return result
 
 
 def _weights_bytes(artifact) -> int:
@@ -197,4 +249,3 @@ def _weights_bytes(artifact) -> int:
     if model is None:
         return 0
     return int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
-

@@ -5,7 +5,11 @@ Layout under the work directory (default ``./.bench``)::
     data/<dataset>/...                 rendered synthetic data (native 7Scenes layout)
     artifacts/<kind>/<name>-<fp>/      weights.pth + weights.json (what made them), checkpoints/
     outputs/<teacher-fp>-<split>.h5    teacher outputs per split
-    cells/<cell-fp>.h5                 one evaluated matrix cell
+    cells/<cell-fp>.h5                 one evaluated matrix cell (``harness.cells``)
+    cells/<cell-fp>.failed.json        why a cell failed (removed once it succeeds)
+    cells/<cell-fp>-grid-<split>.png   a decoder cell's image grid
+    images/                            decoded, resized training images (cache)
+    report/                            ``bench report``'s HTML and figures
     locks/                             advisory file locks
 
 Every file is written to a temporary name in the same folder and renamed into
@@ -32,7 +36,10 @@ import torch
 
 from harness.errors import BenchError
 
-DEFAULT_WORKDIR = Path(os.environ.get("BENCH_WORKDIR", ".bench"))
+
+def default_workdir() -> Path:
+    """``$BENCH_WORKDIR`` (read when called), else ``./.bench``."""
+    return Path(os.environ.get("BENCH_WORKDIR") or ".bench")
 
 
 def fingerprint(*parts: Any) -> str:
@@ -165,11 +172,25 @@ def load_into(module: torch.nn.Module, state: Mapping[str, Any], source: str = "
 
 
 class Store:
-    """Paths and locks under one work directory."""
+    """Every path and lock under one work directory (see the module docstring for the layout).
 
-    def __init__(self, workdir: Path | str | None = None) -> None:
-        self.root = Path(workdir) if workdir is not None else DEFAULT_WORKDIR
-        self.root.mkdir(parents=True, exist_ok=True)
+    ``create=False`` opens an existing work directory only (readers such as
+    ``bench leaderboard``): a missing one is an error, not a new empty folder.
+    """
+
+    def __init__(self, workdir: Path | str | None = None, create: bool = True) -> None:
+        self.root = Path(workdir) if workdir is not None else default_workdir()
+        if self.root.exists() and not self.root.is_dir():
+            raise BenchError(f"work directory {self.root} is a file, not a folder")
+        if not create:
+            if not self.root.is_dir():
+                raise BenchError(f"work directory {self.root} does not exist (nothing stored there yet: run `bench run`"
+                                 " with this --workdir first)")
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BenchError(f"cannot create work directory {self.root}: {exc.strerror or exc}") from None
 
     def data_dir(self, dataset: str) -> Path:
         return self.root / "data" / dataset
@@ -184,6 +205,22 @@ class Store:
 
     def cell_path(self, cell_fp: str) -> Path:
         return self.root / "cells" / f"{cell_fp}.h5"
+
+    def failure_path(self, cell_fp: str) -> Path:
+        """Why the cell failed (JSON), present only while it does."""
+        return self.root / "cells" / f"{cell_fp}.failed.json"
+
+    def grid_path(self, cell_fp: str, split: str) -> Path:
+        """A decoder cell's image grid on ``split``."""
+        return self.root / "cells" / f"{cell_fp}-grid-{split}.png"
+
+    def image_cache_dir(self) -> Path:
+        """Decoded, resized images (``harness.data.load_images``)."""
+        return self.root / "images"
+
+    def report_dir(self) -> Path:
+        """Where ``bench report`` writes by default."""
+        return self.root / "report"
 
     def cell_paths(self) -> list[Path]:
         """Every cell file of the store, sorted by name."""

@@ -38,20 +38,24 @@ def test_matrix_runs_caches_and_prints_the_leaderboard(tmp_path):
             "--refiner", "none", "pae-rpr", "--iterations", "0,1,2", *FAST]
     first = bench(tmp_path, *args)
     assert first.returncode == 0, first.stderr[-3000:]
-    # teacher alone, pae, pae-rpr x 1 and 2 iterations
-    assert "4 cell(s) in this run: 0 from the store, 4 computed, 0 failed" in first.stdout
+    # teacher alone, pae, and one pae-rpr cell that runs 2 iterations and stores both
+    assert "3 cell(s) in this run: 0 from the store, 3 computed, 0 failed" in first.stdout
     assert "posenet-mobilenet" in first.stdout and "pae-rpr" in first.stdout
     files = cell_files(tmp_path)
-    assert len(files) == 4
+    assert len(files) == 3
+    shapes = []
     for name in files:
         arrays, attrs = read_h5(tmp_path / "cells" / name)
-        assert arrays["pose_est"].shape == arrays["pose_gt"].shape == (24, 7)
+        shapes.append(arrays["pose_est"].shape)
+        assert arrays["pose_gt"].shape == (24, 7) and arrays["position_error_m"].shape == arrays["pose_est"].shape[:2]
         assert attrs["versions"]["torch"] and attrs["cell"]["dataset"] == "synthetic"
-        assert attrs["result"]["per_scene"][0]["scene"] == "room"
+        assert attrs["result"]["per_iteration"][0]["per_scene"][0]["scene"] == "room"
+        assert attrs["provenance"]["profile"] == "quick" and attrs["provenance"]["overrides"] == "epochs=1"
+    assert sorted(shapes) == [(1, 24, 7), (1, 24, 7), (3, 24, 7)]
 
     again = bench(tmp_path, *args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "4 from the store, 0 computed" in again.stdout
+    assert "3 from the store, 0 computed" in again.stdout
     assert cell_files(tmp_path) == files  # nothing rewritten
 
     board = bench(tmp_path, "leaderboard", "--format", "csv")
@@ -86,7 +90,7 @@ def test_sigkill_mid_matrix_then_rerun_finishes_without_recomputing(tmp_path):
 
     rerun = bench(tmp_path, *args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    total = 1 + 2 * (1 + 3)  # teacher; per encoding: pae, pae-rpr x 3
+    total = 1 + 2 * (1 + 1)  # teacher; per encoding: pae, one pae-rpr cell (3 iterations)
     m = re.search(r"(\d+) cell\(s\) in this run: (\d+) from the store, (\d+) computed, 0 failed", rerun.stdout)
     assert m and int(m.group(1)) == total
     assert int(m.group(2)) == len(before) and int(m.group(3)) == total - len(before)

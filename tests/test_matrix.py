@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 from torch import nn
 
-from harness.commands.run import kind_overrides
 from harness.errors import BenchError
 from harness.interfaces import PoseData
 from harness.leaderboard import render
 from harness.matrix import Axes, TeacherSpec, expand, shard
+from harness.recipes import Override, parse_sets
 from harness.plugins import Entry, Registry
 
 
@@ -65,12 +65,12 @@ def test_full_axes_count_and_rules():
     plan = expand(axes, data(), registry(), "quick")
     per_fraction = (
         1  # teacher alone
-        + 2  # retrieval refiner without a student, iterations 1 and 3
+        + 1  # retrieval refiner without a student: one cell runs 3 iterations, shows 1 and 3
         + 1  # decoder (student trained with the first encoding)
-        + 2 * (1 + 2 * 2)  # per encode: student row, two refiners x iterations 1, 3
+        + 2 * (1 + 2)  # per encode: student row, two refiners (one cell each)
     )
     assert len(plan.cells) == 2 * per_fraction
-    assert all(c.iterations >= 1 for c in plan.cells if c.refiner)
+    assert all(c.iterations == 3 and c.shown == (1, 3) for c in plan.cells if c.refiner)
     assert all(c.refiner is None for c in plan.cells if c.iterations == 0)
     assert plan.refused == []  # rpr without a student is not a combination when students are given
 
@@ -84,7 +84,7 @@ def test_refiner_needing_a_student_is_refused_when_no_student_is_given():
 def test_incompatible_latent_sizes_and_scene_kinds_are_refused_with_reason():
     plan = expand(Axes("fake", ["single@room"], students=["pae-64"]), data(), registry(), "quick")
     assert [c.student for c in plan.cells] == [None]
-    assert "student latent size 64 != teacher latent size 256" in plan.refused[0][1]
+    assert "student 'pae-64' has latent size 64 but teacher 'single' has latent size 256" in plan.refused[0][1]
 
 
 def test_unknown_names_list_the_known_ones():
@@ -114,11 +114,33 @@ def test_shards_partition_the_cells_deterministically():
             shard(cells, fps, bad)
 
 
-def test_kind_overrides():
-    out = kind_overrides(["teacher.epochs=2", "lr=1e-4", "student.encode=ground_truth"])
-    assert out["teacher"] == {"epochs": 2, "lr": 1e-4}
-    assert out["student"] == {"lr": 1e-4, "encode": "ground_truth"}
-    assert out["refiner"] == {"lr": 1e-4}
+def test_parse_sets_kinds_and_values():
+    out = parse_sets(["teacher.epochs=2", "lr=1e-4", "refiner.pairs=both"])
+    assert out == [Override("teacher", "epochs", 2, "teacher.epochs=2"), Override(None, "lr", 1e-4, "lr=1e-4"),
+                   Override("refiner", "pairs", "both", "refiner.pairs=both")]
+    with pytest.raises(BenchError, match="not a kind"):
+        parse_sets(["teachr.epochs=2"])
+    with pytest.raises(BenchError, match="expected \\[KIND.\\]KEY=VALUE"):
+        parse_sets(["epochs"])
+
+
+def test_refiners_without_iterations_run_their_recipe_default_and_never_vanish():
+    """Bug: with --teacher given and no --iterations every refiner cell was dropped without a word."""
+    axes = Axes("fake", ["single@room"], students=["pae"], refiners=["rpr"])
+    cells = [c for c in expand(axes, data(), registry(), "quick").cells if c.refiner]
+    assert [(c.refiner, c.iterations, c.shown) for c in cells] == [("rpr", 3, (1, 2, 3))]  # RefinerConfig.iterations
+    plan = expand(Axes("fake", ["single@room"], students=["pae"], refiners=["rpr"], iterations=[0]), data(),
+                  registry(), "quick")
+    assert not [c for c in plan.cells if c.refiner]
+    assert "asks for no refinement step" in plan.refused[0][1]
+
+
+def test_seeds_axis_repeats_every_cell_per_seed():
+    axes = Axes("fake", ["single@room"], students=["pae"], refiners=["rpr"], iterations=[1], seeds=[0, 1, 2])
+    plan = expand(axes, data(), registry(), "quick")
+    assert sorted({c.seed for c in plan.cells}) == [0, 1, 2]
+    assert len(plan.cells) == 3 * 3  # teacher, student, refiner per seed
+    assert len({(c.student, c.refiner, c.seed) for c in plan.cells}) == 9
 
 
 def test_render_formats_sort_and_group():

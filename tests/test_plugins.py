@@ -386,27 +386,25 @@ def recipes(tmp_path, monkeypatch):
     return data
 
 
-def test_resolve_recipe_merge_order(recipes):
-    base = registry.resolve_recipe("teacher", "mstransformer", "sevenscenes", "paper")
-    assert base == {"lr": 1e-4, "epochs": 100, "batch_size": 32, "sx": 0.0}
+def merged(kind, model, dataset, profile):
+    """The registry tables matching, merged in file order (what ``harness.recipes.resolve`` starts from)."""
+    out = {}
+    for table in registry.matching_tables(kind, model, dataset, profile):
+        out.update({k: v for k, v in table.items() if k not in ("kind", "models", "datasets", "profiles")})
+    return out
 
-    cam = registry.resolve_recipe("teacher", "posenet_resnet50", "cambridge_kings", "paper")
+
+def test_recipe_tables_merge_in_file_order(recipes):
+    assert merged("teacher", "mstransformer", "sevenscenes", "paper") == {"lr": 1e-4, "epochs": 100, "batch_size": 32, "sx": 0.0}
+    cam = merged("teacher", "posenet_resnet50", "cambridge_kings", "paper")
     assert cam == {"lr": 1e-4, "epochs": 100, "batch_size": 32, "sx": -3.0, "sq": -6.5}
-
-    quick = registry.resolve_recipe("teacher", "posenet_mobilenet", "cambridge", "quick")
+    quick = merged("teacher", "posenet_mobilenet", "cambridge", "quick")
     assert quick == {"lr": 1e-4, "epochs": 2, "batch_size": 8, "sx": -3.0, "sq": -6.5}
-
-    # the match keys themselves never leak into the config
-    assert not set(quick) & {"kind", "models", "datasets", "profiles"}
-    assert registry.resolve_recipe("student", "pae", "synthetic", "quick") == {"lr": 1e-3, "epochs": 7}
-    assert registry.resolve_recipe("refiner", "pae_rpr", "synthetic", "quick") == {}
+    assert merged("student", "pae", "synthetic", "quick") == {"lr": 1e-3, "epochs": 7}
+    assert merged("refiner", "pae_rpr", "synthetic", "quick") == {}
     assert registry.profiles() == ["quick", "smoke"]
-
-
-def test_recipe_then_overrides(recipes):
-    config = registry.resolve_recipe("teacher", "posenet_mobilenet", "synthetic", "smoke")
-    config.update(registry.parse_overrides(["epochs=1", "lr=5e-4"]))
-    assert config == {"lr": 5e-4, "epochs": 1, "batch_size": 8, "sx": 0.0}
+    numbered = registry.matching_tables("teacher", "posenet_mobilenet", "synthetic", "smoke", with_index=True)
+    assert [n for n, _ in numbered] == [1, 4]
 
 
 def test_registry_toml_lists_builtin_modules():
@@ -435,14 +433,9 @@ def test_registry_toml_lists_builtin_modules():
         ("empty=", "empty", ""),
     ],
 )
-def test_parse_overrides_typing(pair, key, value):
-    out = registry.parse_overrides([pair])
-    assert out == {key: value}
-    assert type(out[key]) is type(value)
+def test_set_values_typing(pair, key, value):
+    from harness.recipes import parse_sets
 
-
-def test_parse_overrides_many_and_errors():
-    assert registry.parse_overrides(None) == {}
-    assert registry.parse_overrides(["a=1", "b=x", "a=2"]) == {"a": 2, "b": "x"}  # later wins
-    with pytest.raises(BenchError, match="key=value"):
-        registry.parse_overrides(["epochs"])
+    (out,) = parse_sets([pair])
+    assert (out.kind, out.key, out.value) == (None, key, value)
+    assert type(out.value) is type(value)

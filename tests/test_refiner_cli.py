@@ -23,8 +23,7 @@ TINY_DEC = ["--set", "epochs=2", "--set", "image_size=16", "--set", "hidden=[32,
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from harness.plugins import get_registry
-    from harness.registry import resolve_recipe
-    from harness.stages.teacher import model_config
+    from harness.stages.context import build_named
 
     root = tmp_path_factory.mktemp("cli")
     labels = make_labels(n_train=48, n_test=16)
@@ -32,8 +31,7 @@ def setup(tmp_path_factory):
     labels[LABEL_COLUMNS].to_csv(root / "data" / "labels.csv", index=False)
     name = "posenet-mobilenet"
     torch.manual_seed(0)
-    teacher = get_registry().build("teacher", name, num_scenes=1,
-                                   **model_config(resolve_recipe("teacher", name, "labels", "quick")))
+    teacher = build_named(get_registry(), "teacher", name, "labels", "quick", num_scenes=1)
     torch.save(teacher.state_dict(), root / "teacher.pth")
     common = ["--workdir", root / "work", "--dataset", f"labels:root={root / 'data'},labels={root / 'data' / 'labels.csv'}",
               "--teacher", f"{name}={root / 'teacher.pth'}", "--no-progress"]

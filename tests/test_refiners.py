@@ -291,7 +291,7 @@ def test_finetune_batches_encode_each_query_frame_once():
     def make(epoch):
         return {"images": frames, "scene": torch.zeros(30, dtype=torch.int64), "rel": rel}
 
-    batches = list(stage.PairBatches(make, 6, seed=3, images=images, augment=False)(0))
+    batches = list(stage.pair_batches(make, 6, seed=3, images=images, augment=False)(0))
     from harness.data import normalize_images
 
     seen = []
@@ -303,7 +303,7 @@ def test_finetune_batches_encode_each_query_frame_once():
             torch.testing.assert_close(b["images"][b["image_rows"][row]], normalize_images(images[frames[i : i + 1]])[0])
     assert sorted(seen) == list(range(30))
     # two ranks take disjoint halves
-    halves = [torch.cat([b["rel"] for b in stage.PairBatches(make, 6, seed=3, images=images, augment=False)(0, r, 2)])
+    halves = [torch.cat([b["rel"] for b in stage.pair_batches(make, 6, seed=3, images=images, augment=False)(0, r, 2)])
               for r in (0, 1)]
     assert len(halves[0]) == len(halves[1]) == 15 - 15 % 3
     assert not (halves[0][:, None] == halves[1][None]).all(-1).any()

@@ -14,8 +14,9 @@ from harness.errors import BenchError
 from harness.interfaces import Latents, PoseData, Student, Teacher
 from harness.plugins import get_registry
 from harness.stages import student as stage
-from harness.stages.context import Artifact, Context
-from harness.stages.student import evaluate_student, obtain_student, student_outputs, student_recipe
+from harness.recipes import Recipe
+from harness.stages.context import Artifact, Context, build_model
+from harness.stages.student import evaluate_student, obtain_student, student_outputs
 from harness.store import Store, fingerprint, write_h5
 from refiner_helpers import make_labels
 
@@ -167,14 +168,16 @@ def test_pae_learns_a_teachers_latents_and_is_reused(tmp_path, monkeypatch):
                    checkpoint_every=1000, num_threads=1)
     teacher = teacher_artifact()
     outs = store_fake_outputs(ctx, teacher, noise_m=0.1, noise_deg=3.0)
-    untrained = Artifact("student", "pae", "u", {}, stage.build_student(ctx, "pae", {}, teacher.model).eval())
+    recipe = ctx.recipe("student", "pae")
+    untrained = Artifact("student", "pae", "u", recipe,
+                         build_model(ctx.registry, recipe, latent_dim=teacher.model.latent_dim).eval())
     before = student_outputs(ctx, untrained, teacher, "test")
     art = obtain_student(ctx, "pae", teacher)
     after = student_outputs(ctx, art, teacher, "test")
     assert after["pose_est"].shape == (60, 7) and after["time_s"].shape == (60,)
     assert np.mean(after["latent_mse"]) < np.mean(before["latent_mse"]) / 10
     meta = _sidecar(art)
-    assert meta["encode"] == "estimate" and meta["teacher_fingerprint"] == "t0" and meta["epochs"] == 60
+    assert meta["encode"] == "estimate" and meta["upstream"]["teacher"] == "t0" and meta["epochs"] == 60
     assert meta["final"]["mse"] < meta["first"]["mse"] / 20  # training-split latent MSE
     frame = evaluate_student(ctx, art, teacher, "test")
     row = frame.iloc[0]
@@ -215,7 +218,7 @@ def test_encode_estimate_and_ground_truth_differ(tmp_path, monkeypatch):
     n_est = len(seen)
     gt = obtain_student(ctx, "pae-shallow", teacher, encode="ground_truth")
     assert est.fingerprint != gt.fingerprint and est.path != gt.path
-    assert est.config["encode"] == "estimate" and gt.config["encode"] == "ground_truth"
+    assert est.options["encode"] == "estimate" and gt.options["encode"] == "ground_truth"
 
     def rows(batches):  # the set of poses the student saw, sorted
         x = torch.cat(batches).numpy()
@@ -279,18 +282,22 @@ def test_paper_recipe_follows_the_teacher_and_set_wins(tmp_path):
     data = make_data(n_train=8, n_test=4)
     teacher = teacher_artifact(config={"epochs": 30, "batch_size": 8, "lr": 1e-4, "step_size": 10, "gamma": 0.1,
                                        "sx": 0.0, "sq": -3.0, "image_size": 224})
-    recipe = student_recipe(make_ctx(tmp_path, data, profile="paper"), "pae", teacher)
+    def student(ctx, t):
+        return ctx.recipe("student", "pae", teacher=t.recipe).values()
+
+    recipe = student(make_ctx(tmp_path, data, profile="paper"), teacher)
     assert (recipe["epochs"], recipe["batch_size"], recipe["lr"], recipe["step_size"], recipe["sq"]) == (30, 8, 1e-4, 10, -3.0)
     assert recipe["schedule"] == "step" and "image_size" not in recipe
-    recipe = student_recipe(make_ctx(tmp_path, data, profile="paper"), "pae", teacher_artifact(config={}))
+    recipe = student(make_ctx(tmp_path, data, profile="paper"), teacher_artifact(config={}))
     assert (recipe["epochs"], recipe["batch_size"], recipe["lr"], recipe["sx"], recipe["sq"]) == (300, 32, 1e-3, -3.0, -6.5)
-    recipe = student_recipe(make_ctx(tmp_path, data, profile="paper", epochs=5), "pae", teacher)
+    recipe = student(make_ctx(tmp_path, data, profile="paper", epochs=5), teacher)
     assert recipe["epochs"] == 5
     # the pose term's weight may depend on what the student encodes
-    assert stage.pose_weight({"pose_weight": {"estimate": 0.0, "ground_truth": 1.0}}, "ground_truth") == 1.0
-    assert stage.pose_weight({"pose_weight": 0.5}, "estimate") == 0.5
+    table = Recipe.of("student", "pae", {"pose_weight": {"estimate": 0.0, "ground_truth": 1.0}})
+    assert stage.pose_weight(table, "ground_truth") == 1.0
+    assert stage.pose_weight(Recipe.of("student", "pae", {"pose_weight": 0.5}), "estimate") == 0.5
     with pytest.raises(BenchError, match="ground_truth"):
-        stage.pose_weight({"pose_weight": {"estimate": 0.0}}, "ground_truth")
+        stage.pose_weight(Recipe.of("student", "pae", {"pose_weight": {"estimate": 0.0}}), "ground_truth")
 
 
 # =========================================================================== no image, real teacher
@@ -340,16 +347,14 @@ def test_training_never_loads_an_image(tiny_teacher, monkeypatch):
 # =========================================================================== CLI
 def test_cli_train_and_eval_student(tmp_path, run_bench):
     from harness.data import write_labels
-    from harness.registry import resolve_recipe
-    from harness.stages.teacher import model_config
+    from harness.stages.context import build_named
     from teacher_helpers import make_tiny_data
 
     data = make_tiny_data(tmp_path / "data", n_train=48, n_test=16, size=32)
     write_labels(data.labels, tmp_path / "data" / "labels.csv")
     # given teacher weights (random init of the quick recipe's model): no teacher training in the test
-    recipe = resolve_recipe("teacher", "posenet-mobilenet", "labels", "quick")
     torch.manual_seed(0)
-    model = get_registry().build("teacher", "posenet-mobilenet", num_scenes=1, **model_config(recipe))
+    model = build_named(get_registry(), "teacher", "posenet-mobilenet", "labels", "quick", num_scenes=1)
     ckpt = tmp_path / "teacher.pth"
     torch.save(model.state_dict(), ckpt)
     common = ["--workdir", tmp_path / "work", "--dataset", f"labels:root={tmp_path / 'data'},labels={tmp_path / 'data' / 'labels.csv'}",

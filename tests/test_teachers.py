@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from harness.errors import BenchError
+from harness.stages.context import build_model
 from harness.interfaces import Teacher
 from harness.plugins import get_registry
 from harness.stages import teacher as stage
@@ -60,11 +61,12 @@ def test_every_teacher_registered_with_shapes():
 
 @pytest.mark.parametrize("name", ["posenet-resnet50", "posenet-efficientnet", "posenet-mobilenet", "mstransformer"])
 def test_paper_configuration_builds_and_runs_224(name):
-    from harness.registry import resolve_recipe
+    from harness.recipes import resolve
+    from harness.stages.context import build_model
 
-    recipe = resolve_recipe("teacher", name, "sevenscenes", "paper")
-    assert recipe["image_size"] == 224
-    model = get_registry().build("teacher", name, num_scenes=7, **stage.model_config(recipe)).eval()
+    recipe = resolve(get_registry(), "teacher", name, "sevenscenes", "paper")
+    assert recipe.task.image_size == 224
+    model = build_model(get_registry(), recipe, num_scenes=7).eval()
     if name == "mstransformer":
         assert len(model.transformer_t.encoder) == len(model.transformer_t.decoder) == 6
         assert model.transformer_t.encoder[0].self_attn.num_heads == 4
@@ -99,7 +101,7 @@ def test_staged_fine_tuning_freezes_all_but_pattern(tiny):
     root, data = tiny
     ctx = make_ctx(root / "staged", data, **TINY_MST, stages=[{"epochs": 1}, {"train": "regressor_head_rot.*", "epochs": 2}])
     torch.manual_seed(0)
-    before = stage.build_teacher(ctx, "mstransformer", ctx.recipe("teacher", "mstransformer")).state_dict()
+    before = build_model(ctx.registry, ctx.recipe("teacher", "mstransformer"), num_scenes=len(data.scenes)).state_dict()
     art = obtain_teacher(ctx, "mstransformer")
     after = art.model.state_dict()
     # stage 1 trained everything; stage 2 only the orientation head: compare to stage 1's checkpoint

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.stages.teacher import ImageBatches, TeacherTask
+from harness.stages.teacher import TeacherTask, image_batches
 from harness.train import TrainConfig, fit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ def test_image_batches_shard_and_replay():
     images = torch.randint(0, 255, (20, 3, 8, 8), dtype=torch.uint8)
     poses = torch.randn(20, 7)
     scenes = torch.tensor([0] * 15 + [1] * 5)
-    b = ImageBatches(images, poses, scenes, batch_size=4, seed=1, augment=True)
+    b = image_batches(images, poses, scenes, batch_size=4, seed=1, augment=True)
     first = list(b(2, 0, 1))
     assert len(first) == 5 and first[0][0].shape == (4, 3, 8, 8) and first[0][0].dtype == torch.float32
     again = list(b(2, 0, 1))
@@ -105,7 +105,7 @@ def test_image_batches_shard_and_replay():
     assert len(r0) == len(r1) == 5 and r0[0][0].shape[0] == 2  # the global batch split over 2 ranks
     seen = torch.cat([p for _, p, _ in r0 + r1])
     assert len({tuple(r.tolist()) for r in seen}) == 20  # every frame once per epoch
-    balanced = ImageBatches(images, poses, scenes, batch_size=20, seed=0, scene_balanced=True, augment=False)
+    balanced = image_batches(images, poses, scenes, batch_size=20, seed=0, scene_balanced=True, augment=False)
     counts = torch.bincount(torch.cat([s for _, _, s in balanced(0)] + [s for e in range(1, 20) for _, _, s in balanced(e)]))
     assert abs(counts[0].item() - counts[1].item()) < 0.15 * counts.sum().item()
 
@@ -163,7 +163,7 @@ DDP_SCRIPT = textwrap.dedent(
     from teacher_helpers import make_tiny_data
     from harness.data import load_images
     from harness.plugins import get_registry
-    from harness.stages.teacher import ImageBatches, TeacherTask
+    from harness.stages.teacher import TeacherTask, image_batches
     from harness.train import TrainConfig, fit
     from pathlib import Path
     torch.set_num_threads(1)
@@ -172,7 +172,7 @@ DDP_SCRIPT = textwrap.dedent(
     torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's
     teacher = get_registry().build("teacher", "posenet", num_scenes=1, backbone="test_convnext")
     task = TeacherTask(teacher, 0.0, -1.0)
-    batches = ImageBatches(load_images(data, 32), data.poses(), data.scene_ids(), batch_size=8, seed=0)
+    batches = image_batches(load_images(data, 32), data.poses(), data.scene_ids(), batch_size=8, seed=0)
     hist = fit(task, batches, TrainConfig(epochs=2, batch_size=8, lr=1e-3), Path({ckpt!r}), progress=False)
     flat = torch.cat([p.detach().flatten() for p in task.parameters()])
     gathered = [torch.zeros_like(flat) for _ in range(2)]

@@ -5,13 +5,22 @@ from __future__ import annotations
 import argparse
 
 from harness.plugins import get_registry
-from harness.registry import parse_overrides
+from harness.recipes import check_overrides, check_profile, parse_sets
 from harness.stages.context import Context
 from harness.store import Store
 
+SET_HELP = ("override a recipe value: KIND.KEY=VALUE for one kind (teacher.epochs=2) or KEY=VALUE for every kind "
+            "that has the key (TOML syntax; repeatable; `bench recipe KIND NAME` lists the keys)")
+
+
+def add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    """``--profile`` and ``--set``, the same in every command."""
+    parser.add_argument("--profile", default="quick", help="recipe profile from registry.toml: quick (minutes on a CPU) or paper (default quick)")
+    parser.add_argument("--set", action="append", default=[], metavar="[KIND.]KEY=VALUE", help=SET_HELP)
+
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
-    """``--dataset``, ``--scenes``, ``--fraction``, ``--profile``, ``--set``, ``--no-progress``."""
+    """``--dataset``, ``--scenes``, ``--fraction``, ``--seed``, ``--profile``, ``--set``, ``--no-progress``."""
     parser.add_argument(
         "--dataset", default="synthetic",
         help="dataset plugin name with options, e.g. 'synthetic', 'sevenscenes:root=/data/7Scenes', "
@@ -19,21 +28,30 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--scenes", nargs="+", metavar="SCENE", help="restrict to these scenes (default: all the dataset has)")
     parser.add_argument("--fraction", type=float, default=1.0, help="fraction of each scene's training frames to use (default 1.0)")
-    parser.add_argument("--profile", default="quick", help="recipe profile from registry.toml: quick (minutes on a CPU) or paper (default quick)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. --set epochs=5 (TOML syntax; repeatable)")
+    parser.add_argument("--seed", type=int, default=None, help="training seed of every model (default: each recipe's, 0)")
+    add_recipe_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def make_context(args: argparse.Namespace, kind: str) -> Context:
-    """Open the store, load plugins and the dataset named by ``args``; ``--set`` values go to ``kind``'s recipe."""
-    from harness.data import open_dataset, with_fraction
+def make_context(args: argparse.Namespace, used: dict[str, list[str]]) -> Context:
+    """Open the store, load plugins and the dataset named by ``args``; ``used`` (kind -> names) checks ``--set``.
 
-    store = Store(args.workdir)
+    Options are checked before the dataset is opened (rendered): profile, ``--set`` keys, fraction.
+    """
+    from harness.data import open_dataset, with_fraction
+    from harness.errors import BenchError
+
     registry = get_registry(args.plugin)
-    name, data = open_dataset(args.dataset, store, registry, scenes=args.scenes)
-    if args.fraction != 1.0:
-        data = with_fraction(data, args.fraction)
-    return Context(
-        store=store, registry=registry, data=data, dataset=name, profile=args.profile,
-        progress=not args.no_progress, overrides={kind: parse_overrides(args.set)},
-    )
+    check_profile(args.profile)
+    overrides = parse_sets(args.set)
+    check_overrides(registry, overrides, used)
+    if not 0 < args.fraction <= 1:
+        raise BenchError(f"--fraction {args.fraction}: must be in (0, 1]")
+    ctx = Context(store=Store(args.workdir), registry=registry, data=None, dataset=args.dataset.split(":", 1)[0],
+                  profile=args.profile, progress=not args.no_progress, overrides=overrides, seed=args.seed)
+    for kind, names in used.items():  # every recipe resolves (types, ranges, kind-specific keys) before any work
+        for name in names:
+            ctx.recipe(kind, name)
+    ctx.dataset, data = open_dataset(args.dataset, ctx.store, registry, scenes=args.scenes)
+    ctx.data = with_fraction(data, args.fraction, args.seed or 0) if args.fraction != 1.0 else data
+    return ctx

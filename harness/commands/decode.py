@@ -41,23 +41,15 @@ def register(commands) -> None:
     dec.set_defaults(func=run_decode)
 
 
-def _split_name(spec: str) -> tuple[str, Path | None]:
-    name, eq, path = spec.partition("=")
-    return name, (Path(path) if eq else None)
-
-
 def _obtain(args: argparse.Namespace, name: str):
-    from harness.stages.decoder import obtain_decoder
-    from harness.stages.student import obtain_student
-    from harness.stages.teacher import obtain_teacher
+    from harness.stages.chain import obtain_chain, split_name
 
-    ctx = make_context(args, "decoder")
-    t_name, checkpoint = _split_name(args.teacher)
+    used = {"teacher": [split_name(args.teacher)[0]], "student": [split_name(args.student)[0]],
+            "decoder": [split_name(name)[0]]}
+    ctx = make_context(args, used)
     t0 = time.perf_counter()
-    teacher = obtain_teacher(ctx, t_name, checkpoint)
-    student = obtain_student(ctx, args.student, teacher, encode=args.encode)
-    decoder = obtain_decoder(ctx, name, teacher, student)
-    return ctx, teacher, student, decoder, time.perf_counter() - t0
+    chain = obtain_chain(ctx, args.teacher, args.student, args.encode, decoder=name)
+    return ctx, chain.teacher, chain.student, chain.decoder, time.perf_counter() - t0
 
 
 def _scores_line(split: str, scores: dict) -> str:

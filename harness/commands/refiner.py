@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from tabulate import tabulate
 
@@ -15,7 +14,8 @@ COLUMNS = ["scene", "iteration", "frames", "median_m", "median_deg", "mean_m", "
 
 
 def _add_options(parser: argparse.ArgumentParser, iterations: int) -> None:
-    parser.add_argument("name", metavar="NAME", help="refiner name: pae-rpr (iAPR) or image-rpr (retrieval baseline)")
+    parser.add_argument("name", metavar="NAME[=WEIGHTS]", help="refiner name: pae-rpr (iAPR) or image-rpr (retrieval "
+                        "baseline); =path to use given weights")
     parser.add_argument("--teacher", required=True, metavar="T[=CHECKPOINT]",
                         help="teacher name (trained with its recipe or found in the store), optionally =path to its weights")
     parser.add_argument("--student", metavar="S",
@@ -47,26 +47,16 @@ def register(commands) -> None:
     ev.set_defaults(func=run_eval)
 
 
-def _split_name(spec: str) -> tuple[str, Path | None]:
-    name, eq, path = spec.partition("=")
-    return name, (Path(path) if eq else None)
-
-
 def _obtain(args: argparse.Namespace):
-    from harness.stages.refiner import obtain_refiner
-    from harness.stages.teacher import obtain_teacher
+    from harness.stages.chain import obtain_chain, split_name
 
-    ctx = make_context(args, "refiner")
-    t_name, checkpoint = _split_name(args.teacher)
-    t0 = time.perf_counter()
-    teacher = obtain_teacher(ctx, t_name, checkpoint)
-    student = None
+    used = {"teacher": [split_name(args.teacher)[0]], "refiner": [split_name(args.name)[0]]}
     if args.student:
-        from harness.stages.student import obtain_student
-
-        student = obtain_student(ctx, args.student, teacher, encode=args.encode)
-    refiner = obtain_refiner(ctx, args.name, teacher, student)
-    return ctx, teacher, student, refiner, time.perf_counter() - t0
+        used["student"] = [split_name(args.student)[0]]
+    ctx = make_context(args, used)
+    t0 = time.perf_counter()
+    chain = obtain_chain(ctx, args.teacher, args.student, args.encode, refiner=args.name)
+    return ctx, chain.teacher, chain.student, chain.refiner, time.perf_counter() - t0
 
 
 def report(ctx, refiner, teacher, student, split: str, iterations: int) -> str:

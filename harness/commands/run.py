@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
+from harness.commands.common import add_recipe_options
 from harness.errors import BenchError
-from harness.matrix import NONE, Axes, expand, flatten, parse_list, shard, validate
-from harness.plugins import KINDS, get_manager
-from harness.registry import parse_overrides
+from harness.matrix import NONE, Axes, TeacherSpec, expand, flatten, parse_list, shard, validate
+from harness.plugins import get_manager
+from harness.recipes import check_overrides, check_profile, parse_sets, resolve
+from harness.stages.chain import split_name
 from harness.store import Store
 
 DEFAULT_MATRIX = {
@@ -27,7 +28,7 @@ DEFAULT_MATRIX = {
 
 def register(commands) -> None:
     p = commands.top.add_parser(
-        "run", parents=[commands.common], help="run a teacher x student x refiner x iterations x fraction matrix",
+        "run", parents=[commands.common], help="run a teacher x student x refiner x iterations x fraction x seed matrix",
         description="Expand every compatible combination into cells, obtain each model from the store or train it "
         "with its recipe, evaluate every cell on the test split, cache it in HDF5 and print the leaderboard. "
         "With no axis options, runs the default matrix (posenet-mobilenet on room, mstransformer on room+site, "
@@ -36,17 +37,18 @@ def register(commands) -> None:
     p.add_argument("--dataset", default="synthetic", help="dataset NAME[:key=value,...] (default synthetic)")
     p.add_argument("--scenes", nargs="+", metavar="SCENE", help="restrict to these scenes")
     p.add_argument("--teacher", nargs="+", action="extend", metavar="T",
-                   help="teachers: NAME, NAME@scene+scene (pin scenes), NAME=CHECKPOINT.pth (use given weights)")
-    p.add_argument("--student", nargs="+", action="extend", metavar="S", help="students (pae, pae-shallow, ...; 'none' = teacher alone)")
+                   help="teachers: NAME, NAME@scene+scene (pin scenes), NAME=WEIGHTS.pth (use given weights)")
+    p.add_argument("--student", nargs="+", action="extend", metavar="S",
+                   help="students (pae, pae-shallow, ...; NAME=WEIGHTS.pth; 'none' = teacher alone)")
     p.add_argument("--encode", nargs="+", action="extend", metavar="E", help="what students encode in training: estimate, ground_truth")
-    p.add_argument("--refiner", nargs="+", action="extend", metavar="R", help="refiners (pae-rpr, image-rpr; 'none')")
-    p.add_argument("--iterations", help="refinement iterations, comma-separated, e.g. 0,1,3")
+    p.add_argument("--refiner", nargs="+", action="extend", metavar="R", help="refiners (pae-rpr, image-rpr; NAME=WEIGHTS.pth; 'none')")
+    p.add_argument("--iterations", help="refinement iterations to show, comma-separated, e.g. 0,1,3 (a refiner cell runs the "
+                   "largest once and stores every step; default: each refiner recipe's `iterations`)")
     p.add_argument("--fraction", help="training-data fractions, comma-separated, e.g. 1.0,0.3")
+    p.add_argument("--seeds", help="training seeds, comma-separated (0,1,2), or a count (3 means 0,1,2); default 0")
     p.add_argument("--decoder", nargs="+", action="extend", metavar="D", help="decoders scored on every teacher x student (the student trained with the first --encode value); "
                    "NAME@TEACHER limits one to that teacher")
-    p.add_argument("--profile", default="quick", help="recipe profile: quick or paper (default quick)")
-    p.add_argument("--set", action="append", default=[], metavar="[KIND.]KEY=VALUE",
-                   help="override a recipe value for one kind (teacher.epochs=2) or all kinds (epochs=2); repeatable")
+    add_recipe_options(p)
     p.add_argument("--shard", metavar="i/n", help="run only slice i of n (0 <= i < n) of the cells, e.g. for a Slurm array")
     p.add_argument("--format", default="github", help="leaderboard format: github, latex, html, plain, csv")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML/PNG report")
@@ -54,46 +56,63 @@ def register(commands) -> None:
     p.set_defaults(func=run)
 
 
-def kind_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
-    """``["teacher.epochs=2", "lr=1e-4"]`` -> ``{"teacher": {"epochs": 2, "lr": 1e-4}, "student": {"lr": 1e-4}, ...}``."""
-    out: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
-    for pair in pairs:
-        key = pair.split("=", 1)[0]
-        kind, dot, _ = key.partition(".")
-        if dot and kind in out:
-            out[kind].update(parse_overrides([pair[len(kind) + 1:]]))
-        else:
-            for values in out.values():
-                values.update(parse_overrides([pair]))
-    return {k: v for k, v in out.items() if v}
+def parse_seeds(text: str | None) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; a single count ``"3"`` -> [0, 1, 2]; ``None`` -> [0]."""
+    if text is None:
+        return [0]
+    values = parse_list(text, int)
+    if len(values) == 1 and "," not in text:
+        if values[0] < 1:
+            raise BenchError(f"--seeds {text}: a count must be >= 1 (or list seeds: 0,1,2)")
+        return list(range(values[0]))
+    if not values or len(set(values)) != len(values):
+        raise BenchError(f"--seeds {text}: expected distinct integers, e.g. 0,1,2 (or a count: 3)")
+    return values
+
+
+def axes_from_args(args: argparse.Namespace) -> Axes:
+    """The matrix axes the options name (the default matrix when no teacher is given)."""
+    default = args.teacher is None
+    axis = lambda name, given: given if given is not None else (DEFAULT_MATRIX[name] if default else None)  # noqa: E731
+    iterations = axis("iterations", args.iterations)
+    return Axes(
+        dataset=args.dataset.split(":", 1)[0],
+        teachers=flatten(axis("teacher", args.teacher)),
+        students=flatten(axis("student", args.student) or [NONE]),
+        encodes=flatten(axis("encode", args.encode) or ["estimate"]),
+        refiners=flatten(axis("refiner", args.refiner) or [NONE]),
+        iterations=parse_list(iterations, int) if iterations is not None else None,
+        fractions=parse_list(args.fraction or "1.0", float),
+        decoders=flatten(axis("decoder", args.decoder) or []),
+        seeds=parse_seeds(args.seeds),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from harness.data import open_dataset
-    from harness.leaderboard import display_frame, load_cells, render
+    from harness.leaderboard import FORMAT_NAMES, display_frame, load_cells, render
     from harness.runner import MatrixRunner
 
-    default = args.teacher is None
-    axis = lambda name, given: given if given is not None else (DEFAULT_MATRIX[name] if default else None)  # noqa: E731
-    teachers = axis("teacher", args.teacher)
-    axes = Axes(
-        dataset=args.dataset.split(":", 1)[0],
-        teachers=flatten(teachers),
-        students=flatten(axis("student", args.student) or [NONE]),
-        encodes=flatten(axis("encode", args.encode) or ["estimate"]),
-        refiners=flatten(axis("refiner", args.refiner) or [NONE]),
-        iterations=parse_list(axis("iterations", args.iterations) or "0", int),
-        fractions=parse_list(args.fraction or "1.0", float),
-        decoders=flatten(axis("decoder", args.decoder) or []),
-    )
-    overrides = kind_overrides(args.set)
+    # every option is checked before any data is opened or model trained
+    axes = axes_from_args(args)
+    if args.format not in FORMAT_NAMES:
+        raise BenchError(f"--format {args.format!r}: expected one of {', '.join(FORMAT_NAMES)}")
+    check_profile(args.profile)
+    overrides = parse_sets(args.set)
     store = Store(args.workdir)
     manager = get_manager(args.plugin)
     registry = manager.registry()
     validate(axes, registry)
     shard([], [], args.shard)  # a malformed --shard is refused before any work
+    used = {"teacher": [TeacherSpec.parse(t).name for t in axes.teachers]}
+    for kind, values in (("student", axes.students), ("refiner", axes.refiners), ("decoder", axes.decoders)):
+        used[kind] = [split_name(v.partition("@")[0])[0] for v in values if v != NONE]
+    check_overrides(registry, overrides, used)
+    for kind, names in used.items():
+        for name in names:
+            resolve(registry, kind, name, axes.dataset, args.profile, overrides)
     name, data = open_dataset(args.dataset, store, registry, scenes=args.scenes)
-    plan = expand(axes, data, registry, args.profile)
+    plan = expand(axes, data, registry, args.profile, overrides)
     if plan.refused:
         print(f"refused {len(plan.refused)} combination(s):", file=sys.stderr)
         for what, why in plan.refused:
@@ -110,13 +129,13 @@ def run(args: argparse.Namespace) -> int:
     print(render(display_frame(poses), args.format))
     if not decoders.empty:
         print()
-        print(render(decoders.drop(columns=["cell", "iterations", "refiner"]), args.format))
+        print(render(decoders.drop(columns=["cell"]), args.format))
     print(f"\n{summary.total} cell(s) in this run: {summary.cached} from the store, {summary.computed} computed, "
           f"{len(summary.failed)} failed ({summary.seconds:.1f} s); work directory {store.root}")
     if not args.no_report and not args.shard:
         from harness.report import write_report
 
-        index = write_report(store, store.root / "report", fps)
+        index = write_report(store, store.report_dir(), fps)
         print(f"report: {index}")
     if summary.failed:
         print(f"\n{len(summary.failed)} cell(s) failed (details in {store.root / 'cells'}/*.failed.json):", file=sys.stderr)

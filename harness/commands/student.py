@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from tabulate import tabulate
 
@@ -18,7 +17,8 @@ COLUMNS = [
 
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME", help="student name, e.g. pae, pae-shallow, pae-nope, pae-shallow-nope")
+    parser.add_argument("name", metavar="NAME[=WEIGHTS]", help="student name, e.g. pae, pae-shallow, pae-nope, pae-shallow-nope; "
+                        "=path to use given weights")
     parser.add_argument("--teacher", required=True, metavar="T[=CHECKPOINT]",
                         help="teacher name (trained with its recipe or found in the store), optionally =path to its weights")
     parser.add_argument("--encode", choices=["estimate", "ground_truth"], default="estimate",
@@ -47,11 +47,6 @@ def register(commands) -> None:
     ev.set_defaults(func=run_eval)
 
 
-def _split_name(spec: str) -> tuple[str, Path | None]:
-    name, eq, path = spec.partition("=")
-    return name, (Path(path) if eq else None)
-
-
 def report(ctx, student, teacher, split: str = "test") -> str:
     """The per-scene table of :func:`harness.stages.student.evaluate_student`."""
     from harness.stages.student import evaluate_student
@@ -62,15 +57,12 @@ def report(ctx, student, teacher, split: str = "test") -> str:
 
 
 def _obtain(args: argparse.Namespace):
-    from harness.stages.student import obtain_student
-    from harness.stages.teacher import obtain_teacher
+    from harness.stages.chain import obtain_chain, split_name
 
-    ctx = make_context(args, "student")
-    t_name, checkpoint = _split_name(args.teacher)
+    ctx = make_context(args, {"teacher": [split_name(args.teacher)[0]], "student": [split_name(args.name)[0]]})
     t0 = time.perf_counter()
-    teacher = obtain_teacher(ctx, t_name, checkpoint)
-    student = obtain_student(ctx, args.name, teacher, encode=args.encode)
-    return ctx, teacher, student, time.perf_counter() - t0
+    chain = obtain_chain(ctx, args.teacher, args.name, args.encode)
+    return ctx, chain.teacher, chain.student, time.perf_counter() - t0
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from tabulate import tabulate
 
@@ -32,11 +31,6 @@ def register(commands) -> None:
     ev.set_defaults(func=run_eval)
 
 
-def _split_name(spec: str) -> tuple[str, Path | None]:
-    name, eq, path = spec.partition("=")
-    return name, (Path(path) if eq else None)
-
-
 def report(ctx, art) -> str:
     """The per-scene table: teacher test errors, mean-pose baseline, train-split errors, scene accuracy."""
     from harness.stages.teacher import baseline_table, evaluate_teacher
@@ -58,7 +52,7 @@ def run_train(args: argparse.Namespace) -> int:
     from harness.stages.teacher import obtain_teacher
     from harness.train import distributed_env
 
-    ctx = make_context(args, "teacher")
+    ctx = make_context(args, {"teacher": [args.name]})
     t0 = time.perf_counter()
     art = obtain_teacher(ctx, args.name)
     if distributed_env()[0] != 0:
@@ -69,11 +63,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from harness.stages.teacher import obtain_teacher
+    from harness.stages.chain import obtain_chain, split_name
 
-    name, checkpoint = _split_name(args.name)
-    ctx = make_context(args, "teacher")
-    art = obtain_teacher(ctx, name, checkpoint)
+    ctx = make_context(args, {"teacher": [split_name(args.name)[0]]})
+    art = obtain_chain(ctx, args.name).teacher
     print(f"teacher {art.name} ({art.fingerprint}) on {ctx.dataset}, scenes {', '.join(ctx.data.scenes)}")
     print(report(ctx, art))
     return 0

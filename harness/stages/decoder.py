@@ -7,15 +7,15 @@ images resized to ``S`` (``harness.data.load_images``, cached in the store).
 Scores: PSNR (dB) and SSIM (Gaussian window) of decoded vs true images on a
 split; grids: PNGs of ground truth beside decoded.
 
-A decoder recipe (kind ``decoder``) holds ``TrainConfig`` keys, the task keys
-in ``TASK_KEYS`` and model keys for the factory (``image_size``, ``hidden``).
+A decoder recipe resolves (``harness.recipes``) into the training loop's config,
+:class:`harness.recipes.DecoderConfig` and the model's config for the factory
+(``image_size``, ``hidden``).
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,21 +23,13 @@ from torch import Tensor, nn
 
 from harness.errors import BenchError
 from harness.interfaces import Decoder, PoseData
-from harness.stages.context import Artifact, Context, plugin_version, train_once
-from harness.store import atomic_path, fingerprint, save_state
-from harness.train import TrainConfig, distributed_env, fit
+from harness.batches import Batches
+from harness.compat import check_decoder
+from harness.recipes import Recipe
+from harness.stages.context import Artifact, Context, Stage, obtain
+from harness.store import atomic_path
+from harness.train import fit
 
-TASK_KEYS = {"eval_batch_size", "description"}
-TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
-DEFAULTS: dict[str, Any] = {"eval_batch_size": 256}
-
-
-def model_config(recipe: dict[str, Any]) -> dict[str, Any]:
-    """The part of a recipe that the decoder factory receives."""
-    return {k: v for k, v in recipe.items() if k not in TASK_KEYS | TRAIN_KEYS}
-
-
-# =========================================================================== image metrics
 def psnr(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
     """Peak signal-to-noise ratio in dB per image of ``(B, C, H, W)`` batches: ``10 log10(range^2 / MSE)``."""
     mse = ((x.double() - y.double()) ** 2).flatten(1).mean(1).clamp_min(1e-12)
@@ -81,17 +73,9 @@ def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, window: int = 11, sigma:
 
 
 # =========================================================================== compatibility
-def check_compatible(name: str, teacher: Artifact, student: Artifact | None) -> None:
-    """A decoder needs a student whose latents are those of its teacher (size and scene kind)."""
-    if student is None:
-        raise BenchError(f"decoder {name!r} decodes a student's (PAE's) latents; give one (--student)")
-    s, t = student.model, teacher.model
-    if s.latent_dim != t.latent_dim:
-        raise BenchError(f"decoder {name!r}: student {student.name!r} has latent size {s.latent_dim} but teacher "
-                         f"{teacher.name!r} has {t.latent_dim}")
-    if bool(s.multi_scene) != bool(t.multi_scene):
-        raise BenchError(f"decoder {name!r}: student {student.name!r} and teacher {teacher.name!r} differ in "
-                         "being multi-scene")
+def _check_pairing(name: str, teacher: Artifact, student: Artifact | None) -> None:
+    check_decoder(name, teacher.name, teacher.model, student.name if student else None,
+                  student.model if student else None)
 
 
 @torch.no_grad()
@@ -121,69 +105,36 @@ class DecoderTask(nn.Module):
         return loss, logs
 
 
-class LatentImageBatches:
-    """Batches ``(latent_x, latent_q, images uint8)`` in an order fixed by ``(seed, epoch)``."""
-
-    def __init__(self, lx: Tensor, lq: Tensor, images: Tensor, batch_size: int, seed: int = 0,
-                 device: torch.device | None = None) -> None:
-        self.lx, self.lq, self.images = lx, lq, images
-        self.batch_size, self.seed = batch_size, seed
-        self.device = device or torch.device("cpu")
-
-    def __call__(self, epoch: int, rank: int = 0, world: int = 1) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.lx), generator=g)
-        mine = order[: (len(order) // world) * world][rank::world]
-        bs = max(1, self.batch_size // world)
-        stop = len(mine) - len(mine) % bs if len(mine) > bs else len(mine)
-        for i in range(0, stop, bs):
-            idx = mine[i : i + bs]
-            yield self.lx[idx].to(self.device), self.lq[idx].to(self.device), self.images[idx].to(self.device)
+def _build_args(ctx: Context, upstream: dict[str, Artifact]) -> dict[str, Any]:
+    return {"latent_dim": int(upstream["student"].model.latent_dim)}
 
 
-def obtain_decoder(ctx: Context, name: str, teacher: Artifact, student: Artifact) -> Artifact:
-    """The decoder ``name`` for ``student`` (distilled from ``teacher``), from the store or trained."""
-    check_compatible(name, teacher, student)
-    recipe = {**DEFAULTS, **ctx.recipe("decoder", name)}
-    try:
-        model = ctx.registry.build("decoder", name, latent_dim=int(student.model.latent_dim), **model_config(recipe))
-    except TypeError as exc:
-        raise BenchError(f"decoder {name!r}: bad recipe option ({exc}); model options: {sorted(model_config(recipe))}") from None
-    if not isinstance(model, Decoder):
-        raise BenchError(f"decoder plugin {name!r} built a {type(model).__name__}, not a harness Decoder")
-    train = ctx.data.split("train")
-    upstream = {"teacher": teacher.fingerprint, "student": student.fingerprint, "data": train.fingerprint()}
-    fp = fingerprint("decoder", name, plugin_version(ctx, "decoder", name), recipe, upstream)
-    out_dir = ctx.store.artifact_dir("decoder", name, fp)
-    weights = out_dir / "weights.pth"
-    art = Artifact("decoder", name, fp, recipe, model, weights, upstream)
-    train_once(ctx, "decoder", name, fp, model, weights, lambda: _train(ctx, name, model, recipe, student, train, out_dir))
-    return art
+def _check(ctx: Context, recipe: Recipe, model: Decoder, upstream: dict[str, Artifact]) -> None:
+    _check_pairing(recipe.name, upstream["teacher"], upstream.get("student"))
 
 
-def _train(ctx: Context, name: str, model: Decoder, recipe: dict[str, Any], student: Artifact, train: PoseData,
-           out_dir: Path) -> None:
+def obtain_decoder(ctx: Context, name: str, teacher: Artifact, student: Artifact,
+                   checkpoint: Path | None = None) -> Artifact:
+    """The decoder ``name`` for ``student`` (distilled from ``teacher``), from the store, ``checkpoint``, or trained."""
+    _check_pairing(name, teacher, student)
+    return obtain(ctx, DECODER, name, {"teacher": teacher, "student": student}, checkpoint)
+
+
+def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: Path) -> tuple[list, dict]:
     from harness.data import load_images
 
-    if len(train.labels) == 0:
-        raise BenchError(f"decoder {name!r}: no training frames")
-    t0 = time.perf_counter()
-    config = TrainConfig.from_recipe(recipe)
+    model, config = art.model, art.recipe.train
+    train = ctx.data.split("train")
     images = load_images(train, int(model.image_size), ctx.store)  # (N, 3, S, S) uint8
-    lx, lq = pose_latents(student, train, ctx.device)
+    lx, lq = pose_latents(upstream["student"], train, ctx.device)
     task = DecoderTask(model).to(ctx.device)
-    batches = LatentImageBatches(lx.cpu(), lq.cpu(), images, config.batch_size, config.seed, ctx.device)
-    history = fit(task, batches, config, out_dir / "checkpoints", desc=f"decoder {name}", progress=ctx.progress,
+    batches = Batches((lx.cpu(), lq.cpu(), images), config.batch_size, config.seed, device=ctx.device)
+    history = fit(task, batches, config, out_dir / "checkpoints", desc=f"decoder {art.name}", progress=ctx.progress,
                   device=ctx.device)
-    if distributed_env()[0] != 0:
-        return
-    meta = {
-        "kind": "decoder", "name": name, "recipe": recipe, "dataset": ctx.dataset, "scenes": train.scenes,
-        "student": student.fingerprint, "train_frames": len(train.labels), "epochs": len(history),
-        "train_seconds": sum(h.get("seconds", 0.0) for h in history), "wall_seconds": time.perf_counter() - t0,
-        "final": history[-1] if history else {}, "torch": torch.__version__,
-    }
-    save_state(out_dir / "weights.pth", model.state_dict(), meta=meta)
+    return history, {"student": upstream["student"].fingerprint}
+
+
+DECODER = Stage("decoder", Decoder, _build_args, _check, _train)
 
 
 # =========================================================================== scores and grids
@@ -201,7 +152,7 @@ def decode_split(ctx: Context, decoder: Artifact, student: Artifact, split: str,
     lx, lq = pose_latents(student, data, ctx.device)
     if index is not None:
         images, lx, lq = images[index], lx[index], lq[index]
-    bs = int(decoder.config.get("eval_batch_size", DEFAULTS["eval_batch_size"]))
+    bs = decoder.recipe.task.eval_batch_size
     model = decoder.model.to(ctx.device).eval()
     out = torch.cat([model(lx[i : i + bs], lq[i : i + bs]).float().cpu() for i in range(0, len(lx), bs)])
     return out, images.float() / 255.0
@@ -209,7 +160,7 @@ def decode_split(ctx: Context, decoder: Artifact, student: Artifact, split: str,
 
 def decoder_scores(ctx: Context, decoder: Artifact, teacher: Artifact, student: Artifact, split: str) -> dict[str, float]:
     """Mean PSNR (dB) and SSIM of images decoded from ``split``'s ground-truth poses against the true images."""
-    check_compatible(decoder.name, teacher, student)
+    _check_pairing(decoder.name, teacher, student)
     out, truth = decode_split(ctx, decoder, student, split)
     chunks = range(0, len(out), 256)  # bounded memory: SSIM keeps five float64 maps per image
     p = torch.cat([psnr(out[i : i + 256], truth[i : i + 256]) for i in chunks])
@@ -222,7 +173,7 @@ def write_grid(ctx: Context, decoder: Artifact, teacher: Artifact, student: Arti
     """A PNG of ``n`` frames (evenly spaced over ``split``): each ground truth beside its decoded image, 4 pairs a row."""
     from torchvision.utils import save_image
 
-    check_compatible(decoder.name, teacher, student)
+    _check_pairing(decoder.name, teacher, student)
     N = len(ctx.data.split(split).labels)
     index = torch.unique(torch.linspace(0, max(N - 1, 0), min(n, N)).round().long())
     decoded, truth = decode_split(ctx, decoder, student, split, index)
@@ -233,4 +184,4 @@ def write_grid(ctx: Context, decoder: Artifact, teacher: Artifact, student: Arti
     return out
 
 
-__all__ = ["obtain_decoder", "decoder_scores", "write_grid", "psnr", "ssim", "gaussian_window", "DecoderTask"]
+__all__ = ["DECODER", "obtain_decoder", "decoder_scores", "write_grid", "psnr", "ssim", "gaussian_window", "DecoderTask"]

@@ -1,8 +1,8 @@
 """Refiners as artifacts: train (or load) a relative pose regressor, run the iAPR loop, evaluate it.
 
-A refiner recipe (``registry.toml``, kind ``refiner``) is flat: the keys of
-:class:`harness.train.TrainConfig`, the task keys in ``TASK_KEYS`` below, and
-everything else goes to the plugin's factory (``d_model``, ``layers``, ...).
+A refiner recipe resolves (``harness.recipes``) into the training loop's config,
+:class:`harness.recipes.RefinerConfig` and the model's config for the plugin's
+factory (``d_model``, ``layers``, ...).
 
 Training (frozen image encoder, the default) reads the teacher's stored
 train-split outputs; it never re-runs the teacher. A training pair is a query
@@ -42,7 +42,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -54,28 +54,11 @@ from harness.errors import BenchError
 from harness.interfaces import Refiner
 from harness.losses import PoseLoss
 from harness.metrics import per_scene
-from harness.stages.context import Artifact, Context, plugin_version, train_once
-from harness.store import fingerprint, save_state
-from harness.train import TrainConfig, distributed_env, fit
-
-# recipe keys the training task reads (never passed to the model factory)
-TASK_KEYS = {
-    "pairs", "k", "virtual", "orientation_weight", "spread_scale", "std_m", "std_deg", "min_std_m", "min_std_deg",
-    "sx", "sq", "learn_weights", "finetune", "augment", "eval_batch_size", "init_bias", "standardize", "description",
-}
-TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
-DEFAULTS: dict[str, Any] = {
-    "pairs": "nearest", "k": 4, "virtual": 4, "orientation_weight": 1.0, "spread_scale": 1.0,
-    "min_std_m": 0.01, "min_std_deg": 0.5, "sx": 0.0, "sq": -3.0, "learn_weights": True, "finetune": False,
-    "augment": True, "eval_batch_size": 1024, "init_bias": True, "standardize": True,
-}
-PAIRS = ("nearest", "virtual", "both")
-
-
-def model_config(recipe: dict[str, Any]) -> dict[str, Any]:
-    """The part of a recipe that the refiner factory receives."""
-    return {k: v for k, v in recipe.items() if k not in TASK_KEYS | TRAIN_KEYS}
-
+from harness.batches import Batches
+from harness.recipes import Recipe
+from harness.compat import check_refiner, uses_student
+from harness.stages.context import Artifact, Context, Stage, build_model, obtain
+from harness.train import fit
 
 def _outputs(ctx: Context, teacher: Artifact, split: str) -> dict[str, np.ndarray]:
     """The teacher's stored outputs on ``split`` (indirection so that tests can stand in for teachers)."""
@@ -89,36 +72,6 @@ def module_bytes(module: nn.Module | None) -> int:
     if module is None:
         return 0
     return int(sum(t.numel() * t.element_size() for t in module.state_dict().values()))
-
-
-# =========================================================================== compatibility
-def check_compatible(name: str, refiner: Refiner, teacher: Artifact, student: Artifact | None) -> None:
-    """Refuse (``BenchError`` with the reason) a pairing that cannot work, before any training."""
-    t = teacher.model
-    if refiner.latent_dim != t.latent_dim:
-        raise BenchError(
-            f"refiner {name!r} has latent size {refiner.latent_dim} but teacher {teacher.name!r} produces {t.latent_dim}"
-        )
-    if getattr(refiner, "neighbours", "student") != "student":
-        return  # image-rpr: the student is not used
-    if student is None:
-        raise BenchError(f"refiner {name!r} encodes poses with a student (PAE); give one (--student)")
-    s = student.model
-    if s.latent_dim != t.latent_dim:
-        raise BenchError(
-            f"refiner {name!r}: student {student.name!r} has latent size {s.latent_dim} but teacher "
-            f"{teacher.name!r} has {t.latent_dim}; they cannot be combined"
-        )
-    if bool(s.multi_scene) != bool(t.multi_scene):
-        which = ("multi-scene", "single-scene") if s.multi_scene else ("single-scene", "multi-scene")
-        raise BenchError(
-            f"refiner {name!r}: student {student.name!r} is {which[0]} but teacher {teacher.name!r} is {which[1]}; "
-            "a refiner needs a student of the same kind as its teacher"
-        )
-
-
-def _uses_student(refiner: Refiner) -> bool:
-    return getattr(refiner, "neighbours", "student") == "student"
 
 
 # =========================================================================== helpers
@@ -224,108 +177,73 @@ class RPRTask(nn.Module):
         return loss, logs
 
 
-class PairBatches:
-    """Training batches of pairs for :func:`harness.train.fit`: ``__call__(epoch, rank, world)``.
+def pair_batches(make: Callable[[int], dict[str, Tensor]], batch_size: int, seed: int = 0,
+                 images: Tensor | None = None, augment: bool = True, device: torch.device | None = None) -> Batches:
+    """Pair batches from ``make(epoch) -> dict of (P, ...) tensors``. With ``images`` (fine-tuning), the
+    ``images`` entry holds each pair's query frame: pairs are grouped frame by frame and a batch gathers,
+    augments and normalises each distinct frame once (``images`` ``(U, 3, S, S)``, ``image_rows`` ``(B,)``
+    the image of each pair), so the encoder runs once per frame; ``ref_images`` are gathered per pair."""
+    from harness.data import augment_images, normalize_images
 
-    ``make(epoch) -> dict of (P, ...) tensors`` builds the epoch's pairs (fixed
-    ones, or new virtual neighbours each epoch); the order depends only on
-    ``(seed, epoch)``, each rank takes one contiguous slice of it. An
-    ``images`` entry (fine-tuning) holds each pair's query frame index: pairs
-    are then ordered frame by frame (frames in random order), so that a batch
-    gathers, augments and normalises each distinct frame once (``images``
-    ``(U, 3, S, S)``, ``image_rows`` ``(B,)``) and the encoder runs once per
-    frame, not once per pair. ``ref_images`` indices are gathered per pair.
-    """
+    def pixels(frames: Tensor, generator: torch.Generator) -> Tensor:
+        u8 = images[frames]
+        return normalize_images(augment_images(u8, generator=generator) if augment else u8)
 
-    def __init__(self, make: Callable[[int], dict[str, Tensor]], batch_size: int, seed: int = 0,
-                 images: Tensor | None = None, augment: bool = True, device: torch.device | None = None) -> None:
-        self.make, self.batch_size, self.seed = make, batch_size, seed
-        self.images, self.augment = images, augment
-        self.device = device or torch.device("cpu")
+    def gather(batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+        out = dict(batch)
+        if "images" in batch:
+            uniq, rows = torch.unique(batch["images"], return_inverse=True)
+            out["image_rows"], out["images"] = rows, pixels(uniq, generator)
+        if "ref_images" in batch:
+            out["ref_images"] = pixels(batch["ref_images"], generator)
+        return out
 
-    def _pixels(self, frames: Tensor, generator: torch.Generator) -> Tensor:
-        from harness.data import augment_images, normalize_images
-
-        u8 = self.images[frames]
-        return normalize_images(augment_images(u8, generator=generator) if self.augment else u8)
-
-    def __call__(self, epoch: int, rank: int = 0, world: int = 1) -> Iterator[dict[str, Tensor]]:
-        pairs = self.make(epoch)
-        n = len(pairs["rel"])
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=g)
-        if "images" in pairs and n:  # group the pairs of each query frame, frames in random order
-            frames = pairs["images"]
-            frame_rank = torch.randperm(int(frames.max()) + 1, generator=g)
-            order = order[torch.argsort(frame_rank[frames[order]], stable=True)]
-        per_rank = n // world
-        mine = order[rank * per_rank : (rank + 1) * per_rank]
-        bs = max(1, self.batch_size // world)
-        stop = len(mine) - len(mine) % bs if len(mine) > bs else len(mine)
-        ga = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1009 + rank)
-        for i in range(0, stop, bs):
-            idx = mine[i : i + bs]
-            batch = {}
-            for key, value in pairs.items():
-                v = value[idx]
-                if key == "images":
-                    uniq, rows = torch.unique(v, return_inverse=True)
-                    batch["image_rows"] = rows.to(self.device)
-                    v = self._pixels(uniq, ga)
-                elif key == "ref_images":
-                    v = self._pixels(v, ga)
-                batch[key] = v.to(self.device)
-            yield batch
+    if images is None:
+        return Batches(make, batch_size, seed, device=device)
+    return Batches(make, batch_size, seed, group="images", transform=gather, device=device)
 
 
 # =========================================================================== obtaining a refiner
-def build_refiner(ctx: Context, name: str, recipe: dict[str, Any], latent_dim: int) -> Refiner:
-    """The untrained refiner ``name`` with the model part of ``recipe``."""
-    try:
-        model = ctx.registry.build("refiner", name, latent_dim=latent_dim, **model_config(recipe))
-    except TypeError as exc:
-        raise BenchError(f"refiner {name!r}: bad recipe option ({exc}); model options: {sorted(model_config(recipe))}") from None
-    if not isinstance(model, Refiner):
-        raise BenchError(f"refiner plugin {name!r} built a {type(model).__name__}, not a harness Refiner")
-    return model
+def _build_args(ctx: Context, upstream: dict[str, Artifact]) -> dict[str, Any]:
+    return {"latent_dim": int(upstream["teacher"].model.latent_dim)}
 
 
-def obtain_refiner(ctx: Context, name: str, teacher: Artifact, student: Artifact | None = None) -> Artifact:
-    """The refiner ``name`` for ``teacher`` (and ``student`` for PAE neighbours), from the store or trained.
+def _check(ctx: Context, recipe: Recipe, model: Refiner, upstream: dict[str, Artifact]) -> None:
+    teacher, student = upstream["teacher"], upstream.get("student")
+    check_refiner(recipe.name, model, teacher.name, teacher.model, student.name if student else None,
+                  student.model if student else None)
+    if recipe.task.pairs != "nearest" and not uses_student(model):
+        raise BenchError(f"refiner {recipe.name!r} retrieves training images; virtual neighbours "
+                         f"(pairs={recipe.task.pairs!r}) need a PAE-based refiner")
 
-    Refuses incompatible pairings before any work. Fingerprint: name, plugin
-    version, recipe, teacher (and student) fingerprints, training-split
-    fingerprint. Training runs under a store lock and resumes from its checkpoints.
-    """
-    recipe = {**DEFAULTS, **ctx.recipe("refiner", name)}
-    model = build_refiner(ctx, name, recipe, int(teacher.model.latent_dim))
-    check_compatible(name, model, teacher, student)
-    uses_student = _uses_student(model)
-    pairs = str(recipe["pairs"])
-    if pairs not in PAIRS:
-        raise BenchError(f"refiner {name!r}: pairs must be one of {', '.join(PAIRS)}, got {pairs!r}")
-    if pairs != "nearest" and not uses_student:
-        raise BenchError(f"refiner {name!r} retrieves training images; virtual neighbours (pairs={pairs!r}) need a PAE-based refiner")
-    if not uses_student:
-        student = None
-    train = ctx.data.split("train")
-    upstream = {"teacher": teacher.fingerprint, "data": train.fingerprint()}
+
+def _prepare(ctx: Context, recipe: Recipe, model: Refiner, upstream: dict[str, Artifact]) -> None:
+    """Fine-tuning: the refiner keeps its own copy of the teacher's image encoder."""
+    if recipe.task.finetune:
+        model.add_module("image_encoder", copy.deepcopy(upstream["teacher"].model))
+
+
+def obtain_refiner(ctx: Context, name: str, teacher: Artifact, student: Artifact | None = None,
+                   checkpoint: Path | None = None) -> Artifact:
+    """The refiner ``name`` for ``teacher`` (and ``student`` for PAE neighbours), from the store, from
+    ``checkpoint``, or trained. Refuses incompatible pairings before any work; a retrieval refiner
+    ignores the student (it is not part of its fingerprint)."""
+    upstream = {"teacher": teacher}
     if student is not None:
-        upstream["student"] = student.fingerprint
-    fp = fingerprint("refiner", name, plugin_version(ctx, "refiner", name), recipe, upstream)
-    if recipe["finetune"]:
-        model.add_module("image_encoder", copy.deepcopy(teacher.model))
-    out_dir = ctx.store.artifact_dir("refiner", name, fp)
-    weights = out_dir / "weights.pth"
-    art = Artifact("refiner", name, fp, recipe, model, weights, upstream)
-    train_once(ctx, "refiner", name, fp, model, weights, lambda: _train(ctx, name, model, recipe, teacher, student, out_dir))
+        upstream["student"] = student
+    art = obtain(ctx, REFINER, name, upstream if uses_student(_probe(ctx, name, teacher)) else {"teacher": teacher},
+                 checkpoint)
     return art
 
 
-def _train(ctx: Context, name: str, model: Refiner, recipe: dict[str, Any], teacher: Artifact,
-           student: Artifact | None, out_dir: Path) -> None:
-    t0 = time.perf_counter()
-    config = TrainConfig.from_recipe(recipe)
+def _probe(ctx: Context, name: str, teacher: Artifact) -> Refiner:
+    """The refiner's untrained model (to read where its neighbours come from)."""
+    return build_model(ctx.registry, ctx.recipe("refiner", name), Refiner, latent_dim=int(teacher.model.latent_dim))
+
+
+def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: Path) -> tuple[list, dict]:
+    name, model, config, cfg = art.name, art.model, art.recipe.train, art.recipe.task
+    teacher, student = upstream["teacher"], upstream.get("student")
     out = _outputs(ctx, teacher, "train")
     gt = torch.as_tensor(np.asarray(out["pose_gt"]), dtype=torch.float32)
     gt = P.join_pose(gt[:, :3], P.normalize_quat(gt[:, 3:]))  # label sign kept
@@ -335,20 +253,20 @@ def _train(ctx: Context, name: str, model: Refiner, recipe: dict[str, Any], teac
     N = len(gt)
     if N < 2:
         raise BenchError(f"refiner {name!r}: the teacher's training split has {N} frame(s); need at least 2")
-    pairs = str(recipe["pairs"])
+    pairs = cfg.pairs
     spread = teacher_spread(out)  # (S, 2) per scene id: metres, degrees per axis
-    std = torch.maximum(recipe["spread_scale"] * spread, spread.new_tensor([recipe["min_std_m"], recipe["min_std_deg"]]))
-    for col, key in enumerate(("std_m", "std_deg")):  # a spread the recipe fixes
-        if recipe.get(key):
-            std[:, col] = float(recipe[key])
+    std = torch.maximum(cfg.spread_scale * spread, spread.new_tensor([cfg.min_std_m, cfg.min_std_deg]))
+    for col, value in enumerate((cfg.std_m, cfg.std_deg)):  # a spread the recipe fixes
+        if value:
+            std[:, col] = float(value)
     std_rows = std[scene].float()  # (N, 2): each frame's spread
     pae = student.model.to(ctx.device).eval() if student is not None else None
-    finetune = bool(recipe["finetune"])
+    finetune = cfg.finetune
 
     # fixed nearest-neighbour pairs -------------------------------------------------
     fixed: dict[str, Tensor] = {}
     if pairs in ("nearest", "both"):
-        a, b = nearest_pairs(gt, scene, int(recipe["k"]), float(recipe["orientation_weight"]))
+        a, b = nearest_pairs(gt, scene, cfg.k, cfg.orientation_weight)
         fixed = {"a": a, "b": b, "rel": relative_target(gt[a], gt[b])}
         if pae is not None:
             rx, rq = encode_poses(pae, gt[b], scene[b])  # PAE latents of the neighbour's pose
@@ -362,7 +280,7 @@ def _train(ctx: Context, name: str, model: Refiner, recipe: dict[str, Any], teac
             parts.append(dict(fixed))
         if pairs in ("virtual", "both"):
             g = torch.Generator().manual_seed(config.seed * 7919 + epoch)
-            a = torch.arange(N).repeat_interleave(int(recipe["virtual"]))
+            a = torch.arange(N).repeat_interleave(cfg.virtual)
             ref = _virtual(gt[a], std_rows[a, :1], std_rows[a, 1:], g)
             rx, rq = encode_poses(pae, ref, scene[a])
             parts.append({"a": a, "b": torch.full_like(a, -1), "rel": relative_target(gt[a], ref), "rx": rx.cpu(), "rq": rq.cpu()})
@@ -381,36 +299,30 @@ def _train(ctx: Context, name: str, model: Refiner, recipe: dict[str, Any], teac
     if finetune:
         from harness.data import load_images
 
-        size = int(teacher.config.get("image_size", 64))
+        size = teacher.recipe.task.image_size
         images = load_images(ctx.data.split("train"), size, ctx.store)  # (N, 3, S, S) uint8, label order
         if len(images) != N:
             raise BenchError(f"refiner {name!r}: {len(images)} training images but {N} stored teacher outputs")
         model.image_encoder.requires_grad_(True)
 
-    if recipe.get("standardize", True) and hasattr(model, "set_latent_stats"):
+    if cfg.standardize and hasattr(model, "set_latent_stats"):
         model.set_latent_stats(qx, qq)  # the teacher's training latents (a PAE reproduces them)
-    if recipe.get("init_bias", True) and hasattr(model, "init_output_bias"):
+    if cfg.init_bias and hasattr(model, "init_output_bias"):
         sample = make(0)["rel"]
         model.init_output_bias(torch.cat([sample[:, :3].mean(0), sample.new_tensor([1.0, 0.0, 0.0, 0.0])]))
-    task = RPRTask(model, float(recipe["sx"]), float(recipe["sq"]), bool(recipe["learn_weights"])).to(ctx.device)
-    batches = PairBatches(make, config.batch_size, seed=config.seed, images=images,
-                          augment=bool(recipe["augment"]), device=ctx.device)
+    task = RPRTask(model, cfg.sx, cfg.sq, cfg.learn_weights).to(ctx.device)
+    batches = pair_batches(make, config.batch_size, config.seed, images, cfg.augment, ctx.device)
     history = fit(task, batches, config, out_dir / "checkpoints", desc=f"refiner {name}", progress=ctx.progress,
                   device=ctx.device)
-    if distributed_env()[0] != 0:
-        return
     present = torch.unique(scene).tolist()  # scene ids index the dataset's scenes
-    meta = {
-        "kind": "refiner", "name": name, "recipe": recipe, "dataset": ctx.dataset, "scenes": ctx.data.scenes,
-        "teacher": teacher.fingerprint, "student": student.fingerprint if student is not None else None,
-        "train_frames": N,
+    return history, {
         "teacher_train_rms": {ctx.data.scenes[s]: dict(zip(("m_per_axis", "deg_per_axis"), spread[s].tolist())) for s in present},
-        "virtual_std": {ctx.data.scenes[s]: dict(zip(("m", "deg"), std[s].tolist())) for s in present}, "epochs": len(history),
-        "train_seconds": sum(h.get("seconds", 0.0) for h in history), "wall_seconds": time.perf_counter() - t0,
-        "first": history[0] if history else {}, "final": history[-1] if history else {},
-        "sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach()), "torch": torch.__version__,
+        "virtual_std": {ctx.data.scenes[s]: dict(zip(("m", "deg"), std[s].tolist())) for s in present},
+        "sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach()),
     }
-    save_state(out_dir / "weights.pth", model.state_dict(), meta=meta)
+
+
+REFINER = Stage("refiner", Refiner, _build_args, _check, _train, _prepare)
 
 
 def _virtual(poses: Tensor, std_m: float | Tensor, std_deg: float | Tensor, generator: torch.Generator) -> Tensor:
@@ -431,9 +343,9 @@ def _query_latents(ctx: Context, refiner: Artifact, teacher: Artifact, split: st
                 torch.as_tensor(np.asarray(out["latent_q"]), dtype=torch.float32))
     from harness.data import load_images, normalize_images
 
-    images = load_images(ctx.data.split(split), int(teacher.config.get("image_size", 64)), ctx.store)
+    images = load_images(ctx.data.split(split), teacher.recipe.task.image_size, ctx.store)
     xs, qs = [], []
-    bs = int(teacher.config.get("eval_batch_size", 64))
+    bs = teacher.recipe.task.eval_batch_size
     with torch.inference_mode():
         for i in range(0, len(images), bs):
             s = scene_pred[i : i + bs].to(ctx.device) if (enc.multi_scene and scene_pred is not None) else None
@@ -467,10 +379,10 @@ def refine(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact
     weights for ``image-rpr``).
     """
     model: Refiner = refiner.model
-    check_compatible(refiner.name, model, teacher, student)
+    _check_pairing(refiner, teacher, student)
     if iterations < 0:
         raise BenchError(f"iterations must be >= 0, got {iterations}")
-    uses_student = _uses_student(model)
+    pae_based = uses_student(model)
     device = ctx.device
     model.to(device).eval()
     out = _outputs(ctx, teacher, split)
@@ -482,8 +394,8 @@ def refine(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact
     scene_pred = torch.as_tensor(logp.argmax(1) if (multi and logp.ndim == 2 and N) else np.zeros(N), dtype=torch.int64)
     qx, qq = _query_latents(ctx, refiner, teacher, split, out, scene_pred if multi else None)
     qx, qq = qx.to(device), qq.to(device)
-    pae = student.model.to(device).eval() if uses_student else None
-    if uses_student:
+    pae = student.model.to(device).eval() if pae_based else None
+    if pae_based:
         stored = module_bytes(pae) + module_bytes(model)
     else:
         db = _outputs(ctx, teacher, "train")
@@ -495,15 +407,14 @@ def refine(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact
         stored = _image_bytes(ctx) + int(db_x.numel() * 4 + db_q.numel() * 4 + db_pose.numel() * 4) + module_bytes(model)
         if len(db_pose) == 0:
             raise BenchError(f"refiner {refiner.name!r} retrieves training frames, but the training split is empty")
-    ow = float(refiner.config.get("orientation_weight", DEFAULTS["orientation_weight"]))
-    bs = int(refiner.config.get("eval_batch_size", DEFAULTS["eval_batch_size"]))
+    ow, bs = refiner.recipe.task.orientation_weight, refiner.recipe.task.eval_batch_size
     t_teacher = float(np.mean(out["time_s"])) if N else 0.0
     poses, times = [p.clone()], [t_teacher]
     p = p.to(device)
     with torch.inference_mode():
         for _ in range(iterations):
             t0 = time.perf_counter()
-            if uses_student:
+            if pae_based:
                 ref_pose = p
                 rx, rq = encode_poses(pae, p, scene_pred.to(device))
             else:
@@ -525,6 +436,11 @@ def refine(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact
         "time_s": np.asarray(times, dtype=np.float64),
         "stored_bytes": int(stored),
     }
+
+
+def _check_pairing(refiner: Artifact, teacher: Artifact, student: Artifact | None) -> None:
+    check_refiner(refiner.name, refiner.model, teacher.name, teacher.model, student.name if student else None,
+                  student.model if student else None)
 
 
 def _retrieve(p: Tensor, db_pose: Tensor, db_scene: Tensor, scene: Tensor | None, orientation_weight: float) -> Tensor:
@@ -560,6 +476,6 @@ def evaluate_refiner(ctx: Context, refiner: Artifact, teacher: Artifact, student
 
 
 __all__ = [
-    "RPRTask", "PairBatches", "obtain_refiner", "refine", "evaluate_refiner", "check_compatible",
-    "encode_poses", "teacher_spread", "nearest_pairs", "module_bytes", "model_config",
+    "RPRTask", "REFINER", "pair_batches", "obtain_refiner", "refine", "evaluate_refiner",
+    "encode_poses", "teacher_spread", "nearest_pairs", "module_bytes",
 ]

@@ -24,10 +24,10 @@ the student too, as the paper describes.
 At evaluation the student always encodes the teacher's *estimated* pose (and
 predicted scene) and the teacher's heads decode it.
 
-A student recipe (``registry.toml``, kind ``student``) is flat: the keys of
-:class:`harness.train.TrainConfig`, the task keys in ``TASK_KEYS`` and
-everything else for the plugin's factory (``shallow``, ``positional_encoding``,
-``num_freqs``, ``latent_dim``). ``pose_weight`` is a number or a table by
+A student recipe resolves (``harness.recipes``) into the training loop's config,
+:class:`harness.recipes.StudentConfig` and the model's config for the plugin's
+factory (``shallow``, ``positional_encoding``, ``num_freqs``, ``latent_dim``).
+``pose_weight`` is a number or a table by
 ``encode``: with the estimate as input, the pose term asks the student to
 *correct* its teacher on the training frames, which a positionally encoded
 MLP memorises and which does not carry over to test estimates (measured on
@@ -57,26 +57,15 @@ from harness.interfaces import Student, Teacher
 from harness.losses import PoseLoss
 from harness.metrics import errors, per_scene
 from harness.poses import normalize_quat
-from harness.stages.context import Artifact, Context, plugin_version, train_once
-from harness.store import fingerprint, save_state
-from harness.train import TrainConfig, distributed_env, fit
+from harness.batches import Batches
+from harness.compat import check_student
+from harness.recipes import ENCODES, Recipe
+from harness.stages.context import Artifact, Context, Stage, obtain
+from harness.train import fit
 
-ENCODES = ("estimate", "ground_truth")
-# recipe keys the training task reads (never passed to the model factory)
-TASK_KEYS = {"sx", "sq", "learn_weights", "latent_weight", "pose_weight", "from_teacher", "num_threads", "description"}
-TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
-DEFAULTS: dict[str, Any] = {"sx": 0.0, "sq": 0.0, "learn_weights": True, "latent_weight": 1.0, "pose_weight": 1.0,
-                           "num_threads": 0}
-
-
-def model_config(recipe: dict[str, Any]) -> dict[str, Any]:
-    """The part of a recipe that the student factory receives."""
-    return {k: v for k, v in recipe.items() if k not in TASK_KEYS | TRAIN_KEYS}
-
-
-def pose_weight(recipe: dict[str, Any], encode: str) -> float:
+def pose_weight(recipe: Recipe, encode: str) -> float:
     """The recipe's ``pose_weight``: a number, or a table by ``encode`` (``{estimate = 0.0, ground_truth = 1.0}``)."""
-    value = recipe.get("pose_weight", 1.0)
+    value = recipe.task.pose_weight
     if isinstance(value, dict):
         if encode not in value:
             raise BenchError(f"recipe pose_weight {value} has no entry for encode {encode!r}")
@@ -84,47 +73,16 @@ def pose_weight(recipe: dict[str, Any], encode: str) -> float:
     return float(value)
 
 
-def student_recipe(ctx: Context, name: str, teacher: Artifact) -> dict[str, Any]:
-    """The resolved recipe: defaults, registry tables, ``from_teacher`` keys, then ``--set`` overrides."""
-    recipe = {**DEFAULTS, **ctx.recipe("student", name)}
-    inherit = recipe.get("from_teacher") or []
-    if isinstance(inherit, str):
-        inherit = [inherit]
-    copied = {k: teacher.config[k] for k in inherit if k in (teacher.config or {})}
-    return {**recipe, **copied, **ctx.overrides.get("student", {})}
+def _build_args(ctx: Context, upstream: dict[str, Artifact]) -> dict[str, Any]:
+    """A student is shaped for its teacher: latent size, scene count and kind (a recipe ``latent_dim`` wins)."""
+    t = upstream["teacher"].model
+    return {"latent_dim": int(t.latent_dim), "num_scenes": int(getattr(t, "num_scenes", 1)),
+            "multi_scene": bool(getattr(t, "multi_scene", False))}
 
 
-def build_student(ctx: Context, name: str, recipe: dict[str, Any], teacher: Teacher) -> Student:
-    """The untrained student ``name`` shaped for ``teacher`` (its latent size, scene count and kind).
-
-    A ``latent_dim`` in the recipe overrides the teacher's (and is then refused if it differs).
-    """
-    config = {"latent_dim": int(teacher.latent_dim), "num_scenes": int(getattr(teacher, "num_scenes", 1)),
-              "multi_scene": bool(getattr(teacher, "multi_scene", False)), **model_config(recipe)}
-    try:
-        student = ctx.registry.build("student", name, **config)
-    except TypeError as exc:
-        raise BenchError(f"student {name!r}: bad recipe option ({exc}); model options: {sorted(model_config(recipe))}") from None
-    if not isinstance(student, nn.Module) or not callable(student):
-        raise BenchError(f"student plugin {name!r} built a {type(student).__name__}, not a harness Student")
-    return student
-
-
-def check_compatible(ctx: Context, name: str, student: Student, teacher: Artifact) -> None:
-    """Refuse (``BenchError``) a student that cannot reproduce ``teacher``'s latents, before any training."""
-    t = teacher.model
-    s_dim, t_dim = int(getattr(student, "latent_dim", -1)), int(t.latent_dim)
-    if s_dim != t_dim:
-        raise BenchError(
-            f"student {name!r} has latent size {s_dim} but teacher {teacher.name!r} has latent size {t_dim}; "
-            "a student must reproduce its teacher's latents"
-        )
-    if getattr(t, "multi_scene", False) and not getattr(student, "multi_scene", False) and len(ctx.data.scenes) > 1:
-        raise BenchError(
-            f"student {name!r} is single-scene but teacher {teacher.name!r} is multi-scene over "
-            f"{len(ctx.data.scenes)} scenes ({', '.join(ctx.data.scenes)}); its latents depend on the scene: "
-            "use a multi-scene student"
-        )
+def _check(ctx: Context, recipe: Recipe, student: Student, upstream: dict[str, Artifact]) -> None:
+    teacher = upstream["teacher"]
+    check_student(recipe.name, student, teacher.name, teacher.model, len(ctx.data.scenes))
 
 
 def predicted_scene(out: dict[str, np.ndarray], multi_scene: bool) -> np.ndarray:
@@ -212,69 +170,30 @@ class StudentTask(nn.Module):
         return self.latent_weight * mse + self.pose_weight * pose_loss, logs
 
 
-class TensorBatches:
-    """Training batches sliced from tensors already on the device: one permutation per epoch.
-
-    ``__call__(epoch, rank, world)`` yields tuples of ``(B, ...)`` slices of
-    ``tensors`` (same first dimension). The order depends only on ``(seed,
-    epoch)`` (shared by all ranks, each taking every ``world``-th frame), so a
-    resumed epoch replays exactly. The last partial batch is dropped when
-    there is more than one batch.
-    """
-
-    def __init__(self, tensors: tuple[Tensor, ...], batch_size: int, seed: int = 0) -> None:
-        self.tensors, self.batch_size, self.seed = tensors, int(batch_size), int(seed)
-        self.n = len(tensors[0])
-
-    def __call__(self, epoch: int, rank: int = 0, world: int = 1) -> Iterator[tuple[Tensor, ...]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(self.n, generator=g)
-        per_rank = self.n // world
-        mine = order[: per_rank * world][rank::world].to(self.tensors[0].device)
-        shuffled = tuple(t[mine] for t in self.tensors)  # one gather per epoch, then views
-        bs = max(1, self.batch_size // world)
-        stop = len(mine) - len(mine) % bs if len(mine) > bs else len(mine)
-        for i in range(0, stop, bs):
-            yield tuple(t[i : i + bs] for t in shuffled)
-
-
 # =========================================================================== obtaining a student
-def obtain_student(ctx: Context, name: str, teacher: Artifact, encode: str = "estimate") -> Artifact:
-    """The student ``name`` distilled from ``teacher`` on ``ctx.data``'s training split (from the store when there).
+def obtain_student(ctx: Context, name: str, teacher: Artifact, encode: str = "estimate",
+                   checkpoint: Path | None = None) -> Artifact:
+    """The student ``name`` distilled from ``teacher`` on ``ctx.data``'s training split (from the store when
+    there, or the weights of ``checkpoint``); ``encode`` is part of its fingerprint.
 
     Refuses an incompatible student (latent size, single-scene under a
-    multi-scene teacher) before any training. Fingerprint: name, plugin
-    version, recipe, ``encode``, teacher fingerprint, training-split
-    fingerprint. Training runs under a store lock and resumes from
-    ``artifact_dir/checkpoints``; weights and a JSON sidecar are stored.
+    multi-scene teacher) before any training.
     """
     if encode not in ENCODES:
         raise BenchError(f"encode must be one of {', '.join(ENCODES)}, got {encode!r}")
     if teacher.model is None:
         raise BenchError(f"teacher {teacher.name!r} has no model: a student needs its teacher's heads")
-    recipe = student_recipe(ctx, name, teacher)
-    pose_weight(recipe, encode)  # a bad table is refused before any work
-    torch.manual_seed(int(recipe.get("seed", 0)))
-    student = build_student(ctx, name, recipe, teacher.model)
-    check_compatible(ctx, name, student, teacher)
-    train = ctx.data.split("train")
-    upstream = {"teacher": teacher.fingerprint, "data": train.fingerprint()}
-    fp = fingerprint("student", name, plugin_version(ctx, "student", name), recipe, encode, upstream)
-    out_dir = ctx.store.artifact_dir("student", name, fp)
-    weights = out_dir / "weights.pth"
-    art = Artifact("student", name, fp, {**recipe, "encode": encode}, student, weights, upstream)
-    train_once(ctx, "student", name, fp, student, weights, lambda: _train(ctx, name, student, recipe, teacher, encode, out_dir))
-    return art
+    pose_weight(ctx.recipe("student", name, teacher.recipe), encode)  # a bad table is refused before any work
+    return obtain(ctx, STUDENT, name, {"teacher": teacher}, checkpoint, options={"encode": encode})
 
 
-def _train(ctx: Context, name: str, student: Student, recipe: dict[str, Any], teacher: Artifact, encode: str,
-           out_dir: Path) -> None:
+def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: Path) -> tuple[list, dict]:
     from harness.stages.teacher import teacher_outputs
 
-    t0 = time.perf_counter()
+    teacher, student, recipe = upstream["teacher"], art.model, art.recipe
+    encode = _encode_of(art)
+    weight = pose_weight(recipe, encode)
     out = teacher_outputs(ctx, teacher, "train")  # stored: the image encoder does not run again
-    if len(out["pose_gt"]) == 0:
-        raise BenchError(f"dataset {ctx.dataset!r} has no training frames for scenes {ctx.data.scenes}")
     dev = ctx.device
     poses, scenes = student_inputs(out, teacher.model, encode)
     tensors = (
@@ -283,27 +202,25 @@ def _train(ctx: Context, name: str, student: Student, recipe: dict[str, Any], te
         torch.as_tensor(np.asarray(out["latent_q"]), dtype=torch.float32, device=dev),
         torch.as_tensor(np.asarray(out["pose_gt"]), dtype=torch.float32, device=dev),
     )
-    config = TrainConfig.from_recipe(recipe)
+    cfg = recipe.task
     teacher_model = teacher.model.to(dev)
-    task = StudentTask(student.to(dev), teacher_model, float(recipe["sx"]), float(recipe["sq"]),
-                       bool(recipe["learn_weights"]), float(recipe["latent_weight"]),
-                       pose_weight(recipe, encode)).to(dev)
-    with frozen(teacher_model), cpu_threads(int(recipe.get("num_threads", 0)), dev):
-        history = fit(task, TensorBatches(tensors, config.batch_size, config.seed), config, out_dir / "checkpoints",
-                      desc=f"{name} <- {teacher.name}", progress=ctx.progress, device=dev)
-    if distributed_env()[0] != 0:
-        return
-    meta = {
-        "kind": "student", "name": name, "source": ctx.registry.get("student", name).source, "recipe": recipe,
-        "encode": encode, "pose_weight": pose_weight(recipe, encode), "teacher": teacher.name, "teacher_fingerprint": teacher.fingerprint,
-        "dataset": ctx.dataset, "scenes": ctx.data.scenes, "train_frames": int(len(out["pose_gt"])),
-        "data_fingerprint": ctx.data.split("train").fingerprint(), "latent_dim": int(student.latent_dim),
-        "multi_scene": bool(student.multi_scene), "epochs": len(history),
-        "train_seconds": sum(h.get("seconds", 0.0) for h in history), "wall_seconds": time.perf_counter() - t0,
-        "first": history[0] if history else {}, "final": history[-1] if history else {},
-        "sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach()), "torch": torch.__version__,
+    task = StudentTask(student.to(dev), teacher_model, cfg.sx, cfg.sq, cfg.learn_weights, cfg.latent_weight,
+                       weight).to(dev)
+    with frozen(teacher_model), cpu_threads(cfg.num_threads, dev):
+        history = fit(task, Batches(tensors, recipe.train.batch_size, recipe.train.seed, device=dev), recipe.train,
+                      out_dir / "checkpoints", desc=f"{art.name} <- {teacher.name}", progress=ctx.progress, device=dev)
+    return history, {
+        "encode": encode, "pose_weight": weight, "teacher": teacher.name, "latent_dim": int(student.latent_dim),
+        "multi_scene": bool(student.multi_scene), "sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach()),
     }
-    save_state(out_dir / "weights.pth", student.state_dict(), meta=meta)
+
+
+def _encode_of(art: Artifact) -> str:
+    """What the student artifact encodes in training (its fingerprint option)."""
+    return str(art.options.get("encode", "estimate"))
+
+
+STUDENT = Stage("student", Student, _build_args, _check, _train)
 
 
 # =========================================================================== outputs
@@ -330,7 +247,7 @@ def student_outputs(ctx: Context, student: Artifact, teacher: Artifact, split: s
     tx = torch.as_tensor(np.asarray(out["latent_x"]), dtype=torch.float32)
     tq = torch.as_tensor(np.asarray(out["latent_q"]), dtype=torch.float32)
     n = len(poses)
-    bs = max(1, int(teacher.config.get("eval_batch_size", 64)))
+    bs = max(1, teacher.recipe.task.eval_batch_size)
     est = torch.zeros(n, 7)
     mse = torch.zeros(n)
     time_s = np.zeros(n)
@@ -393,6 +310,6 @@ def evaluate_student(ctx: Context, student: Artifact, teacher: Artifact, split: 
 
 
 __all__ = [
-    "ENCODES", "StudentTask", "TensorBatches", "obtain_student", "student_outputs", "evaluate_student",
-    "build_student", "check_compatible", "student_recipe", "student_inputs", "predicted_scene",
+    "ENCODES", "StudentTask", "STUDENT", "obtain_student", "student_outputs", "evaluate_student",
+    "student_inputs", "predicted_scene", "pose_weight",
 ]

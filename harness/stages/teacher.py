@@ -1,8 +1,8 @@
 """Teachers as artifacts: train (or load) an APR, cache its outputs per split, evaluate it.
 
-A teacher recipe (``registry.toml``, kind ``teacher``) is flat: the keys of
-:class:`harness.train.TrainConfig`, the task keys in ``TASK_KEYS`` below, and
-everything else goes to the plugin's factory (``backbone``, ``d_model``, ...).
+A teacher recipe resolves (``harness.recipes``) into the training loop's
+config, :class:`harness.recipes.TeacherConfig` and the model's config (``backbone``,
+``d_model``, ...), which the plugin's factory receives.
 
 ``stages`` (optional) is a list of tables, each a fine-tuning stage run after
 the previous one: ``train`` (a glob, ``re:REGEX``, or a list of them, matched
@@ -13,11 +13,11 @@ always train) plus any ``TrainConfig`` keys for that stage (``epochs``, ``lr``, 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,30 +26,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.errors import BenchError
-from harness.interfaces import PoseData, Teacher
+from harness.interfaces import Teacher
 from harness.losses import PoseLoss
 from harness.metrics import errors, mean_pose_baseline, per_scene
 from harness.poses import normalize_quat, pose_errors
-from harness.stages.context import Artifact, Context, train_once
-from harness.store import fingerprint, load_into, load_state, read_h5, save_state, write_h5
-from harness.train import TrainConfig, distributed_env, fit
-
-# recipe keys the training task reads (never passed to the model factory)
-TASK_KEYS = {
-    "sx", "sq", "learn_weights", "nll_weight", "image_size", "augment", "scene_balanced",
-    "stages", "eval_batch_size", "init_bias", "description",
-}
-TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
-DEFAULTS: dict[str, Any] = {
-    "sx": 0.0, "sq": 0.0, "learn_weights": True, "nll_weight": 1.0, "image_size": 64, "augment": True,
-    "scene_balanced": False, "eval_batch_size": 64, "init_bias": True,
-}
-
-
-def model_config(recipe: dict[str, Any]) -> dict[str, Any]:
-    """The part of a recipe that the teacher factory receives."""
-    return {k: v for k, v in recipe.items() if k not in TASK_KEYS | TRAIN_KEYS}
-
+from harness.batches import Batches
+from harness.recipes import Recipe
+from harness.stages.context import Artifact, Context, Stage, obtain
+from harness.store import fingerprint, read_h5, write_h5
+from harness.train import fit
 
 def mean_pose(poses: Tensor) -> Tensor:
     """``(7,)`` mean position and mean orientation (principal eigenvector of ``sum q q^T``, ``qw >= 0``)."""
@@ -94,120 +79,19 @@ class TeacherTask(nn.Module):
         return loss, logs
 
 
-class ImageBatches:
-    """Training batches sliced from a preloaded uint8 image tensor, augmented and normalised per batch.
-
-    ``__call__(epoch, rank, world)`` yields ``(images float (B, 3, S, S), poses (B, 7), scenes (B,))``
-    on ``device``. The order depends only on ``(seed, epoch)`` (shared by all
-    ranks, each taking every ``world``-th frame of it, equal counts) and the
-    augmentation on ``(seed, epoch, rank)``, so a resumed epoch replays exactly.
-    ``scene_balanced`` draws scenes uniformly, then frames within a scene.
-    The last partial batch is dropped when there is more than one batch.
-    """
-
-    def __init__(self, images: Tensor, poses: Tensor, scenes: Tensor, batch_size: int, seed: int = 0,
-                 augment: bool = True, scene_balanced: bool = False, device: torch.device | None = None) -> None:
-        self.images, self.poses, self.scenes = images, poses.float(), scenes.long()
-        self.batch_size, self.seed, self.augment = batch_size, seed, augment
-        self.scene_balanced = scene_balanced
-        self.device = device or torch.device("cpu")
-
-    def order(self, epoch: int) -> Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        n = len(self.poses)
-        if not self.scene_balanced:
-            return torch.randperm(n, generator=g)
-        counts = torch.bincount(self.scenes).float()
-        weights = 1.0 / counts[self.scenes]
-        return torch.multinomial(weights, n, replacement=True, generator=g)
-
-    def __call__(self, epoch: int, rank: int = 0, world: int = 1) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        from harness.data import augment_images, normalize_images
-
-        order = self.order(epoch)
-        per_rank = len(order) // world
-        mine = order[: per_rank * world][rank::world]
-        bs = max(1, self.batch_size // world)  # the global batch is split over the ranks
-        stop = len(mine) - len(mine) % bs if len(mine) > bs else len(mine)
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1009 + rank)
-        for i in range(0, stop, bs):
-            idx = mine[i : i + bs]
-            u8 = self.images[idx]  # (B, 3, S, S) uint8
-            if self.augment:
-                u8 = augment_images(u8, generator=g)
-            yield (normalize_images(u8).to(self.device), self.poses[idx].to(self.device), self.scenes[idx].to(self.device))
-
-
 # =========================================================================== obtaining a teacher
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+def _build_args(ctx: Context, upstream: dict[str, Artifact]) -> dict[str, Any]:
+    return {"num_scenes": len(ctx.data.scenes)}
 
 
-def build_teacher(ctx: Context, name: str, recipe: dict[str, Any]) -> Teacher:
-    """The untrained teacher ``name`` with the model part of ``recipe``."""
-    try:
-        teacher = ctx.registry.build("teacher", name, num_scenes=len(ctx.data.scenes), **model_config(recipe))
-    except TypeError as exc:
-        raise BenchError(f"teacher {name!r}: bad recipe option ({exc}); model options: {sorted(model_config(recipe))}") from None
-    if not isinstance(teacher, Teacher):
-        raise BenchError(f"teacher plugin {name!r} built a {type(teacher).__name__}, not a harness Teacher")
-    return teacher
-
-
-def checkpoint_state(path: Path) -> dict[str, Tensor]:
-    """A teacher state dict from a user checkpoint (``weights_only``): plain, or nested under
-    ``state_dict`` / ``model`` / ``model_state_dict``, or one of our training checkpoints."""
-    state = load_state(path)
-    if "task" in state and isinstance(state["task"], dict):  # harness.train checkpoint
-        state = {k.removeprefix("teacher."): v for k, v in state["task"].items() if k.startswith("teacher.")}
-    for key in ("state_dict", "model_state_dict", "model"):
-        if key in state and isinstance(state[key], dict):
-            state = state[key]
-    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
-    if bad:
-        raise BenchError(f"checkpoint {path}: not a state dict of tensors (entries {bad[:5]} are not tensors)")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+def _check(ctx: Context, recipe: Recipe, model: Teacher, upstream: dict[str, Artifact]) -> None:
+    """A teacher needs nothing upstream."""
 
 
 def obtain_teacher(ctx: Context, name: str, checkpoint: Path | None = None) -> Artifact:
-    """The teacher ``name`` trained with its recipe on ``ctx.data``'s training split (from the store when there).
-
-    With ``checkpoint``, its weights come from that file instead of training.
-    Training runs under a store lock, so two processes never train the same
-    artifact; an interrupted training resumes from ``artifact_dir/checkpoints``.
-    """
-    recipe = {**DEFAULTS, **ctx.recipe("teacher", name)}
-    train = ctx.data.split("train")
-    if len(train.labels) == 0 and checkpoint is None:
-        raise BenchError(f"dataset {ctx.dataset!r} has no training frames for scenes {ctx.data.scenes}")
-    source = ctx.registry.get("teacher", name).source
-    upstream = {"data": train.fingerprint()}
-    parts: list[Any] = ["teacher", name, recipe, ctx.dataset, upstream["data"]]
-    if checkpoint is not None:
-        checkpoint = Path(checkpoint)
-        if not checkpoint.is_file():
-            raise BenchError(f"teacher checkpoint {checkpoint} does not exist")
-        upstream["checkpoint"] = _file_hash(checkpoint)
-        parts.append(upstream["checkpoint"])
-    torch.manual_seed(int(recipe.get("seed", 0)))
-    teacher = build_teacher(ctx, name, recipe)
-    parts.append(getattr(teacher, "version", "0"))
-    fp = fingerprint(*parts)
-    out_dir = ctx.store.artifact_dir("teacher", name, fp)
-    weights = out_dir / "weights.pth"
-    art = Artifact("teacher", name, fp, recipe, teacher, weights, upstream)
-
-    if checkpoint is not None:
-        load_into(teacher, checkpoint_state(checkpoint), source=f"checkpoint {checkpoint}")
-        teacher.to(ctx.device).eval()
-        art.path = checkpoint
-        return art
-    train_once(ctx, "teacher", name, fp, teacher, weights, lambda: _train(ctx, name, teacher, recipe, train, out_dir, source))
-    return art
+    """The teacher ``name`` trained with its recipe on ``ctx.data``'s training split (from the store when there),
+    or with the weights of ``checkpoint`` (see :func:`harness.stages.context.obtain`)."""
+    return obtain(ctx, TEACHER, name, {}, checkpoint)
 
 
 def _trainable(names: list[str], patterns: str | list[str]) -> set[str]:
@@ -220,53 +104,57 @@ def _trainable(names: list[str], patterns: str | list[str]) -> set[str]:
     return keep
 
 
-def _train(ctx: Context, name: str, teacher: Teacher, recipe: dict[str, Any], train: PoseData, out_dir: Path, source: str) -> None:
+def image_batches(images: Tensor, poses: Tensor, scenes: Tensor, batch_size: int, seed: int = 0,
+                  augment: bool = True, scene_balanced: bool = False, device: torch.device | None = None) -> Batches:
+    """Teacher training batches ``(images float (B, 3, S, S), poses (B, 7), scenes (B,))`` from uint8 images,
+    augmented and normalised per batch; ``scene_balanced`` draws scenes uniformly, then frames."""
+    from harness.data import augment_images, normalize_images
+
+    def pixels(batch: tuple[Tensor, Tensor, Tensor], generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        u8, p, s = batch
+        return normalize_images(augment_images(u8, generator=generator) if augment else u8), p, s
+
+    scenes = scenes.long()
+    weights = 1.0 / torch.bincount(scenes).float()[scenes] if scene_balanced else None
+    return Batches((images, poses.float(), scenes), batch_size, seed, weights=weights, transform=pixels, device=device)
+
+
+def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: Path) -> tuple[list, dict]:
     from harness.data import load_images
 
-    images = load_images(train, int(recipe["image_size"]), ctx.store)  # (N, 3, S, S) uint8
+    teacher, recipe, task_cfg = art.model, art.recipe, art.recipe.task
+    train = ctx.data.split("train")
+    images = load_images(train, task_cfg.image_size, ctx.store)  # (N, 3, S, S) uint8
     poses, scenes = train.poses(), train.scene_ids()
-    if recipe.get("init_bias", True) and hasattr(teacher, "init_output_bias"):
+    if task_cfg.init_bias and hasattr(teacher, "init_output_bias"):
         teacher.init_output_bias(mean_pose(poses))
-    task = TeacherTask(teacher, float(recipe["sx"]), float(recipe["sq"]), bool(recipe["learn_weights"]),
-                       float(recipe["nll_weight"])).to(ctx.device)
-    stages = recipe.get("stages") or [{}]
+    task = TeacherTask(teacher, task_cfg.sx, task_cfg.sq, task_cfg.learn_weights, task_cfg.nll_weight).to(ctx.device)
+    stages = task_cfg.stages or [{}]
     names = [n for n, _ in teacher.named_parameters()]
     history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
     for i, stage in enumerate(stages):
-        config = TrainConfig.from_recipe({**recipe, **stage})
+        config = replace(recipe.train, **{k: v for k, v in stage.items() if k != "train"})
         if "train" in stage:
             keep = _trainable(names, stage["train"])
             if not keep:
-                raise BenchError(f"teacher {name!r} stage {i}: pattern {stage['train']!r} matches no parameter")
+                raise BenchError(f"teacher {art.name!r} stage {i}: pattern {stage['train']!r} matches no parameter")
             for n, p in teacher.named_parameters():
                 p.requires_grad_(n in keep)
         else:
             teacher.requires_grad_(True)
-        batches = ImageBatches(images, poses, scenes, config.batch_size, seed=config.seed + i,
-                               augment=bool(recipe["augment"]), scene_balanced=bool(recipe["scene_balanced"]),
-                               device=ctx.device)
+        batches = image_batches(images, poses, scenes, config.batch_size, config.seed + i, task_cfg.augment,
+                                task_cfg.scene_balanced, ctx.device)
         ckpt_dir = out_dir / "checkpoints" / (f"stage{i}" if len(stages) > 1 else "")
-        desc = f"{name}" + (f" stage {i + 1}/{len(stages)}" if len(stages) > 1 else "")
+        desc = f"{art.name}" + (f" stage {i + 1}/{len(stages)}" if len(stages) > 1 else "")
         history += fit(task, batches, config, ckpt_dir, desc=desc, progress=ctx.progress, device=ctx.device)
     teacher.requires_grad_(True)
-    if distributed_env()[0] != 0:
-        return
-    meta = {
-        "kind": "teacher", "name": name, "source": source, "recipe": recipe, "dataset": ctx.dataset,
-        "scenes": train.scenes, "train_frames": len(train.labels), "data_fingerprint": train.fingerprint(),
-        "epochs": len(history), "train_seconds": sum(h.get("seconds", 0.0) for h in history),
-        "wall_seconds": time.perf_counter() - t0, "final": history[-1] if history else {},
-        "sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach()), "torch": torch.__version__,
-    }
-    save_state(out_dir / "weights.pth", teacher.state_dict(), meta=meta)
+    return history, {"sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach())}
+
+
+TEACHER = Stage("teacher", Teacher, _build_args, _check, _train)
 
 
 # =========================================================================== outputs
-def _image_size(teacher: Artifact) -> int:
-    return int(teacher.config.get("image_size", DEFAULTS["image_size"]))
-
-
 @torch.inference_mode()
 def predict(model: Teacher, images: Tensor, batch_size: int = 64, device: torch.device | None = None) -> dict[str, np.ndarray]:
     """Batched teacher outputs over uint8 images ``(N, 3, S, S)``: pose_est, latents, scene_logp, time_s."""
@@ -310,10 +198,10 @@ def teacher_outputs(ctx: Context, teacher: Artifact, split: str) -> dict[str, np
         cached = read_h5(path)
         if cached is not None:
             return cached[0]
-        size = _image_size(teacher)
+        size = teacher.recipe.task.image_size
         images = load_images(data, size, ctx.store)
         model = teacher.model
-        out = predict(model, images, int(teacher.config.get("eval_batch_size", 64)), ctx.device)
+        out = predict(model, images, teacher.recipe.task.eval_batch_size, ctx.device)
         if len(data.labels) == 0:
             out = {"pose_est": np.zeros((0, 7), np.float32), "latent_x": np.zeros((0, model.latent_dim), np.float32),
                    "latent_q": np.zeros((0, model.latent_dim), np.float32),
@@ -322,7 +210,7 @@ def teacher_outputs(ctx: Context, teacher: Artifact, split: str) -> dict[str, np
         out["pose_gt"] = data.poses().numpy().astype(np.float32)
         out["scene_id"] = data.scene_ids().numpy().astype(np.int64)
         out["img_path"] = data.labels["img_path"].astype(str).tolist()
-        attrs = {"teacher": teacher.name, "fingerprint": teacher.fingerprint, "config": teacher.config,
+        attrs = {"teacher": teacher.name, "fingerprint": teacher.fingerprint, "config": teacher.recipe.values(),
                  "split": split, "data_fingerprint": data.fingerprint(), "scenes": list(data.scenes),
                  "image_size": size}
         write_h5(path, out, attrs)
@@ -359,6 +247,6 @@ def baseline_table(ctx: Context, split: str = "test") -> pd.DataFrame:
 
 
 __all__ = [
-    "TeacherTask", "ImageBatches", "obtain_teacher", "teacher_outputs", "evaluate_teacher", "baseline_table",
-    "predict", "mean_pose", "model_config", "errors",
+    "TeacherTask", "TEACHER", "image_batches", "obtain_teacher", "teacher_outputs", "evaluate_teacher", "baseline_table",
+    "predict", "mean_pose", "errors",
 ]

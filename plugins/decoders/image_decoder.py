@@ -44,6 +44,9 @@ def factory(latent_dim: int = 256, **config: Any) -> Decoder:
     return MLPDecoder(latent_dim=latent_dim, **config)
 
 
+factory.model_class = MLPDecoder  # type: ignore[attr-defined]
+
+
 @hookimpl
 def bench_decoders() -> dict[str, Callable[..., Decoder]]:
     return {"image-decoder": factory}

@@ -24,6 +24,9 @@ def factory(latent_dim: int = 256, **config: Any) -> Refiner:
     return TransformerRPR(latent_dim=latent_dim, neighbours="retrieval", **config)
 
 
+factory.model_class = TransformerRPR  # type: ignore[attr-defined]
+
+
 @hookimpl
 def bench_refiners() -> dict[str, Callable[..., Refiner]]:
     return {"image-rpr": factory}

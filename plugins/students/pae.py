@@ -144,6 +144,7 @@ def _factory(name: str) -> Callable[..., PAE]:
         return create_student(name, latent_dim=latent_dim, num_scenes=num_scenes, multi_scene=multi_scene, **config)
 
     build.__doc__ = f"Build {name} ({_VARIANTS[name]}); multi_scene=True for a multi-scene teacher."
+    build.model_class = PAE  # type: ignore[attr-defined]
     return build
 
 

@@ -229,6 +229,9 @@ def _build(**config: Any) -> MSTransformer:
     return MSTransformer(**config)
 
 
+_build.model_class = MSTransformer  # type: ignore[attr-defined]  # its named arguments are the recipe's model keys
+
+
 @hookimpl
 def bench_teachers() -> dict[str, Callable[..., Teacher]]:
     return {"mstransformer": _build}

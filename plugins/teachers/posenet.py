@@ -156,6 +156,7 @@ def _factory(name: str) -> Callable[..., PoseNet]:
         return create_teacher(name, **config)
 
     build.__doc__ = f"Build {name} ({_VARIANTS[name]})."
+    build.model_class = PoseNet  # type: ignore[attr-defined]
     return build
 
 
