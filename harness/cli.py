@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -68,9 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("bench: interrupted; run the same command again to resume", file=sys.stderr)
+    except BrokenPipeError:  # `bench leaderboard | head`: the reader left; end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt as exc:
+        print(f"bench: {exc or 'interrupted; run the same command again to resume'}", file=sys.stderr)
         return 130
+    except OSError as exc:  # a work directory that is read-only, full, or not a folder
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"bench: error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ class BenchPluginManager:
     def _register_module(self, dotted: str, source: str) -> None:
         try:
             module = importlib.import_module(dotted)
-        except Exception as exc:  # a broken plugin must not break the rest
+        except (Exception, SystemExit) as exc:  # a broken plugin must not break the rest
             self.broken[source] = _short_error(exc)
             return
         self._register(module, source)
@@ -111,7 +111,7 @@ class BenchPluginManager:
             source = f"entrypoint:{dist}:{ep.name}"
             try:
                 obj = ep.load()
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 self.broken[source] = _short_error(exc)
                 continue
             self._register(obj, source)
@@ -129,7 +129,7 @@ class BenchPluginManager:
                 module = importlib.util.module_from_spec(module_spec)
                 sys.modules[name] = module
                 module_spec.loader.exec_module(module)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 sys.modules.pop(name, None)
                 self.broken[source] = _short_error(exc)
                 return
@@ -149,7 +149,7 @@ class BenchPluginManager:
                 source = impl.plugin_name
                 try:
                     provided = impl.function() or {}
-                except Exception as exc:
+                except (Exception, SystemExit) as exc:
                     reg.broken[source] = _short_error(exc)
                     continue
                 for name, factory in provided.items():
@@ -178,14 +178,35 @@ def _short_error(exc: BaseException) -> str:
 _MANAGER: BenchPluginManager | None = None
 
 
-def get_manager(extra: list[str] | None = None, refresh: bool = False) -> BenchPluginManager:
-    """The process-wide plugin manager (rebuilt when ``extra`` plugins or ``refresh`` are given)."""
+def get_manager(extra: list[str] | None = None, refresh: bool = False, strict: bool = True) -> BenchPluginManager:
+    """The process-wide plugin manager (rebuilt when ``extra`` plugins or ``refresh`` are given).
+
+    ``strict``: a ``--plugin`` the user asked for that fails to load is an error naming the file and the
+    cause (``bench plugins`` lists it as broken instead).
+    """
     global _MANAGER
     if _MANAGER is None or refresh or extra:
         _MANAGER = BenchPluginManager(extra=extra)
+    if strict:
+        failed = {s: e for s, e in _MANAGER.broken.items() if s.startswith("--plugin:")}
+        if failed:
+            source, error = next(iter(failed.items()))
+            raise BenchError(f"{source.replace(':', ' ', 1)} failed to load: {error} (`bench plugins` lists every plugin)")
     return _MANAGER
 
 
-def get_registry(extra: list[str] | None = None) -> Registry:
+def call_observers(manager: BenchPluginManager, hook: str, **kwargs: Any) -> list[Any]:
+    """Call an observer hook plugin by plugin: one that raises (or exits) is reported on stderr with its
+    name and skipped; the others still run. Returns the results of those that succeeded."""
+    results = []
+    for impl in reversed(getattr(manager.pm.hook, hook).get_hookimpls()):
+        try:
+            results.append(impl.function(**{k: kwargs[k] for k in impl.argnames}))
+        except (Exception, SystemExit) as exc:
+            print(f"bench: warning: plugin {impl.plugin_name} failed in {hook}: {_short_error(exc)}", file=sys.stderr)
+    return results
+
+
+def get_registry(extra: list[str] | None = None, strict: bool = True) -> Registry:
     """Shortcut: the registry of the process-wide plugin manager."""
-    return get_manager(extra).registry()
+    return get_manager(extra, strict=strict).registry()

@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from harness.errors import BenchError
 from harness.interfaces import PoseData
 from harness.matrix import Cell, Plan, cell_fingerprint, shard, software_versions
 from harness.metrics import errors, per_scene
-from harness.plugins import BenchPluginManager
+from harness.plugins import BenchPluginManager, call_observers
 from harness.recipes import Override, overrides_text, resolve
 from harness.stages.chain import Chain, obtain_chain, split_name
 from harness.stages.context import Context, file_hash
@@ -151,15 +152,17 @@ class MatrixRunner:
                     bar.update(1)
                     continue
                 try:
-                    self._compute(cell, fp)
-                    summary.computed += 1
-                    self.failure_path(fp).unlink(missing_ok=True)
+                    result = self._compute(cell, fp)
                 except KeyboardInterrupt:
-                    raise
+                    raise Interrupted(summary, self.store) from None
                 except Exception as exc:
                     message = f"{type(exc).__name__}: {exc}".splitlines()[0]
                     summary.failed.append((cell.describe(), message))
                     self._record_failure(cell, fp, exc)
+                else:
+                    summary.computed += 1
+                    self.failure_path(fp).unlink(missing_ok=True)
+                    call_observers(self.manager, "bench_cell_finished", cell=cell.record(), result=result)
             bar.update(1)
         bar.close()
         summary.seconds = time.perf_counter() - start
@@ -174,18 +177,20 @@ class MatrixRunner:
         with atomic_path(self.failure_path(fp)) as tmp:
             tmp.write_text(json.dumps(record, indent=2, default=str))
 
-    def _compute(self, cell: Cell, fp: str) -> None:
+    def _compute(self, cell: Cell, fp: str) -> dict[str, Any]:
         ctx = self.context(cell)
+        test = ctx.data.split("test")
+        for scene in ctx.data.scenes:
+            if not (test.labels["scene"] == scene).any():
+                raise BenchError(f"split test of scene {scene} has no frames")
         teacher_text = cell.teacher.name + (f"={cell.teacher.checkpoint}" if cell.teacher.checkpoint else "")
         chain = obtain_chain(ctx, teacher_text, cell.student, cell.encode or "estimate", cell.refiner, cell.decoder)
         attrs = {"cell": cell.record(), "fingerprint": fp, "scenes": ctx.data.scenes,
                  "upstream": {k: a.fingerprint for k, a in vars(chain).items() if a is not None},
                  "profile": self.profile, "provenance": self.provenance(cell), "versions": software_versions()}
         if cell.decoder:
-            result = self._decoder_cell(ctx, chain, fp, attrs)
-        else:
-            result = self._pose_cell(ctx, chain, cell, fp, attrs)
-        self.manager.pm.hook.bench_cell_finished(cell=cell.record(), result=result)
+            return self._decoder_cell(ctx, chain, fp, attrs)
+        return self._pose_cell(ctx, chain, cell, fp, attrs)
 
     def _pose_cell(self, ctx: Context, chain: Chain, cell: Cell, fp: str, attrs: dict[str, Any]) -> dict[str, Any]:
         from harness.stages.teacher import teacher_outputs
@@ -209,6 +214,7 @@ class MatrixRunner:
             stored_bytes += _weights_bytes(chain.student)
         else:
             estimates, seconds = [outs["pose_est"]], [float(np.mean(outs["time_s"]))]
+        _require_finite(estimates, cell.describe())
         errs = [errors(est, gt) for est in estimates]
         per_iteration = [
             {"iteration": k, "ms_per_frame": 1000.0 * seconds[k],
@@ -241,6 +247,23 @@ class MatrixRunner:
         write_h5(self.store.cell_path(fp), {"psnr": np.array([scores["train"]["psnr"], scores["test"]["psnr"]])},
                  {**attrs, "kind": "decoder", "result": result})
         return result
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a matrix: says what was saved and how to resume."""
+
+    def __init__(self, summary: RunSummary, store: Store) -> None:
+        super().__init__(f"interrupted: {summary.computed} cell(s) computed in this run and every finished model are "
+                         f"saved in {store.root}; run the same command again to resume")
+
+
+def _require_finite(estimates: list[np.ndarray], what: str) -> None:
+    """Refuse estimates with NaN or infinite values (a cell is never written with them)."""
+    for k, est in enumerate(estimates):
+        bad = ~np.isfinite(np.asarray(est)).all(axis=1)
+        if bad.any():
+            step = f" after {k} refinement step(s)" if k else ""
+            raise BenchError(f"{what}: {int(bad.sum())} of {len(bad)} test estimates are not finite (NaN or inf){step}")
 
 
 def _weights_bytes(artifact) -> int:

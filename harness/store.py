@@ -159,6 +159,11 @@ def load_into(module: torch.nn.Module, state: Mapping[str, Any], source: str = "
         for k in own
         if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
     ]
+    nonfinite = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                 and not bool(torch.isfinite(v).all())]
+    if nonfinite and not (missing or unexpected or shapes):
+        raise BenchError(f"{source}: weights of {type(module).__name__} are not finite (NaN or inf) in "
+                         + ", ".join(nonfinite[:8]) + (" …" if len(nonfinite) > 8 else ""))
     if missing or unexpected or shapes:
         parts = []
         if missing:

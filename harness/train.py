@@ -32,7 +32,12 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from harness.errors import BenchError
 from harness.store import load_state, save_state
+
+
+class NonFinite(BenchError):
+    """Training produced a NaN or infinite loss (the message names the model, epoch and loss parts)."""
 
 
 @dataclass
@@ -142,6 +147,10 @@ def fit(
             t0 = time.perf_counter()
             for batch in batches(epoch, rank, world):
                 loss, logs = model(batch)
+                if not bool(torch.isfinite(loss.detach())):
+                    parts = ", ".join(f"{k}={v:.3g}" for k, v in logs.items())
+                    raise NonFinite(f"{desc}: the training loss became {float(loss.detach())} at epoch {epoch + 1}, "
+                                    f"batch {count + 1} ({parts}); lower the learning rate or check the data")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip > 0:

@@ -24,7 +24,7 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    store = Store(args.workdir)
+    store = Store(args.workdir, create=False)
     poses, decoders = load_cells(store)
     if args.decoders:
         frame = decoders.drop(columns=["cell"], errors="ignore")

@@ -21,7 +21,7 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    manager = get_manager(args.plugin, refresh=True)
+    manager = get_manager(args.plugin, refresh=True, strict=False)
     reg = manager.registry()
     rows = [(kind, name, reg.entries[kind][name].source) for kind in KINDS for name in reg.names(kind)]
     print(tabulate(rows, headers=["kind", "name", "source"], tablefmt="github"))

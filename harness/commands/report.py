@@ -21,7 +21,7 @@ def register(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     from harness.report import write_report
 
-    store = Store(args.workdir)
+    store = Store(args.workdir, create=False)
     index = write_report(store, args.out or store.root / "report", force=True)
     print(f"report: {index}")
     return 0

@@ -99,7 +99,6 @@ def run(args: argparse.Namespace) -> int:
         raise BenchError(f"--format {args.format!r}: expected one of {', '.join(FORMAT_NAMES)}")
     check_profile(args.profile)
     overrides = parse_sets(args.set)
-    store = Store(args.workdir)
     manager = get_manager(args.plugin)
     registry = manager.registry()
     validate(axes, registry)
@@ -111,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     for kind, names in used.items():
         for name in names:
             resolve(registry, kind, name, axes.dataset, args.profile, overrides)
+    store = Store(args.workdir)
     name, data = open_dataset(args.dataset, store, registry, scenes=args.scenes)
     plan = expand(axes, data, registry, args.profile, overrides)
     if plan.refused:
