@@ -1,7 +1,8 @@
 """The installed package: a wheel built from the source tree carries the registry and works outside the checkout.
 
 Marked ``packaging`` (deselect with ``-m "not packaging"``); it runs by default. It builds offline
-(``--no-build-isolation --no-index``) with the setuptools of the running environment.
+(``--no-build-isolation --no-index``) with the setuptools of the running environment (the ``test``
+extra asks for one that builds wheels by itself, >= 70.1).
 """
 
 from __future__ import annotations
@@ -93,3 +94,21 @@ def _quick_epochs(registry: dict) -> int:
         if all(any(fnmatchcase(wanted[k], p) for p in table.get(k, ["*"])) for k in ("models", "datasets", "profiles")):
             epochs = table.get("epochs", epochs)
     return epochs
+
+
+def test_checkout_without_symlinks_reads_the_top_level_registry(tmp_path):
+    """git with ``core.symlinks=false`` (Windows) writes the link ``harness/registry.toml`` as a file naming its target."""
+    shutil.copytree(REPO / "harness", tmp_path / "harness", ignore=JUNK)
+    shutil.copy(REPO / "registry.toml", tmp_path / "registry.toml")
+    link = tmp_path / "harness" / "registry.toml"
+    link.unlink()
+    link.write_text("../registry.toml")
+    out = subprocess.run(
+        [sys.executable, "-c", "import harness, harness.registry as r; print(harness.__file__); "
+                               "print(','.join(r.builtin_plugin_modules()))"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    where, modules = out.stdout.split()
+    assert Path(where).is_relative_to(tmp_path)
+    assert modules.split(",") == tomllib.loads((REPO / "registry.toml").read_text())["plugins"]["builtin"]
