@@ -123,7 +123,10 @@ class EpochLog:
     def resume(self, history: list[dict[str, float]]) -> None:
         """Start after ``len(history)`` epochs: keep the file if it holds exactly those, else rewrite it from ``history``."""
         done = len(history)
-        rows = read_log(self.path) if self.path.is_file() else []
+        try:
+            rows = read_log(self.path) if self.path.is_file() else []
+        except (ValueError, csv.Error):  # a row cut short by a killed process
+            rows = []
         if [int(r["epoch"]) for r in rows] == list(range(1, done + 1)):
             self.rows = rows
             self.columns = list(rows[0]) if rows else []

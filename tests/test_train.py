@@ -322,6 +322,8 @@ def test_resumed_run_appends_to_the_log_without_repeating_epochs(tmp_path):
     # the checkpoint holds epochs 1-3 (saved on interrupt); make the log run ahead of it, as after a SIGKILL
     with open(tmp_path / "run" / "log.csv", "a") as fh:
         fh.write("4,9,9,9,9,9,9,9\n")
+    with open(tmp_path / "run" / "log.csv", "a") as fh:
+        fh.write("5,0.1e")  # and a row cut short by the kill
     fit(PoseRegress(), pose_batches()[0], config, tmp_path / "run", progress=False)
     ref_columns, ref = read_csv(tmp_path / "ref" / "log.csv")
     columns, rows = read_csv(tmp_path / "run" / "log.csv")
