@@ -131,7 +131,8 @@ class EpochLog:
             self.rows = rows
             self.columns = list(rows[0]) if rows else []
             return
-        self.rows = [{"epoch": i + 1, **h} for i, h in enumerate(history)]
+        # the checkpoint stores history as one table: NaN marks a value that epoch did not have
+        self.rows = [{"epoch": i + 1, **{k: v for k, v in h.items() if not math.isnan(v)}} for i, h in enumerate(history)]
         self.columns = []
         if self.rows or self.path.exists():
             self._rewrite()

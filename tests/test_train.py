@@ -314,9 +314,16 @@ def test_resumed_run_appends_to_the_log_without_repeating_epochs(tmp_path):
     config = TrainConfig(epochs=5, batch_size=8, lr=1e-2, checkpoint_every=2, seed=2)
     torch.manual_seed(0)
     fit(PoseRegress(), pose_batches()[0], config, tmp_path / "ref", progress=False)
+    calls = []
+
+    def every_other_epoch():  # a metric some epochs do not have: its cells stay empty
+        calls.append(1)
+        return {"m": 1.0} if len(calls) % 2 else {}
+
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
-        fit(PoseRegress(), pose_batches(interrupt_at=3)[0], config, tmp_path / "run", progress=False)
+        fit(PoseRegress(), pose_batches(interrupt_at=3)[0], config, tmp_path / "run", progress=False,
+            validate=every_other_epoch)
     _, rows = read_csv(tmp_path / "run" / "log.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     # the checkpoint holds epochs 1-3 (saved on interrupt); make the log run ahead of it, as after a SIGKILL
@@ -327,7 +334,8 @@ def test_resumed_run_appends_to_the_log_without_repeating_epochs(tmp_path):
     fit(PoseRegress(), pose_batches()[0], config, tmp_path / "run", progress=False)
     ref_columns, ref = read_csv(tmp_path / "ref" / "log.csv")
     columns, rows = read_csv(tmp_path / "run" / "log.csv")
-    assert columns == ref_columns
+    assert columns == [*ref_columns, "val_m"]
+    assert [r["val_m"] for r in rows] == ["1.0", "", "1.0", "", ""]
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
     for a, b in zip(rows, ref):
         for key in ("loss", "lx", "lq", "sx", "sq", "lr"):
