@@ -13,7 +13,8 @@ from pathlib import Path
 
 from harness.errors import BenchError
 
-COMMAND_MODULES = ["plugins", "recipe", "data", "teacher", "student", "refiner", "decode", "run", "leaderboard", "report"]
+COMMAND_MODULES = ["plugins", "recipe", "data", "teacher", "student", "refiner", "decode", "run", "leaderboard", "report",
+                   "logs"]
 
 
 class Commands:
@@ -43,7 +44,17 @@ def common_options(plugin_dest: str = "plugin") -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``command``, only the command module of that name when it registers that command
+    (so ``bench logs`` does not import what every other command needs), else every module."""
+    if command in COMMAND_MODULES:
+        parser, commands = _parser([command])
+        if command in commands.top.choices:
+            return parser
+    return _parser(COMMAND_MODULES)[0]
+
+
+def _parser(modules: list[str]) -> tuple[argparse.ArgumentParser, Commands]:
     common = common_options()
     parser = argparse.ArgumentParser(
         prog="bench", parents=[common_options("top_plugin")],
@@ -51,14 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
         "With no command, runs the default matrix on the synthetic dataset and prints the leaderboard.",
     )
     commands = Commands(parser, common)
-    for name in COMMAND_MODULES:
+    for name in modules:
         importlib.import_module(f"harness.commands.{name}").register(commands)
-    return parser
+    return parser, commands
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    first = argparse.ArgumentParser(add_help=False, parents=[common_options("top_plugin")])
+    first.add_argument("command", nargs="?")
+    parser = build_parser(first.parse_known_args(argv)[0].command)
     known, _ = parser.parse_known_args(argv)
     # no command: `bench [run options]` is `bench run [run options]`
     args = parser.parse_args(argv if getattr(known, "command", None) else ["run", *argv])

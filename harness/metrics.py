@@ -65,3 +65,38 @@ def mean_pose_baseline(train_poses, test_poses) -> tuple[np.ndarray, np.ndarray]
     mean = np.concatenate([t, vecs[:, -1]])
     test = np.asarray(test_poses, dtype=np.float64)
     return errors(np.broadcast_to(mean, test.shape), test)
+
+
+# =========================================================================== image quality
+def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per image of ``(B, C, H, W)`` batches (``torchmetrics``), in float64.
+
+    ``10 log10(data_range^2 / MSE)`` with the MSE over channels and pixels of each image; identical images
+    give ``inf``.
+    """
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    return peak_signal_noise_ratio(x.double(), y.double(), data_range=data_range, reduction="none", dim=(1, 2, 3))
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, sigma: float = 1.5,
+         k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+    """Structural similarity per image of ``(B, C, H, W)`` batches (Wang et al. 2004), from ``torchmetrics``' map.
+
+    Gaussian window of standard deviation ``sigma`` pixels (11 pixels wide for 1.5), population statistics,
+    ``C1 = (k1 range)^2``, ``C2 = (k2 range)^2``; the map is averaged over channels and over the positions
+    where the window fits inside the image (as Wang et al.'s reference and scikit-image do; ``torchmetrics``'
+    own mean also counts the reflection-padded border). Computed in float64 when either input is float64,
+    else float32. Images must be at least as large as the window.
+    """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    dtype = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
+    size = int(3.5 * sigma + 0.5) * 2 + 1  # torchmetrics' Gaussian window width
+    if min(x.shape[-2:]) < size:
+        raise ValueError(f"ssim: images of {tuple(x.shape[-2:])} pixels are smaller than the {size}-pixel window")
+    _, full = structural_similarity_index_measure(x.to(dtype), y.to(dtype), sigma=sigma, kernel_size=size,
+                                                  reduction="none", data_range=data_range, k1=k1, k2=k2,
+                                                  return_full_image=True)
+    pad = (size - 1) // 2
+    return full[..., pad:-pad, pad:-pad].flatten(1).mean(1)

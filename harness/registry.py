@@ -4,6 +4,11 @@ Recipes are data, not code. Each ``[[recipe]]`` table names the ``kind`` it
 applies to and glob patterns for ``models``, ``datasets`` and ``profiles``;
 every matching table is merged in file order, so later, more specific tables
 override earlier, general ones.
+
+The file lives at the top of the repository; ``harness/registry.toml`` links
+to it, and the build copies it into the package, so a source checkout, an
+editable install and an installed wheel all read it as package data through
+``importlib.resources``.
 """
 
 from __future__ import annotations
@@ -11,18 +16,28 @@ from __future__ import annotations
 import fnmatch
 import tomllib
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-REGISTRY_PATH = Path(__file__).resolve().parent.parent / "registry.toml"
 _MATCH_KEYS = {"kind", "models", "datasets", "profiles"}
 
 
 @lru_cache(maxsize=None)
-def load_registry(path: Path = REGISTRY_PATH) -> dict[str, Any]:
-    """Parse ``registry.toml``."""
-    with open(path, "rb") as fh:
-        return tomllib.load(fh)
+def load_registry(path: Path | None = None) -> dict[str, Any]:
+    """Parse ``registry.toml``: the packaged one (``harness/registry.toml``) unless ``path`` is given."""
+    source = resources.files("harness").joinpath("registry.toml") if path is None else Path(path)
+    try:
+        data = source.read_bytes()
+        if path is None and data.strip().endswith(b".toml") and b"\n" not in data.strip():
+            # a checkout without symbolic links (git core.symlinks=false) stores the link as its target's path
+            data = Path(str(source)).parent.joinpath(data.strip().decode()).read_bytes()
+        return tomllib.loads(data.decode())
+    except FileNotFoundError:
+        from harness.errors import BenchError
+
+        raise BenchError(f"{source} not found: the registry of built-in plugins and recipes is missing "
+                         "(reinstall aprbench, or restore registry.toml in a source checkout)") from None
 
 
 def builtin_plugin_modules() -> list[str]:

@@ -21,7 +21,6 @@ cannot open, is reported, removed and treated as absent.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -33,6 +32,7 @@ from typing import Any, Iterator, Mapping
 import h5py
 import numpy as np
 import torch
+from filelock import FileLock
 
 from harness.errors import BenchError
 
@@ -234,12 +234,9 @@ class Store:
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
-        """An exclusive advisory lock (``fcntl.flock``) shared by every process on this work directory."""
+        """An exclusive lock (``filelock.FileLock`` on ``locks/<name>.lock``) shared by every process on this
+        work directory; it blocks until the lock is free and is released when the block ends, also on error."""
         path = self.root / "locks" / f"{name}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with FileLock(path):
+            yield

@@ -16,16 +16,25 @@ completed epoch (so a resumed run, whose ``batches`` depend only on
 otherwise the interrupted state is saved and its epoch redone on resume. Under
 ``torchrun`` (``WORLD_SIZE > 1``) the task is wrapped in
 DistributedDataParallel (gloo on CPU, nccl on GPU) and only rank 0 writes.
+
+Learning curves: every epoch adds a row to ``checkpoint_dir/log.csv`` (see
+:class:`EpochLog`): the epoch's mean loss and loss parts, the learned loss
+weights ``sx``/``sq`` of the task's :class:`~harness.losses.PoseLoss`, the
+learning rate, the epoch's training time, and ``val_*`` metrics when the
+caller passes ``validate``. A resumed run keeps the rows of the epochs its
+checkpoint holds and appends from there, so no epoch appears twice.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -33,7 +42,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.errors import BenchError
-from harness.store import load_state, save_state
+from harness.losses import PoseLoss
+from harness.store import atomic_path, load_state, save_state
+
+LOG_NAME = "log.csv"
 
 
 class NonFinite(BenchError):
@@ -97,6 +109,89 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> tor
     )
 
 
+class EpochLog:
+    """The per-epoch CSV log of one training run: one row per completed epoch, ``epoch`` counted from 1.
+
+    Columns, in this order: ``epoch``, ``loss``, the task's other logged loss parts (epoch means),
+    learned loss weights (``sx``, ``sq``: the log-variances of Kendall's loss at the epoch's end),
+    ``lr`` (the rate used during the epoch), ``seconds`` (the epoch's training time, validation
+    excluded), then ``val_*`` metrics. An empty cell is a value that epoch did not have. Rows are
+    appended as epochs finish; the file is rewritten (atomically) only when a column appears or when
+    a resumed run drops rows its checkpoint does not cover.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.rows: list[dict[str, float]] = []
+        self.columns: list[str] = []
+
+    def resume(self, history: list[dict[str, float]]) -> None:
+        """Start after ``len(history)`` epochs: keep the file if it holds exactly those, else rewrite it from ``history``."""
+        done = len(history)
+        try:
+            rows = read_log(self.path) if self.path.is_file() else []
+        except (ValueError, csv.Error):  # a row cut short by a killed process
+            rows = []
+        if [int(r["epoch"]) for r in rows] == list(range(1, done + 1)):
+            self.rows = rows
+            self.columns = list(rows[0]) if rows else []
+            return
+        # the checkpoint stores history as one table: NaN marks a value that epoch did not have
+        self.rows = [{"epoch": i + 1, **{k: v for k, v in h.items() if not math.isnan(v)}} for i, h in enumerate(history)]
+        self.columns = []
+        if self.rows or self.path.exists():
+            self._rewrite()
+
+    def append(self, epoch: int, values: Mapping[str, float]) -> None:
+        """Add the row of ``epoch`` (counted from 1)."""
+        row = {"epoch": epoch, **values}
+        self.rows.append(row)
+        if not self.columns or set(row) - set(self.columns):
+            self._rewrite()
+            return
+        with open(self.path, "a", newline="") as fh:
+            csv.DictWriter(fh, self.columns, restval="").writerow(row)
+
+    def _rewrite(self) -> None:
+        self.columns = sorted({k for r in self.rows for k in r}, key=_column_order)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, self.columns, restval="")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(buffer.getvalue())
+
+
+def _column_order(name: str) -> tuple[int, str, int]:
+    """Sort key of a log column: epoch, loss, loss parts, sx before sq, lr, seconds, validation metrics."""
+    prefix, _, last = name.rpartition(".")
+    if name in ("epoch", "loss"):
+        return (0 if name == "epoch" else 1), "", 0
+    if last in ("sx", "sq"):
+        return 3, prefix, 0 if last == "sx" else 1
+    if name in ("lr", "seconds"):
+        return (4 if name == "lr" else 5), "", 0
+    return (6 if name.startswith("val_") else 2), name, 0
+
+
+def read_log(path: Path) -> list[dict[str, float]]:
+    """The rows of a ``log.csv`` as floats (``epoch`` as int); empty cells are left out of their row."""
+    with open(path, newline="") as fh:
+        return [{k: (int(float(v)) if k == "epoch" else float(v)) for k, v in row.items() if v not in ("", None)}
+                for row in csv.DictReader(fh)]
+
+
+def loss_weights(task: nn.Module) -> dict[str, float]:
+    """The learned loss weights ``sx``, ``sq`` of every :class:`PoseLoss` in ``task`` (prefixed by module
+    name when there are several)."""
+    losses = [(name, m) for name, m in task.named_modules() if isinstance(m, PoseLoss)]
+    out = {}
+    for name, m in losses:
+        prefix = f"{name}." if len(losses) > 1 else ""
+        out[f"{prefix}sx"], out[f"{prefix}sq"] = float(m.sx.detach()), float(m.sq.detach())
+    return out
+
+
 def fit(
     task: nn.Module,
     batches: Callable[[int, int, int], Iterable[Any]],
@@ -105,8 +200,15 @@ def fit(
     desc: str = "train",
     progress: bool = True,
     device: torch.device | None = None,
+    validate: Callable[[], Mapping[str, float]] | None = None,
+    log_path: Path | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``task`` for ``config.epochs`` epochs (resuming from a checkpoint); return per-epoch mean logs."""
+    """Train ``task`` for ``config.epochs`` epochs (resuming from a checkpoint); return per-epoch mean logs.
+
+    ``validate``, when given, is called after every epoch (task in eval mode, no gradients, RNG state
+    restored afterwards so results do not depend on it); its values are logged as ``val_<name>``.
+    The per-epoch log goes to ``log_path`` (default ``checkpoint_dir/log.csv``; none without either).
+    """
     device = device or next(task.parameters()).device
     distributed = _init_distributed(device)
     rank, world = distributed_env()
@@ -125,6 +227,11 @@ def fit(
         start = int(state["epoch"])
         history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
     model = nn.parallel.DistributedDataParallel(task) if distributed else task
+    if log_path is None and checkpoint_dir is not None:
+        log_path = Path(checkpoint_dir) / LOG_NAME
+    log = EpochLog(log_path) if log_path is not None and rank == 0 else None
+    if log is not None:
+        log.resume(history)
 
     def save(epoch: int) -> None:
         if ckpt is None or rank != 0:
@@ -160,10 +267,15 @@ def fit(
                 for k, v in {"loss": float(loss.detach()), **logs}.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
             means = {k: v / max(count, 1) for k, v in sums.items()}
+            means.update(loss_weights(task))
             means["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
             means["seconds"] = time.perf_counter() - t0
+            if validate is not None and rank == 0:
+                means.update(_validate(task, validate, device))
             history.append(means)
+            if log is not None:
+                log.append(epoch + 1, means)
             bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k != "seconds"})
             bar.update(1)
             if (epoch + 1) % max(config.checkpoint_every, 1) == 0 or epoch + 1 == config.epochs:
@@ -177,3 +289,15 @@ def fit(
         bar.close()
     task.eval()
     return history
+
+
+def _validate(task: nn.Module, validate: Callable[[], Mapping[str, float]], device: torch.device) -> dict[str, float]:
+    """Run ``validate`` with ``task`` in eval mode and no gradients, leaving the RNG streams as they were."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        task.eval()
+        try:
+            values = dict(validate())
+        finally:
+            task.train()
+    return {(k if k.startswith("val_") else f"val_{k}"): float(v) for k, v in values.items()}

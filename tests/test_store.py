@@ -223,13 +223,14 @@ def test_load_into_names_bad_keys():
 # ----------------------------------------------------------------------------- locks
 
 TRY_LOCK = """
-import fcntl, sys
-with open(sys.argv[1], "a") as fh:
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        sys.exit(3)
-    sys.exit(0)
+import sys
+from filelock import FileLock, Timeout
+try:
+    with FileLock(sys.argv[1], timeout=0):
+        pass
+except Timeout:
+    sys.exit(3)
+sys.exit(0)
 """
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -153,6 +154,11 @@ def test_killed_process_resumes(tmp_path):
     resumed = torch.load(ckpt / "last.pth", weights_only=True)["task"]
     for k, v in ref.state_dict().items():
         assert torch.allclose(v, resumed[k], atol=1e-6), k
+    # the learning curve has every epoch once, whatever the kill left in it
+    _, rows = read_csv(ckpt / "log.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
+    _, ref_rows = read_csv(tmp_path / "ref" / "log.csv")
+    assert [float(r["mse"]) for r in rows] == pytest.approx([float(r["mse"]) for r in ref_rows], rel=1e-5)
 
 
 DDP_SCRIPT = textwrap.dedent(
@@ -200,6 +206,7 @@ def test_ddp_two_cpu_processes_train_one_model(tmp_path):
     _, diff, _, epochs, _, world = line.split()
     assert float(diff) == 0.0 and int(epochs) == 2 and int(world) == 2
     assert (tmp_path / "ckpt" / "last.pth").exists()  # rank 0 wrote the checkpoint
+    assert [int(r["epoch"]) for r in read_csv(tmp_path / "ckpt" / "log.csv")[1]] == [1, 2]  # and the log, once
 
 
 def test_teacher_task_logs_scene_accuracy():
@@ -210,3 +217,130 @@ def test_teacher_task_logs_scene_accuracy():
     task = TeacherTask(teacher, 0.0, -3.0, nll_weight=1.0)
     loss, logs = task((torch.randn(4, 3, 32, 32), torch.randn(4, 7), torch.tensor([0, 1, 0, 1])))
     assert loss.requires_grad and {"lx", "lq", "nll", "acc", "m", "deg"} <= set(logs)
+
+
+# ----------------------------------------------------------------------------- learning curves
+
+class PoseRegress(nn.Module):
+    """A tiny pose task with Kendall's learned weighting: a linear map from 4 features to a 7-D pose."""
+
+    def __init__(self, dropout: float = 0.2) -> None:
+        super().__init__()
+        from harness.losses import PoseLoss
+
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 7))
+        self.loss = PoseLoss(0.0, -1.0, learnable=True)
+
+    def forward(self, batch):
+        x, y = batch
+        return self.loss(self.net(x), y)
+
+
+def pose_batches(n: int = 48, batch: int = 8, interrupt_at: int | None = None):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(n, 4, generator=g)
+    y = torch.cat([x[:, :3] * 2, nn.functional.normalize(torch.randn(n, 4, generator=g), dim=1)], 1)
+
+    def batches(epoch: int, rank: int = 0, world: int = 1):
+        if epoch == interrupt_at:
+            raise KeyboardInterrupt
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
+        for i in range(0, n, batch):
+            yield x[perm[i : i + batch]], y[perm[i : i + batch]]
+
+    return batches, (x, y)
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    import csv
+
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames), list(reader)
+
+
+def test_fit_writes_epoch_log_with_loss_parts_weights_lr_time_and_validation(tmp_path):
+    config = TrainConfig(epochs=4, batch_size=8, lr=1e-2, schedule="step", step_size=2, gamma=0.5, seed=1)
+    batches, (x, y) = pose_batches()
+
+    def validate():
+        torch.rand(3)  # consumes random numbers: must not change the training
+        est = task.net(x)
+        return {"median_m": float((est[:, :3] - y[:, :3]).norm(dim=1).median())}
+
+    torch.manual_seed(0)
+    task = PoseRegress()
+    hist = fit(task, batches, config, tmp_path / "ckpt", progress=False, validate=validate)
+    columns, rows = read_csv(tmp_path / "ckpt" / "log.csv")
+    assert columns == ["epoch", "loss", "lq", "lx", "sx", "sq", "lr", "seconds", "val_median_m"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([1e-2, 1e-2, 5e-3, 5e-3])
+    for row, h in zip(rows, hist):
+        for key in ("loss", "lx", "lq", "sx", "sq", "seconds", "val_median_m"):
+            assert float(row[key]) == pytest.approx(h[key], rel=1e-12), key
+        assert float(row["seconds"]) > 0
+    assert float(rows[-1]["sx"]) == pytest.approx(float(task.loss.sx.detach()))
+    assert float(rows[-1]["sq"]) == pytest.approx(float(task.loss.sq.detach()))
+    assert float(rows[0]["sq"]) != -1.0  # learned
+    task.eval()
+    with torch.no_grad():
+        assert float(rows[-1]["val_median_m"]) == pytest.approx(validate()["median_m"], rel=1e-12)
+    # validation leaves training untouched: same weights without it
+    torch.manual_seed(0)
+    plain = PoseRegress()
+    fit(plain, pose_batches()[0], config, tmp_path / "plain", progress=False)
+    for a, b in zip(task.state_dict().values(), plain.state_dict().values()):
+        assert torch.equal(a, b)
+    assert "val_median_m" not in read_csv(tmp_path / "plain" / "log.csv")[0]
+
+
+def test_epoch_log_loss_parts_are_epoch_means(tmp_path):
+    """With a learning rate of 0 every batch sees the same model: the logged parts are means over all frames."""
+    batches, (x, y) = pose_batches()
+    task = PoseRegress(dropout=0.0)
+    fit(task, batches, TrainConfig(epochs=1, batch_size=8, lr=0.0), tmp_path, progress=False)
+    (row,) = read_csv(tmp_path / "log.csv")[1]
+    with torch.no_grad():
+        est = task.net(x)
+    q = nn.functional.normalize(est[:, 3:], dim=1)
+    lx, lq = (est[:, :3] - y[:, :3]).norm(dim=1).mean(), (q - y[:, 3:]).norm(dim=1).mean()
+    assert float(row["lx"]) == pytest.approx(float(lx), rel=1e-5)
+    assert float(row["lq"]) == pytest.approx(float(lq), rel=1e-5)
+    assert (float(row["sx"]), float(row["sq"])) == (0.0, -1.0)
+    assert float(row["loss"]) == pytest.approx(float(lx) + float(lq) * math.e - 1.0, rel=1e-5)
+
+
+def test_resumed_run_appends_to_the_log_without_repeating_epochs(tmp_path):
+    config = TrainConfig(epochs=5, batch_size=8, lr=1e-2, checkpoint_every=2, seed=2)
+    torch.manual_seed(0)
+    fit(PoseRegress(), pose_batches()[0], config, tmp_path / "ref", progress=False)
+    calls = []
+
+    def every_other_epoch():  # a metric some epochs do not have: its cells stay empty
+        calls.append(1)
+        return {"m": 1.0} if len(calls) % 2 else {}
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        fit(PoseRegress(), pose_batches(interrupt_at=3)[0], config, tmp_path / "run", progress=False,
+            validate=every_other_epoch)
+    _, rows = read_csv(tmp_path / "run" / "log.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    # the checkpoint holds epochs 1-3 (saved on interrupt); make the log run ahead of it, as after a SIGKILL
+    with open(tmp_path / "run" / "log.csv", "a") as fh:
+        fh.write("4,9,9,9,9,9,9,9\n")
+    with open(tmp_path / "run" / "log.csv", "a") as fh:
+        fh.write("5,0.1e")  # and a row cut short by the kill
+    fit(PoseRegress(), pose_batches()[0], config, tmp_path / "run", progress=False)
+    ref_columns, ref = read_csv(tmp_path / "ref" / "log.csv")
+    columns, rows = read_csv(tmp_path / "run" / "log.csv")
+    assert columns == [*ref_columns, "val_m"]
+    assert [r["val_m"] for r in rows] == ["1.0", "", "1.0", "", ""]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    for a, b in zip(rows, ref):
+        for key in ("loss", "lx", "lq", "sx", "sq", "lr"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5), (a["epoch"], key)
+    # a finished run called again leaves its log as it is
+    before = (tmp_path / "run" / "log.csv").read_text()
+    fit(PoseRegress(), pose_batches()[0], config, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "log.csv").read_text() == before
