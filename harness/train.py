@@ -216,16 +216,10 @@ def fit(
     params = [p for p in task.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config)
-    start, history = 0, []
-    ckpt = Path(checkpoint_dir) / "last.pth" if checkpoint_dir is not None else None
-    if ckpt is not None and ckpt.exists():
-        state = load_state(ckpt)
-        task.load_state_dict(state["task"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start = int(state["epoch"])
-        history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
+    ckpt = Checkpoint(Path(checkpoint_dir) / "last.pth" if checkpoint_dir is not None and rank == 0 else None,
+                      task, optimizer, scheduler)
+    history = ckpt.load() if checkpoint_dir is not None else []
+    start = len(history)
     model = nn.parallel.DistributedDataParallel(task) if distributed else task
     if log_path is None and checkpoint_dir is not None:
         log_path = Path(checkpoint_dir) / LOG_NAME
@@ -233,40 +227,14 @@ def fit(
     if log is not None:
         log.resume(history)
 
-    def save(epoch: int) -> None:
-        if ckpt is None or rank != 0:
-            return
-        keys = sorted({k for h in history for k in h})
-        save_state(ckpt, {
-            "task": task.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": torch.get_rng_state(), "epoch": epoch, "history_keys": keys,
-            "history": torch.tensor([[h.get(k, math.nan) for k in keys] for h in history], dtype=torch.float64),
-        })
-
     bar = tqdm(total=config.epochs, initial=start, desc=desc, disable=not progress or rank != 0, unit="ep", leave=False)
     epoch = start
     saved = start  # the epoch the checkpoint on disk ends with
     try:
         task.train()
         for epoch in range(start, config.epochs):
-            sums: dict[str, float] = {}
-            count = 0
             t0 = time.perf_counter()
-            for batch in batches(epoch, rank, world):
-                loss, logs = model(batch)
-                if not bool(torch.isfinite(loss.detach())):
-                    parts = ", ".join(f"{k}={v:.3g}" for k, v in logs.items())
-                    raise NonFinite(f"{desc}: the training loss became {float(loss.detach())} at epoch {epoch + 1}, "
-                                    f"batch {count + 1} ({parts}); lower the learning rate or check the data")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                optimizer.step()
-                count += 1
-                for k, v in {"loss": float(loss.detach()), **logs}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-            means = {k: v / max(count, 1) for k, v in sums.items()}
+            means = _epoch(model, batches(epoch, rank, world), optimizer, params, config.grad_clip, f"{desc}, epoch {epoch + 1}")
             means.update(loss_weights(task))
             means["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
@@ -279,16 +247,69 @@ def fit(
             bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k != "seconds"})
             bar.update(1)
             if (epoch + 1) % max(config.checkpoint_every, 1) == 0 or epoch + 1 == config.epochs:
-                save(epoch + 1)
+                ckpt.save(history)
                 saved = epoch + 1
     except KeyboardInterrupt:
-        if saved < epoch:  # completed epochs not on disk yet: keep them; the interrupted one is redone
-            save(epoch)
+        if saved < len(history):  # completed epochs not on disk yet: keep them; the interrupted one is redone
+            ckpt.save(history)
         raise
     finally:
         bar.close()
     task.eval()
     return history
+
+
+def _epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Optimizer, params: list,
+           grad_clip: float, where: str) -> dict[str, float]:
+    """One pass over ``batches``: the mean of the loss and of every logged value. A non-finite loss stops
+    training with :class:`NonFinite` naming ``where`` (model and epoch) and the loss parts."""
+    sums: dict[str, float] = {}
+    count = 0
+    for batch in batches:
+        loss, logs = model(batch)
+        if not bool(torch.isfinite(loss.detach())):
+            parts = ", ".join(f"{k}={v:.3g}" for k, v in logs.items())
+            raise NonFinite(f"{where}: the training loss became {float(loss.detach())} at batch {count + 1} ({parts}); "
+                            "lower the learning rate or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        count += 1
+        for k, v in {"loss": float(loss.detach()), **logs}.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+class Checkpoint:
+    """The resumable state of one training (``path``; ``None`` keeps nothing): task, optimiser, schedule, RNG,
+    and the per-epoch history (its length is the number of finished epochs)."""
+
+    def __init__(self, path: Path | None, task: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        self.path, self.task, self.optimizer, self.scheduler = path, task, optimizer, scheduler
+
+    def load(self) -> list[dict[str, float]]:
+        """Restore the saved state (if any) and return its history."""
+        if self.path is None or not self.path.exists():
+            return []
+        state = load_state(self.path)
+        self.task.load_state_dict(state["task"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        return [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()][: int(state["epoch"])]
+
+    def save(self, history: list[dict[str, float]]) -> None:
+        if self.path is None:
+            return
+        keys = sorted({k for h in history for k in h})
+        save_state(self.path, {
+            "task": self.task.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": len(history),
+            "history_keys": keys,
+            "history": torch.tensor([[h.get(k, math.nan) for k in keys] for h in history], dtype=torch.float64),
+        })
 
 
 def _validate(task: nn.Module, validate: Callable[[], Mapping[str, float]], device: torch.device) -> dict[str, float]:

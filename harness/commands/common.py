@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 from harness.plugins import get_registry
 from harness.recipes import check_overrides, check_profile, parse_sets
@@ -11,6 +12,15 @@ from harness.store import Store
 
 SET_HELP = ("override a recipe value: KIND.KEY=VALUE for one kind (teacher.epochs=2) or KEY=VALUE for every kind "
             "that has the key (TOML syntax; repeatable; `bench recipe KIND NAME` lists the keys)")
+
+
+def add_command(subparsers, name: str, parents: list, help: str, description: str,
+                options: Callable[[argparse.ArgumentParser], None], func: Callable) -> argparse.ArgumentParser:
+    """One sub-command: its parser (with ``options`` added) and the function that runs it."""
+    parser = subparsers.add_parser(name, parents=parents, help=help, description=description)
+    options(parser)
+    parser.set_defaults(func=func)
+    return parser
 
 
 def add_recipe_options(parser: argparse.ArgumentParser) -> None:

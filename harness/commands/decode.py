@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from harness.commands.common import add_data_options, make_context
+from harness.commands.common import add_command, add_data_options, make_context
 
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
@@ -20,25 +20,23 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
 
 def register(commands) -> None:
     """Add ``train decoder`` and the top-level ``decode``."""
-    train = commands.train.add_parser(
-        "decoder", parents=[commands.common], help="train an image decoder on a student's pose encodings",
-        description="Train a decoder (PAE latents of the training poses -> resized training images, L1); a stored "
-        "one is reused. Prints PSNR/SSIM on the training and test poses.",
-    )
-    train.add_argument("name", metavar="NAME", help="decoder name, e.g. image-decoder")
-    _add_options(train)
-    train.set_defaults(func=run_train)
-    dec = commands.top.add_parser(
-        "decode", parents=[commands.common], help="decode images from poses and write a grid PNG",
-        description="Decode the ground-truth poses of a split through the student and the decoder; print PSNR and "
-        "SSIM against the true images and write a PNG grid (ground truth beside decoded).",
-    )
-    dec.add_argument("--decoder", default="image-decoder", help="decoder name (default image-decoder)")
-    dec.add_argument("--split", default="test", choices=["train", "test"], help="split whose poses are decoded (default test)")
-    dec.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG to write (default grid.png)")
-    dec.add_argument("-n", type=int, default=16, help="frames in the grid (default 16)")
-    _add_options(dec)
-    dec.set_defaults(func=run_decode)
+    def train_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("name", metavar="NAME[=WEIGHTS]", help="decoder name, e.g. image-decoder")
+        _add_options(parser)
+
+    def decode_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--decoder", default="image-decoder", help="decoder name (default image-decoder)")
+        parser.add_argument("--split", default="test", choices=["train", "test"], help="split whose poses are decoded (default test)")
+        parser.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG to write (default grid.png)")
+        parser.add_argument("-n", type=int, default=16, help="frames in the grid (default 16)")
+        _add_options(parser)
+
+    add_command(commands.train, "decoder", [commands.common], "train an image decoder on a student's pose encodings",
+                "Train a decoder (PAE latents of the training poses -> resized training images, L1); a stored one is "
+                "reused. Prints PSNR/SSIM on the training and test poses.", train_options, run_train)
+    add_command(commands.top, "decode", [commands.common], "decode images from poses and write a grid PNG",
+                "Decode the ground-truth poses of a split through the student and the decoder; print PSNR and SSIM "
+                "against the true images and write a PNG grid (ground truth beside decoded).", decode_options, run_decode)
 
 
 def _obtain(args: argparse.Namespace, name: str):

@@ -7,13 +7,13 @@ import time
 
 from tabulate import tabulate
 
-from harness.commands.common import add_data_options, make_context
+from harness.commands.common import add_command, add_data_options, make_context
 
 COLUMNS = ["scene", "iteration", "frames", "median_m", "median_deg", "mean_m", "mean_deg",
            "acc_0.05m_5deg", "acc_0.1m_10deg", "acc_0.25m_2deg", "acc_0.5m_5deg", "ms_per_frame"]
 
 
-def _add_options(parser: argparse.ArgumentParser, iterations: int) -> None:
+def _add_options(parser: argparse.ArgumentParser, iterations: int = 3) -> None:
     parser.add_argument("name", metavar="NAME[=WEIGHTS]", help="refiner name: pae-rpr (iAPR) or image-rpr (retrieval "
                         "baseline); =path to use given weights")
     parser.add_argument("--teacher", required=True, metavar="T[=CHECKPOINT]",
@@ -29,22 +29,14 @@ def _add_options(parser: argparse.ArgumentParser, iterations: int) -> None:
 
 def register(commands) -> None:
     """Add ``train refiner`` and ``eval refiner`` (see ``harness.cli.Commands``)."""
-    train = commands.train.add_parser(
-        "refiner", parents=[commands.common], help="train a relative pose regressor (iAPR or image-RPR)",
-        description="Train a refiner from its teacher's stored training-split outputs (and the student's encoding "
-        "of neighbour poses for pae-rpr); a stored one is reused, an interrupted training resumes. Then prints "
-        "the errors per refinement iteration per scene.",
-    )
-    _add_options(train, 3)
-    train.set_defaults(func=run_train)
-    ev = commands.eval.add_parser(
-        "refiner", parents=[commands.common], help="evaluate a refiner per iteration per scene",
-        description="Run K iterations of refinement from the teacher's estimate (iteration 0) and print median/mean "
-        "errors, threshold accuracies and cumulative ms per frame per iteration per scene, and the bytes the "
-        "refiner keeps at test time.",
-    )
-    _add_options(ev, 3)
-    ev.set_defaults(func=run_eval)
+    add_command(commands.train, "refiner", [commands.common], "train a relative pose regressor (iAPR or image-RPR)",
+                "Train a refiner from its teacher's stored training-split outputs (and the student's encoding of "
+                "neighbour poses for pae-rpr); a stored one is reused, an interrupted training resumes. Then prints "
+                "the errors per refinement iteration per scene.", _add_options, run_train)
+    add_command(commands.eval, "refiner", [commands.common], "evaluate a refiner per iteration per scene",
+                "Run K iterations of refinement from the teacher's estimate (iteration 0) and print median/mean errors, "
+                "threshold accuracies and cumulative ms per frame per iteration per scene, and the bytes the refiner "
+                "keeps at test time.", _add_options, run_eval)
 
 
 def _obtain(args: argparse.Namespace):

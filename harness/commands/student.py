@@ -7,7 +7,7 @@ import time
 
 from tabulate import tabulate
 
-from harness.commands.common import add_data_options, make_context
+from harness.commands.common import add_command, add_data_options, make_context
 
 COLUMNS = [
     "scene", "frames", "student_median_m", "teacher_median_m", "student_median_deg", "teacher_median_deg",
@@ -30,21 +30,13 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
 
 def register(commands) -> None:
     """Add ``train student`` and ``eval student`` (see ``harness.cli.Commands``)."""
-    train = commands.train.add_parser(
-        "student", parents=[commands.common], help="distil a pose auto-encoder from a teacher's stored outputs",
-        description="Train a student (camera pose auto-encoder) from its teacher's stored training-split outputs "
-        "(no image is loaded); a stored one is reused, an interrupted training resumes. Prints the student "
-        "beside its teacher per scene.",
-    )
-    _add_options(train)
-    train.set_defaults(func=run_train)
-    ev = commands.eval.add_parser(
-        "student", parents=[commands.common], help="evaluate a student beside its teacher per scene",
-        description="Evaluate a student: it encodes the teacher's estimated poses and the teacher's heads decode "
-        "them; prints student and teacher errors side by side per scene, with the latent MSE.",
-    )
-    _add_options(ev)
-    ev.set_defaults(func=run_eval)
+    add_command(commands.train, "student", [commands.common], "distil a pose auto-encoder from a teacher's stored outputs",
+                "Train a student (camera pose auto-encoder) from its teacher's stored training-split outputs (no image "
+                "is loaded); a stored one is reused, an interrupted training resumes. Prints the student beside its "
+                "teacher per scene.", _add_options, run_train)
+    add_command(commands.eval, "student", [commands.common], "evaluate a student beside its teacher per scene",
+                "Evaluate a student: it encodes the teacher's estimated poses and the teacher's heads decode them; "
+                "prints student and teacher errors side by side per scene, with the latent MSE.", _add_options, run_eval)
 
 
 def report(ctx, student, teacher, split: str = "test") -> str:

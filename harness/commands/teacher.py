@@ -4,31 +4,29 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Callable
 
 from tabulate import tabulate
 
-from harness.commands.common import add_data_options, make_context
+from harness.commands.common import add_command, add_data_options, make_context
 
 
 def register(commands) -> None:
     """Add ``train teacher`` and ``eval teacher`` (see ``harness.cli.Commands``)."""
-    train = commands.train.add_parser(
-        "teacher", parents=[commands.common], help="train an APR teacher with its recipe (or find it in the store)",
-        description="Train a teacher (absolute pose regressor) with its registry.toml recipe on a dataset's "
-        "training split; a stored one is reused, an interrupted training resumes. Prints test errors.",
-    )
-    train.add_argument("name", metavar="NAME", help="teacher name, e.g. posenet-mobilenet, mstransformer")
-    add_data_options(train)
-    train.set_defaults(func=run_train)
+    def options(name_help: str) -> Callable[[argparse.ArgumentParser], None]:
+        def add(parser: argparse.ArgumentParser) -> None:
+            parser.add_argument("name", metavar="NAME[=WEIGHTS]", help=name_help)
+            add_data_options(parser)
+        return add
 
-    ev = commands.eval.add_parser(
-        "teacher", parents=[commands.common], help="evaluate a teacher per scene beside the mean-pose baseline",
-        description="Evaluate a teacher (trained with its recipe, or NAME=CHECKPOINT.pth for given weights) "
-        "and print per-scene errors on the test and training splits beside the mean-training-pose baseline.",
-    )
-    ev.add_argument("name", metavar="NAME[=CHECKPOINT]", help="teacher name, optionally =path to a state dict")
-    add_data_options(ev)
-    ev.set_defaults(func=run_eval)
+    add_command(commands.train, "teacher", [commands.common], "train an APR teacher with its recipe (or find it in the store)",
+                "Train a teacher (absolute pose regressor) with its registry.toml recipe on a dataset's training split; "
+                "a stored one is reused, an interrupted training resumes. Prints test errors.",
+                options("teacher name, e.g. posenet-mobilenet, mstransformer"), run_train)
+    add_command(commands.eval, "teacher", [commands.common], "evaluate a teacher per scene beside the mean-pose baseline",
+                "Evaluate a teacher (trained with its recipe, or NAME=WEIGHTS.pth for given weights) and print per-scene "
+                "errors on the test and training splits beside the mean-training-pose baseline.",
+                options("teacher name, optionally =path to a state dict"), run_eval)
 
 
 def report(ctx, art) -> str:

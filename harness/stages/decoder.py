@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.errors import BenchError
+from harness.metrics import psnr, ssim
 from harness.interfaces import Decoder, PoseData
 from harness.batches import Batches
 from harness.compat import check_decoder
@@ -30,49 +30,6 @@ from harness.stages.context import Artifact, Context, Stage, obtain
 from harness.store import atomic_path
 from harness.train import fit
 
-def psnr(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
-    """Peak signal-to-noise ratio in dB per image of ``(B, C, H, W)`` batches: ``10 log10(range^2 / MSE)``."""
-    mse = ((x.double() - y.double()) ** 2).flatten(1).mean(1).clamp_min(1e-12)
-    return 10.0 * torch.log10(data_range**2 / mse)
-
-
-def gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float64) -> Tensor:
-    """``(size, size)`` normalised Gaussian window (outer product of 1-D Gaussians)."""
-    r = torch.arange(size, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-(r**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
-
-
-def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, window: int = 11, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03) -> Tensor:
-    """Structural similarity per image of ``(B, C, H, W)`` batches (Wang et al. 2004).
-
-    Local means, variances and covariance under a Gaussian window (``window``
-    pixels, ``sigma``), population (not sample) statistics, evaluated at every
-    position where the window fits (``valid``), averaged over positions and
-    channels; ``C1 = (k1 range)^2``, ``C2 = (k2 range)^2``. Images smaller
-    than the window use a window of their size.
-    """
-    dtype = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
-    x, y = x.to(dtype), y.to(dtype)
-    C = x.shape[1]
-    size = min(window, x.shape[-2], x.shape[-1])
-    w = gaussian_window(size, sigma).to(x.device, dtype)[None, None].expand(C, 1, size, size)  # (C, 1, k, k)
-
-    def filt(z: Tensor) -> Tensor:
-        return F.conv2d(z, w, groups=C)
-
-    mx, my = filt(x), filt(y)
-    sxx = filt(x * x) - mx**2
-    syy = filt(y * y) - my**2
-    sxy = filt(x * y) - mx * my
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    smap = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
-    return smap.flatten(1).mean(1)
-
-
-# =========================================================================== compatibility
 def _check_pairing(name: str, teacher: Artifact, student: Artifact | None) -> None:
     check_decoder(name, teacher.name, teacher.model, student.name if student else None,
                   student.model if student else None)
@@ -184,4 +141,4 @@ def write_grid(ctx: Context, decoder: Artifact, teacher: Artifact, student: Arti
     return out
 
 
-__all__ = ["DECODER", "obtain_decoder", "decoder_scores", "write_grid", "psnr", "ssim", "gaussian_window", "DecoderTask"]
+__all__ = ["DECODER", "obtain_decoder", "decoder_scores", "write_grid", "DecoderTask"]
