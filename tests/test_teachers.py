@@ -97,16 +97,27 @@ def test_reference_quirk_swaps_latent_layers():
     assert out["q_latent_fc.weight"].item() == 1 and out["x_latent_fc.weight"].item() == 0
 
 
-def test_staged_fine_tuning_freezes_all_but_pattern(tiny):
+def test_staged_fine_tuning_freezes_all_but_pattern(tiny, monkeypatch):
     root, data = tiny
     ctx = make_ctx(root / "staged", data, **TINY_MST, stages=[{"epochs": 1}, {"train": "regressor_head_rot.*", "epochs": 2}])
     torch.manual_seed(0)
     before = build_model(ctx.registry, ctx.recipe("teacher", "mstransformer"), num_scenes=len(data.scenes)).state_dict()
+    ends = []  # the teacher's weights at the end of each stage
+
+    def spy(task, *args, **kwargs):
+        history = real_fit(task, *args, **kwargs)
+        ends.append({k: v.clone() for k, v in task.teacher.state_dict().items()})
+        return history
+
+    real_fit = stage.fit
+    monkeypatch.setattr(stage, "fit", spy)
     art = obtain_teacher(ctx, "mstransformer")
     after = art.model.state_dict()
-    # stage 1 trained everything; stage 2 only the orientation head: compare to stage 1's checkpoint
-    ckpt = torch.load(art.path.parent / "checkpoints" / "stage0" / "last.pth", weights_only=True)["task"]
-    s1 = {k.removeprefix("teacher."): v for k, v in ckpt.items() if k.startswith("teacher.")}
+    # stage 1 trained everything; stage 2 only the orientation head: compare to the end of stage 1
+    s1 = ends[0]
+    assert len(ends) == 2 and all(torch.equal(after[k], ends[1][k]) for k in after)
+    assert not (art.path.parent / "checkpoints").exists()  # complete: resumable state removed
+    assert sorted(p.parent.name for p in (art.path.parent / "logs").rglob("log.csv")) == ["stage0", "stage1"]
     changed = {k for k in after if after[k].dtype.is_floating_point and not torch.equal(after[k], s1[k])}
     assert changed and all(k.startswith("regressor_head_rot.") for k in changed)
     assert not torch.equal(before["input_proj_t.weight"], s1["input_proj_t.weight"])

@@ -1,7 +1,8 @@
 """``bench logs NAME_OR_DIR…``: the learning curves of trained models.
 
-Every training run writes ``log.csv`` beside its checkpoint (``harness.train``):
-``artifacts/<kind>/<name>-<fp>/checkpoints/[stage<i>/]log.csv``. This command
+Every training run writes its per-epoch ``log.csv`` (``harness.train``) into
+``artifacts/<kind>/<name>-<fp>/logs/[stage<i>/]``, kept when the resumable
+checkpoints are removed at the end of the training. This command
 finds them by model name (every fingerprint of that name), ``kind/name``,
 ``name-<fp prefix>`` or a folder, prints the last epochs as a table and plots
 the curves to a PNG beside the logs (or into ``--out``).

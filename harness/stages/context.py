@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,9 @@ from harness.interfaces import PoseData
 from harness.plugins import Registry
 from harness.recipes import Override, Recipe, as_overrides, resolve
 from harness.store import Store, fingerprint, load_into, load_state, save_state
+
+
+CHECKPOINTS = "checkpoints"  # resumable training state under an artifact's folder
 
 
 def default_device() -> torch.device:
@@ -220,9 +224,17 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
             "final": history[-1] if history else {}, "torch": torch.__version__, **meta,
         }
         save_state(art.path, model.state_dict(), meta=meta)
+        shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # complete: resumable state no longer needed
 
     train_once(ctx, art, run)
     return art
+
+
+def training_paths(out_dir: Path, stage: int | None = None) -> dict[str, Path]:
+    """Where one training of an artifact keeps its resumable state (removed once the artifact is complete) and
+    its per-epoch log (kept, ``bench logs``); ``stage`` numbers the fine-tuning stages of a staged recipe."""
+    sub = f"stage{stage}" if stage is not None else ""
+    return {"checkpoint_dir": out_dir / CHECKPOINTS / sub, "log_path": out_dir / "logs" / sub / "log.csv"}
 
 
 def train_once(ctx: Context, art: Artifact, train: Callable[[], None]) -> None:

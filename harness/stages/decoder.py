@@ -26,7 +26,7 @@ from harness.interfaces import Decoder, PoseData
 from harness.batches import Batches
 from harness.compat import check_decoder
 from harness.recipes import Recipe
-from harness.stages.context import Artifact, Context, Stage, obtain
+from harness.stages.context import Artifact, Context, Stage, obtain, training_paths
 from harness.store import atomic_path
 from harness.train import fit
 
@@ -86,8 +86,8 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     lx, lq = pose_latents(upstream["student"], train, ctx.device)
     task = DecoderTask(model).to(ctx.device)
     batches = Batches((lx.cpu(), lq.cpu(), images), config.batch_size, config.seed, device=ctx.device)
-    history = fit(task, batches, config, out_dir / "checkpoints", desc=f"decoder {art.name}", progress=ctx.progress,
-                  device=ctx.device)
+    history = fit(task, batches, config, desc=f"decoder {art.name}", progress=ctx.progress, device=ctx.device,
+                  **training_paths(out_dir))
     return history, {"student": upstream["student"].fingerprint}
 
 

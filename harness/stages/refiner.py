@@ -57,7 +57,7 @@ from harness.metrics import per_scene
 from harness.batches import Batches
 from harness.recipes import Recipe
 from harness.compat import check_refiner, uses_student
-from harness.stages.context import Artifact, Context, Stage, build_model, obtain
+from harness.stages.context import Artifact, Context, Stage, build_model, obtain, training_paths
 from harness.train import fit
 
 def _outputs(ctx: Context, teacher: Artifact, split: str) -> dict[str, np.ndarray]:
@@ -312,8 +312,8 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
         model.init_output_bias(torch.cat([sample[:, :3].mean(0), sample.new_tensor([1.0, 0.0, 0.0, 0.0])]))
     task = RPRTask(model, cfg.sx, cfg.sq, cfg.learn_weights).to(ctx.device)
     batches = pair_batches(make, config.batch_size, config.seed, images, cfg.augment, ctx.device)
-    history = fit(task, batches, config, out_dir / "checkpoints", desc=f"refiner {name}", progress=ctx.progress,
-                  device=ctx.device)
+    history = fit(task, batches, config, desc=f"refiner {name}", progress=ctx.progress, device=ctx.device,
+                  **training_paths(out_dir))
     present = torch.unique(scene).tolist()  # scene ids index the dataset's scenes
     return history, {
         "teacher_train_rms": {ctx.data.scenes[s]: dict(zip(("m_per_axis", "deg_per_axis"), spread[s].tolist())) for s in present},

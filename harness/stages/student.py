@@ -60,7 +60,7 @@ from harness.poses import normalize_quat
 from harness.batches import Batches
 from harness.compat import check_student
 from harness.recipes import ENCODES, Recipe
-from harness.stages.context import Artifact, Context, Stage, obtain
+from harness.stages.context import Artifact, Context, Stage, obtain, training_paths
 from harness.train import fit
 
 def pose_weight(recipe: Recipe, encode: str) -> float:
@@ -208,7 +208,8 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
                        weight).to(dev)
     with frozen(teacher_model), cpu_threads(cfg.num_threads, dev):
         history = fit(task, Batches(tensors, recipe.train.batch_size, recipe.train.seed, device=dev), recipe.train,
-                      out_dir / "checkpoints", desc=f"{art.name} <- {teacher.name}", progress=ctx.progress, device=dev)
+                      desc=f"{art.name} <- {teacher.name}", progress=ctx.progress, device=dev,
+                      **training_paths(out_dir))
     return history, {
         "encode": encode, "pose_weight": weight, "teacher": teacher.name, "latent_dim": int(student.latent_dim),
         "multi_scene": bool(student.multi_scene), "sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach()),

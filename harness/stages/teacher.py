@@ -32,7 +32,7 @@ from harness.metrics import errors, mean_pose_baseline, per_scene
 from harness.poses import normalize_quat, pose_errors
 from harness.batches import Batches
 from harness.recipes import Recipe
-from harness.stages.context import Artifact, Context, Stage, obtain
+from harness.stages.context import Artifact, Context, Stage, obtain, training_paths
 from harness.store import fingerprint, read_h5, write_h5
 from harness.train import fit
 
@@ -144,9 +144,9 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
             teacher.requires_grad_(True)
         batches = image_batches(images, poses, scenes, config.batch_size, config.seed + i, task_cfg.augment,
                                 task_cfg.scene_balanced, ctx.device)
-        ckpt_dir = out_dir / "checkpoints" / (f"stage{i}" if len(stages) > 1 else "")
         desc = f"{art.name}" + (f" stage {i + 1}/{len(stages)}" if len(stages) > 1 else "")
-        history += fit(task, batches, config, ckpt_dir, desc=desc, progress=ctx.progress, device=ctx.device)
+        history += fit(task, batches, config, desc=desc, progress=ctx.progress, device=ctx.device,
+                       **training_paths(out_dir, i if len(stages) > 1 else None))
     teacher.requires_grad_(True)
     return history, {"sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach())}
 
