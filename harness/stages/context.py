@@ -54,6 +54,7 @@ class Context:
     progress: bool = True
     overrides: list[Override] = field(default_factory=list)  # also accepted as {kind: {key: value}}
     seed: int | None = None
+    artifacts: dict[str, "Artifact"] = field(default_factory=dict, repr=False)  # obtained in this process, by fingerprint
 
     def __post_init__(self) -> None:
         self.overrides = as_overrides(self.overrides)
@@ -190,12 +191,14 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
         if not checkpoint.is_file():
             raise BenchError(f"{stage.kind} checkpoint {checkpoint} does not exist")
         ids["checkpoint"] = file_hash(checkpoint)
+    fp = artifact_fingerprint(recipe, ids, options)
+    if fp in ctx.artifacts:  # already built and loaded for an earlier cell of this context
+        return ctx.artifacts[fp]
     torch.manual_seed(recipe.train.seed)
     model = build_model(ctx.registry, recipe, stage.interface, **stage.build_args(ctx, upstream))
     stage.check(ctx, recipe, model, upstream)
     if stage.prepare is not None:
         stage.prepare(ctx, recipe, model, upstream)
-    fp = artifact_fingerprint(recipe, ids, options)
     out_dir = ctx.store.artifact_dir(stage.kind, name, fp)
     art = Artifact(stage.kind, name, fp, recipe, model, out_dir / "weights.pth", ids, dict(options or {}))
     if checkpoint is not None:
@@ -204,6 +207,7 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
         load_into(model, convert(state) if convert is not None else state, source=f"checkpoint {checkpoint}")
         model.to(ctx.device).eval()
         art.path = checkpoint
+        ctx.artifacts[fp] = art
         return art
     if len(train.labels) == 0:
         raise BenchError(f"dataset {ctx.dataset!r} has no training frames for scenes {', '.join(ctx.data.scenes)}")
@@ -227,6 +231,7 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
         shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # complete: resumable state no longer needed
 
     train_once(ctx, art, run)
+    ctx.artifacts[fp] = art
     return art
 
 
