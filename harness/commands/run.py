@@ -70,7 +70,7 @@ def kind_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     from harness.data import open_dataset
-    from harness.leaderboard import display_frame, load_cells, render
+    from harness import leaderboard
     from harness.runner import MatrixRunner
 
     default = args.teacher is None
@@ -102,21 +102,13 @@ def run(args: argparse.Namespace) -> int:
         raise BenchError("no compatible cells to run")
     runner = MatrixRunner(store, manager, data, name, args.profile, overrides, progress=not args.no_progress)
     summary, fps = runner.run(plan, args.shard)
-    poses, decoders = load_cells(store, fps)
-    extra = manager.pm.hook.bench_leaderboard_columns(frame=poses)
-    for columns in extra:
-        for col, values in (columns or {}).items():
-            poses[col] = values
-    print(render(display_frame(poses), args.format))
-    if not decoders.empty:
-        print()
-        print(render(decoders.drop(columns=["cell", "iterations", "refiner"]), args.format))
+    leaderboard.show(store, manager, fps, fmt=args.format)
     print(f"\n{summary.total} cell(s) in this run: {summary.cached} from the store, {summary.computed} computed, "
           f"{len(summary.failed)} failed ({summary.seconds:.1f} s); work directory {store.root}")
     if not args.no_report and not args.shard:
         from harness.report import write_report
 
-        index = write_report(store, store.root / "report", fps)
+        index = write_report(store, store.root / "report", fps, manager=manager)
         print(f"report: {index}")
     if summary.failed:
         print(f"\n{len(summary.failed)} cell(s) failed (details in {store.root / 'cells'}/*.failed.json):", file=sys.stderr)
