@@ -607,9 +607,12 @@ def _sort_methods(methods: pd.DataFrame, part: pd.DataFrame, keys: list[str], so
     if col in names:
         by = methods[names[col]]
     else:
+        if col in ("median_m", "median_deg"):  # the Average column's metres or degrees
+            col = "average" + (":deg" if col == "median_deg" else "")
         scene = {s.lower(): s for s in [*scenes, "Average"]}.get(col.lower().removesuffix(":deg"))
         if scene is None and col not in methods:
-            allowed = ", ".join(["method", "mb", "ms_per_frame", *scenes, "average", "SCENE:deg"])
+            allowed = ", ".join(["method", "mb", "ms_per_frame", *scenes, "average", "SCENE:deg", "median_m",
+                                 "median_deg"])
             raise BenchError(f"--sort {sort!r}: not a column of the scenes view; choose one of {allowed}")
         if scene is None:
             by = methods[col]

@@ -338,7 +338,8 @@ def _provenance_rows(board: lb.Board) -> list[tuple[str, str]]:
 
     dates = sorted(d for d in frame["created"] if d)
     recipes = frame[lb.MERGE_KEYS].drop_duplicates()
-    return [("datasets", vals("dataset")), ("scenes", vals("scene")), ("profiles", vals("profile")),
+    scenes = ", ".join(dict.fromkeys(board.poses["scene"])) if not board.poses.empty else "–"
+    return [("datasets", vals("dataset")), ("scenes", scenes), ("profiles", vals("profile")),
             ("--set overrides", vals("overrides")), ("aprbench version", vals("aprbench_version")),
             ("git commit", vals("git_commit")), ("dataset fingerprint", vals("dataset_fingerprint")),
             ("device / precision", f"{vals('device')} / {vals('precision')}"),
