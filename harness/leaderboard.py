@@ -163,7 +163,9 @@ def apply_hooks(frame: pd.DataFrame, manager: Any) -> tuple[pd.DataFrame, list[s
     if manager is None or frame.empty:
         return frame, []
     added: list[str] = []
-    for impl in reversed(manager.pm.hook.bench_leaderboard_columns.get_hookimpls()):  # registration order
+    for impl in manager.pm.hook.bench_leaderboard_columns.get_hookimpls():  # registration order
+        if getattr(impl, "hookwrapper", False) or getattr(impl, "wrapper", False):
+            continue
         try:
             columns = impl.function(frame=frame.copy()) or {}
             extra = pd.DataFrame({col: (list(v) if not np.isscalar(v) else [v] * len(frame))
@@ -189,10 +191,16 @@ def build(store: Store, manager: Any = None, fingerprints: Iterable[str] | None 
     poses, hooked = apply_hooks(poses, manager)
     parsed = parse_filters(filters)
     if parsed:
+        known = set(poses.columns) | set(decoders.columns)
+        for key, pattern in parsed:
+            if key not in known and known:
+                apply_filters(poses if not poses.empty else decoders, [(key, pattern)])  # raises, naming columns
+        # a filter on a column only one kind of cell has (``decoder``) selects that kind
         if not poses.empty:
-            poses = apply_filters(poses, parsed, "pose")
+            poses = poses.iloc[0:0] if any(k not in poses for k, _ in parsed) else apply_filters(poses, parsed, "pose")
         if not decoders.empty:
-            decoders = apply_filters(decoders, [(k, p) for k, p in parsed if k in decoders], "decoder")
+            decoders = decoders.iloc[0:0] if any(k not in decoders for k, _ in parsed) else \
+                apply_filters(decoders, parsed, "decoder")
     return Board(poses, decoders, {c.attrs["fingerprint"]: c for c in files}, hooked, manager)
 
 
@@ -912,7 +920,7 @@ def machine_frame(board: Board, view: str | None, thresholds=None, published: bo
 
 def text(board: Board, view: str | None = None, fmt: str = "github", sort: str | None = None,
          group_by: str | None = None, columns: str | None = None, thresholds: str | None = None,
-         published: bool = False, decoders: bool = True) -> str:
+         published: bool = False, decoders: bool = True, header: bool = True) -> str:
     """The leaderboard as text in ``fmt`` (github, plain, html, latex, csv, json) for ``view``
     (scenes, cells, recall; default scenes for people and cells for machines)."""
     if fmt not in FORMATS:
@@ -927,8 +935,15 @@ def text(board: Board, view: str | None = None, fmt: str = "github", sort: str |
     if fmt in MACHINE_FORMATS:
         if board.poses.empty:
             return render_machine(board.decoders, fmt, sort)
-        return render_machine(machine_frame(board, view, ts, published), fmt, sort)
-    parts = provenance_lines(board.poses if not board.poses.empty else board.decoders)
+        frame = machine_frame(board, view, ts, published)
+        if columns and columns != "all":
+            wanted = [c.strip() for c in columns.split(",") if c.strip()]
+            missing = [c for c in wanted if c not in frame]
+            if missing:
+                raise BenchError(f"--columns: no column {missing[0]!r}; columns: {', '.join(frame.columns)}")
+            frame = frame[wanted]
+        return render_machine(frame, fmt, sort)
+    parts = provenance_lines(board.poses if not board.poses.empty else board.decoders) if header else []
     out = [_with_notes(fmt, parts)] if parts else []
     groups = [(None, board.poses)] if not group_by else [
         (f"{group_by} = {value}", part) for value, part in board.poses.groupby(group_by, sort=True)]

@@ -305,8 +305,8 @@ def write_report(store: Store, out: Path, fingerprints: Iterable[str] | None = N
     md = ["# aprbench report", "", "## Provenance", "", *_provenance_md(board), ""]
     if not board.poses.empty:
         for title, view in (("Median errors per scene", "scenes"), ("Recall within thresholds", "recall")):
-            body += [f"<h2>{title}</h2>", lb.text(board, view, "html", decoders=False)]
-            md += [f"## {title}", "", lb.text(board, view, "github", decoders=False), ""]
+            body += [f"<h2>{title}</h2>", lb.text(board, view, "html", decoders=False, header=view == "scenes")]
+            md += [f"## {title}", "", lb.text(board, view, "github", decoders=False, header=view == "scenes"), ""]
     if not board.decoders.empty:
         body += ["<h2>Decoders</h2>", lb.render_table(lb.decoders_table(board, "html"), "html")]
         md += ["## Decoders", "", lb.render_table(lb.decoders_table(board, "github"), "github"), ""]
