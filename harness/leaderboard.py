@@ -564,25 +564,30 @@ def scenes_table(board: Board, fmt: str, sort: str | None = None, published: boo
             table.append(line)
         out.append((str(dataset), pd.DataFrame(table)))
         if published:
-            pub = published_frame({str(dataset): scenes})
-            if pub.empty:
-                out.append((f"{dataset}: published results", pd.DataFrame()))
-                continue
-            sources = list(dict.fromkeys(pub["source"]))
-            rows = []
-            for method, mp in pub.groupby("method", sort=False):
-                line = {("method" if fmt != "latex" else "Method"): marks.esc(f"{method} [published]")}
-                for s in cols:
-                    r = mp[mp["scene"] == s]
-                    line[_scene_header(s, units, marks)] = "" if r.empty else _pair_text(
-                        r.iloc[0], marks, False, False, units)
-                line["source"] = f"[{sources.index(mp['source'].iloc[0]) + 1}]"
-                rows.append(line)
-            title = f"{dataset}: published results (not reproduced here; sources below)"
-            frame = pd.DataFrame(rows)
-            frame.attrs["footnotes"] = [f"[{i + 1}] {s}" for i, s in enumerate(sources)]
-            out.append((title, frame))
+            out.append(_published_table(str(dataset), scenes, marks))
     return out
+
+
+def _published_table(dataset: str, scenes: list[str], marks: Marks) -> tuple[str, pd.DataFrame]:
+    """The published results for ``scenes``, one row per method, sources as numbered footnotes
+    (``frame.attrs["footnotes"]``)."""
+    pub = published_frame({dataset: scenes})
+    title = f"{dataset}: published results (not reproduced here; sources below)"
+    if pub.empty:
+        return title, pd.DataFrame()
+    units = marks.fmt != "latex"
+    sources = list(dict.fromkeys(pub["source"]))
+    rows = []
+    for method, mp in pub.groupby("method", sort=False):
+        line = {("method" if units else "Method"): marks.esc(f"{method} [published]")}
+        for s in [*scenes, "Average"]:
+            r = mp[mp["scene"] == s]
+            line[_scene_header(s, units, marks)] = "" if r.empty else _pair_text(r.iloc[0], marks, False, False, units)
+        line["source"] = f"[{sources.index(mp['source'].iloc[0]) + 1}]"
+        rows.append(line)
+    frame = pd.DataFrame(rows)
+    frame.attrs["footnotes"] = [f"[{i + 1}] {s}" for i, s in enumerate(sources)]
+    return title, frame
 
 
 def _best(values: pd.Series, how: str) -> float:

@@ -148,7 +148,6 @@ def iteration_curves(board: lb.Board, poses: pd.DataFrame, out: Path) -> list[tu
     figures = []
     if frame.empty:
         return figures
-    keys = [k for k in lb.GROUP_KEYS if k not in ("iterations", "method")] + ["chain"]
     frame["recipe"] = lb.recipe_labels(frame)
     frame["label"] = frame["chain"].where(frame["recipe"] == "", frame["chain"] + " [" + frame["recipe"] + "]")
     frac = frame["fraction"].astype(float)
