@@ -276,3 +276,12 @@ def test_export_one_row_per_frame_and_iteration(store, run_bench, tmp_path, caps
                             "iterations=3", "--out", target)
     assert code == 0
     assert len(pd.read_csv(target)) == N
+
+
+def test_show_prints_only_the_cells_of_a_run(store):
+    buf = io.StringIO()
+    board = lb.show(store, None, ["teacher-s0", "student-s0"], file=buf)
+    out = buf.getvalue()
+    assert set(board.poses["cell"]) == {"teacher-s0", "student-s0"}
+    assert "| posenet+pae " in out and "pae-rpr" not in out and "note:" not in out
+    assert "(no cells" in lb.text(lb.build(store, filters=["teacher=nothing*"]))
