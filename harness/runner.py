@@ -96,10 +96,11 @@ class MatrixRunner:
             self._hashes[path] = file_hash(path)
         return self._hashes[path]
 
-    def recipes(self, cell: Cell) -> dict[str, str]:
-        """The fingerprints of the recipes of every model the cell uses (resolved with the cell's seed)."""
+    def recipes(self, cell: Cell, seed: int | None = -1) -> dict[str, str]:
+        """The fingerprints of the recipes of every model the cell uses, resolved with the cell's seed (or
+        ``seed``: ``None`` leaves each recipe's own, for a provenance that is equal across the seeds axis)."""
         args = (self.registry,)
-        rest = (self.dataset, self.profile, self.overrides, cell.seed)
+        rest = (self.dataset, self.profile, self.overrides, cell.seed if seed == -1 else seed)
         teacher = resolve(*args, "teacher", cell.teacher.name, *rest)
         out = {"teacher": teacher.fingerprint()}
         if cell.student:
@@ -125,7 +126,7 @@ class MatrixRunner:
         ctx = self.context(cell)
         return {
             "profile": self.profile, "overrides": overrides_text(self.overrides),
-            "recipe_fingerprint": fingerprint(self.recipes(cell)), "aprbench_version": harness.__version__,
+            "recipe_fingerprint": fingerprint(self.recipes(cell, seed=None)), "aprbench_version": harness.__version__,
             "git_commit": self._commit, "dataset_fingerprint": ctx.data.fingerprint(), "device": str(ctx.device),
             "precision": "fp32", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

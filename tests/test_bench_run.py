@@ -66,12 +66,12 @@ def test_matrix_runs_caches_and_prints_the_leaderboard(tmp_path):
     assert sorted(frame["iterations"]) == [0, 0, 1, 2]
     assert (frame["median_m"] >= 0).all() and (frame["median_deg"] >= 0).all()
     latex = bench(tmp_path, "leaderboard", "--format", "latex", "--group-by", "student", "--sort", "median_deg")
-    assert latex.returncode == 0 and "\\begin{tabular}" in latex.stdout and "student = pae" in latex.stdout
+    assert latex.returncode == 0 and "\\toprule" in latex.stdout and "% student = pae" in latex.stdout
 
     report = bench(tmp_path, "report", "--out", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr
     pngs = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
-    assert {"cdf-room.png", "scenes.png", "iterations.png"} <= set(pngs)
+    assert {"cdf-synthetic-room.png", "scenes-synthetic.png", "iterations-synthetic-room.png"} <= set(pngs)
     assert "<table>" in (tmp_path / "report" / "index.html").read_text()
 
 

@@ -38,7 +38,7 @@ def snapshot(folder: Path) -> set[str]:
     (["--set", "teachr.epochs=2"], "'teachr' is not a kind"),
     (["--fraction", "1.5"], "--fraction 1.5: must be in (0, 1]"),
     (["--fraction", "0"], "--fraction 0.0: must be in (0, 1]"),
-    (["--format", "xlsx"], "--format 'xlsx': expected one of github, latex, html, plain, csv"),
+    (["--format", "xlsx"], "--format 'xlsx': expected one of github, plain, html, latex, csv, json"),
     (["--shard", "3/2"], "--shard '3/2': need n >= 1 and 0 <= i < n"),
     (["--seeds", "0"], "--seeds 0: a count must be >= 1"),
     (["--iterations", "-1"], "--iterations -1: must be >= 0"),

@@ -8,7 +8,7 @@ from torch import nn
 
 from harness.errors import BenchError
 from harness.interfaces import PoseData
-from harness.leaderboard import render
+from harness.leaderboard import render_machine, render_table
 from harness.matrix import Axes, TeacherSpec, expand, shard
 from harness.recipes import Override, parse_sets
 from harness.plugins import Entry, Registry
@@ -143,17 +143,15 @@ def test_seeds_axis_repeats_every_cell_per_seed():
     assert len({(c.student, c.refiner, c.seed) for c in plan.cells}) == 9
 
 
-def test_render_formats_sort_and_group():
+def test_render_formats_and_sort():
     frame = pd.DataFrame({"scene": ["b", "a", "a"], "teacher": ["x", "y", "z"], "median_m": [0.3, 0.1, 0.2]})
-    github = render(frame, "github", sort="median_m")
-    assert github.index("0.100") < github.index("0.200") < github.index("0.300")
-    assert render(frame, "csv").splitlines()[0] == "scene,teacher,median_m"
-    assert "\\begin{tabular}" in render(frame, "latex")
-    assert "<table>" in render(frame, "html")
-    grouped = render(frame, "github", group_by="scene")
-    assert grouped.index("scene = a") < grouped.index("scene = b")
+    csv = render_machine(frame, "csv", sort="median_m")
+    assert csv.splitlines()[0] == "scene,teacher,median_m" and csv.index("0.1") < csv.index("0.2") < csv.index("0.3")
+    assert render_machine(frame, "csv", sort="-median_m").splitlines()[1].startswith("b,x,0.3")
+    assert "\\toprule" in render_table(frame.astype(str), "latex")
+    assert "<table>" in render_table(frame.astype(str), "html")
     with pytest.raises(BenchError, match="not a column"):
-        render(frame, sort="nope")
+        render_machine(frame, "csv", sort="nope")
 
 
 def test_decoder_can_be_limited_to_one_teacher():

@@ -1,43 +1,71 @@
-"""``bench leaderboard``: every cell in the store, as a table."""
+"""``bench leaderboard``: the store's cells as tables (scenes, cells or recall view)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from harness.leaderboard import display_frame, load_cells, render
 from harness.plugins import get_manager
 from harness.store import Store, atomic_path
 
 
+def add_selection_options(p: argparse.ArgumentParser) -> None:
+    """``--filter KEY=GLOB`` (repeatable) and ``--profile P`` (= ``--filter profile=P``)."""
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=GLOB",
+                   help="keep rows whose column KEY matches the shell pattern, e.g. teacher=posenet* or "
+                   "overrides= (no --set); repeatable, all must match")
+    p.add_argument("--profile", metavar="P", help="keep cells made with recipe profile P (= --filter profile=P)")
+
+
+def selection(args: argparse.Namespace) -> list[str]:
+    return [*args.filter, *([f"profile={args.profile}"] if args.profile else [])]
+
+
 def register(commands) -> None:
     p = commands.top.add_parser(
-        "leaderboard", parents=[commands.common], help="print every evaluated cell of the store as a table",
-        description="Read every cell file of the work directory into one table (one row per cell and scene) and print it.",
+        "leaderboard", parents=[commands.common], help="print the store's results as tables (scenes, cells, recall)",
+        description="Read every cell file of the work directory and print it: by default one row per method and one "
+        "column per scene (median m, median °) with their Average; --view cells gives one row per cell, --view "
+        "recall the accuracy within thresholds. csv and json carry every column as plain numbers.",
     )
-    p.add_argument("--format", default="github", help="github (default), latex, html, plain or csv")
-    p.add_argument("--sort", metavar="COLUMN", help="sort rows by this column, e.g. median_deg")
-    p.add_argument("--group-by", metavar="COLUMN", help="one table per value of this column, e.g. scene")
-    p.add_argument("--decoders", action="store_true", help="show the decoder cells (PSNR dB, SSIM) instead of pose cells")
+    p.add_argument("--format", default="github", help="github (default), plain, latex, html, csv or json")
+    p.add_argument("--view", choices=["scenes", "cells", "recall"],
+                   help="scenes (default for github/plain/latex/html), cells (default for csv/json) or recall")
+    p.add_argument("--columns", metavar="all|A,B,C", help="cells view: every column, or these (machine names)")
+    p.add_argument("--thresholds", metavar="M:DEG,...", help="recall / accuracy thresholds, e.g. 0.05:5,0.1:10 "
+                   "(default: the scene's convention: 7Scenes indoors, Cambridge outdoors)")
+    p.add_argument("--sort", metavar="[-]COLUMN", help="sort rows by this column (-COLUMN: descending), e.g. median_deg; "
+                   "in the scenes view a scene name, average, SCENE:deg, mb or ms_per_frame")
+    p.add_argument("--group-by", metavar="COLUMN", help="one table per value of this column, e.g. student")
+    add_selection_options(p)
+    p.add_argument("--iterations", metavar="K,K", help="refiner iterations to show (default: those run)")
+    p.add_argument("--published", action="store_true",
+                   help="add published results of known methods for 7Scenes / Cambridge scenes, kept apart, with sources")
+    p.add_argument("--decoders", action="store_true", help="show only the decoder cells (PSNR dB, SSIM)")
     p.add_argument("--output", type=Path, metavar="FILE", help="write the table to FILE instead of printing it")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from harness import leaderboard
+    from harness.matrix import parse_list
+
     store = Store(args.workdir, create=False)
-    poses, decoders = load_cells(store)
+    iterations = parse_list(args.iterations, int) if args.iterations else None
+    board = leaderboard.build(store, get_manager(args.plugin), filters=selection(args), iterations=iterations)
     if args.decoders:
-        frame = decoders.drop(columns=["cell"], errors="ignore")
+        fmt = args.format
+        if fmt in leaderboard.MACHINE_FORMATS:
+            text = leaderboard.render_machine(board.decoders, fmt, args.sort)
+        else:
+            text = leaderboard.render_table(leaderboard.decoders_table(board, fmt), fmt)
     else:
-        for columns in get_manager(args.plugin).pm.hook.bench_leaderboard_columns(frame=poses):
-            for col, values in (columns or {}).items():
-                poses[col] = values
-        frame = display_frame(poses)
-    text = render(frame, args.format, sort=args.sort, group_by=args.group_by)
+        text = leaderboard.text(board, args.view, args.format, sort=args.sort, group_by=args.group_by,
+                                columns=args.columns, thresholds=args.thresholds, published=args.published)
     if args.output:
         with atomic_path(args.output) as tmp:
             tmp.write_text(text + "\n")
-        print(f"wrote {args.output} ({len(frame)} rows)")
+        print(f"wrote {args.output}")
     else:
         print(text)
     return 0

@@ -1,20 +1,24 @@
-"""``bench report``: PNG plots and an HTML page of the store's cells."""
+"""``bench report``: captioned PNG figures and an HTML / Markdown page of the store's results."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from harness.commands.leaderboard import add_selection_options, selection
+from harness.plugins import get_manager
 from harness.store import Store
 
 
 def register(commands) -> None:
     p = commands.top.add_parser(
-        "report", parents=[commands.common], help="write plots (PNG) and an HTML page of the leaderboard",
-        description="Write cumulative error curves per cell, per-scene median bars, error against iterations and "
-        "decoder grids as PNGs, plus index.html and report.md showing them beside the leaderboard.",
+        "report", parents=[commands.common], help="write figures (PNG) and an HTML page of the store's results",
+        description="For every cell of the store (or those --filter selects): the provenance, the scenes and recall "
+        "tables, median errors per scene, cumulative error curves and error against iterations per scene, and "
+        "labelled decoder grids, as index.html and report.md with the PNGs beside them.",
     )
     p.add_argument("--out", type=Path, default=None, help="output folder (default WORKDIR/report)")
+    add_selection_options(p)
     p.set_defaults(func=run)
 
 
@@ -22,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.report import write_report
 
     store = Store(args.workdir, create=False)
-    index = write_report(store, args.out or store.root / "report", force=True)
+    index = write_report(store, args.out or store.root / "report", force=True, manager=get_manager(args.plugin),
+                         filters=selection(args))
     print(f"report: {index}")
     return 0

@@ -90,13 +90,13 @@ def axes_from_args(args: argparse.Namespace) -> Axes:
 
 def run(args: argparse.Namespace) -> int:
     from harness.data import open_dataset
-    from harness.leaderboard import FORMAT_NAMES, display_frame, load_cells, render
+    from harness import leaderboard
     from harness.runner import MatrixRunner
 
     # every option is checked before any data is opened or model trained
     axes = axes_from_args(args)
-    if args.format not in FORMAT_NAMES:
-        raise BenchError(f"--format {args.format!r}: expected one of {', '.join(FORMAT_NAMES)}")
+    if args.format not in leaderboard.FORMATS:
+        raise BenchError(f"--format {args.format!r}: expected one of {', '.join(leaderboard.FORMATS)}")
     check_profile(args.profile)
     overrides = parse_sets(args.set)
     manager = get_manager(args.plugin)
@@ -121,21 +121,13 @@ def run(args: argparse.Namespace) -> int:
         raise BenchError("no compatible cells to run")
     runner = MatrixRunner(store, manager, data, name, args.profile, overrides, progress=not args.no_progress)
     summary, fps = runner.run(plan, args.shard)
-    poses, decoders = load_cells(store, fps)
-    extra = manager.pm.hook.bench_leaderboard_columns(frame=poses)
-    for columns in extra:
-        for col, values in (columns or {}).items():
-            poses[col] = values
-    print(render(display_frame(poses), args.format))
-    if not decoders.empty:
-        print()
-        print(render(decoders.drop(columns=["cell"]), args.format))
+    leaderboard.show(store, manager, fps, fmt=args.format)
     print(f"\n{summary.total} cell(s) in this run: {summary.cached} from the store, {summary.computed} computed, "
           f"{len(summary.failed)} failed ({summary.seconds:.1f} s); work directory {store.root}")
     if not args.no_report and not args.shard:
         from harness.report import write_report
 
-        index = write_report(store, store.report_dir(), fps)
+        index = write_report(store, store.report_dir(), fps, manager=manager)
         print(f"report: {index}")
     if summary.failed:
         print(f"\n{len(summary.failed)} cell(s) failed (details in {store.root / 'cells'}/*.failed.json):", file=sys.stderr)
