@@ -1,4 +1,4 @@
-"""Kendall's learned-weighting pose loss (DESIGN.md §1)."""
+"""Kendall's learned-weighting pose loss: ``L = Lx exp(-sx) + sx + Lq exp(-sq) + sq`` (metres, unit quaternions)."""
 
 from __future__ import annotations
 

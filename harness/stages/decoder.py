@@ -1,4 +1,4 @@
-"""Decoders as artifacts: images from pose encodings (DESIGN.md §1).
+"""Decoders as artifacts: images from pose encodings.
 
 A decoder maps the student's (PAE's) latents of a pose to an ``S x S`` image.
 Training: the student encodes the training ground-truth poses (its scene for
