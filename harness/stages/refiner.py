@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from harness import poses as P
 from harness.errors import BenchError
-from harness.interfaces import Refiner
+from harness.interfaces import PoseIndexRefiner, Refiner
 from harness.losses import PoseLoss
 from harness.metrics import per_scene
 from harness.stages.context import Artifact, Context, plugin_version, train_once
@@ -318,6 +318,11 @@ def obtain_refiner(ctx: Context, name: str, teacher: Artifact, student: Artifact
     out_dir = ctx.store.artifact_dir("refiner", name, fp)
     weights = out_dir / "weights.pth"
     art = Artifact("refiner", name, fp, recipe, model, weights, upstream)
+    if isinstance(model, PoseIndexRefiner):  # no training: an index of the training split's poses, built once
+        model.configure(recipe)
+        model.reserve_index(len(train.labels))
+        train_once(ctx, "refiner", name, fp, model, weights, lambda: _build_index(ctx, name, model, recipe, student, weights))
+        return art
     train_once(ctx, "refiner", name, fp, model, weights, lambda: _train(ctx, name, model, recipe, teacher, student, out_dir))
     return art
 
@@ -413,6 +418,18 @@ def _train(ctx: Context, name: str, model: Refiner, recipe: dict[str, Any], teac
     save_state(out_dir / "weights.pth", model.state_dict(), meta=meta)
 
 
+def _build_index(ctx: Context, name: str, model: PoseIndexRefiner, recipe: dict[str, Any], student: Artifact,
+                 weights: Path) -> None:
+    """Index the training split's ground-truth poses (labels only: no test pose can enter) and store it."""
+    t0 = time.perf_counter()
+    train = ctx.data.split("train")
+    model.build_index(train.poses(), train.scene_ids(), student.model.to(ctx.device).eval())
+    meta = {"kind": "refiner", "name": name, "recipe": recipe, "dataset": ctx.dataset, "scenes": ctx.data.scenes,
+            "student": student.fingerprint, "train_frames": len(train.labels), "index_bytes": module_bytes(model),
+            "wall_seconds": time.perf_counter() - t0, "torch": torch.__version__}
+    save_state(weights, model.state_dict(), meta=meta)
+
+
 def _virtual(poses: Tensor, std_m: float | Tensor, std_deg: float | Tensor, generator: torch.Generator) -> Tensor:
     """Virtual neighbours around ``poses`` with the quaternion sign of ``poses`` (the PAE saw label signs)."""
     from harness.data import virtual_neighbours
@@ -500,6 +517,14 @@ def refine(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact
     t_teacher = float(np.mean(out["time_s"])) if N else 0.0
     poses, times = [p.clone()], [t_teacher]
     p = p.to(device)
+    if isinstance(model, PoseIndexRefiner):  # refines poses directly from its index of training poses (no RPR)
+        stored = module_bytes(model)  # the index: training poses and their PAE encodings (no PAE at test time)
+        for _ in range(iterations):
+            t0 = time.perf_counter()
+            p = model.refine_batch(p, qx, qq, scene_pred.to(device) if multi else None)
+            times.append(times[-1] + (time.perf_counter() - t0) / max(N, 1))
+            poses.append(p.detach().cpu().clone())
+        iterations = 0  # nothing left for the RPR loop below
     with torch.inference_mode():
         for _ in range(iterations):
             t0 = time.perf_counter()
