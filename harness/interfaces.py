@@ -125,8 +125,10 @@ class Refiner(nn.Module):
     ``forward(query_x, query_q, ref_x, ref_q) -> rel (B, 7)``: the relative pose
     ``rel(query -> reference)`` (``harness.poses.relative_pose`` convention).
     ``neighbours`` says where reference latents come from at test time:
-    ``"student"`` (encode the current estimate with the PAE, iAPR) or
-    ``"retrieval"`` (the training frame nearest the estimate, the image-RPR baseline).
+    ``"student"`` (encode the current estimate with the PAE, iAPR),
+    ``"retrieval"`` (the training frame nearest the estimate, the image-RPR baseline) or
+    ``"training-poses"`` (:class:`PoseIndexRefiner`: PAE encodings of training poses, stored).
+    Every value but ``"retrieval"`` needs a student.
     """
 
     latent_dim: int = 256
@@ -144,10 +146,10 @@ class PoseIndexRefiner(Refiner):
     task keys: ``k``, ``lr``, ``orientation_weight``), :meth:`reserve_index` to size the state for a stored
     index, :meth:`build_index` once (training poses only: the index cannot hold a test pose), and
     :meth:`refine_batch` once per iteration for all frames of a split at once. It needs a student of the
-    teacher (``neighbours = "student"``) to build the index, none at test time.
+    teacher to build the index, none at test time.
     """
 
-    neighbours: str = "student"
+    neighbours: str = "training-poses"
 
     def configure(self, recipe: dict) -> None:
         """Take the hyper-parameters from the resolved recipe (``BenchError`` on bad values)."""

@@ -195,7 +195,7 @@ def _expand_student(plan: Plan, base: Cell, student: str, axes: Axes, teacher: A
             if refiner == NONE:
                 continue
             ref = probe("refiner", refiner, latent_dim=latent)
-            if getattr(ref, "neighbours", "student") == "student":
+            if getattr(ref, "neighbours", "student") != "retrieval":
                 if any(s != NONE for s in axes.students):
                     continue  # the student rows of this teacher carry this refiner
                 plan.refused.append((f"{base.describe()} {refiner}", f"{refiner} encodes poses with a student; student 'none' given"))

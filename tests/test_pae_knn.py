@@ -52,7 +52,7 @@ def test_no_test_pose_can_be_selected(tmp_path, fake_outputs, steps):
     student = student_artifact()
     ref = stage.obtain_refiner(ctx, "pae-knn", teacher_artifact(), student)
     model = ref.model
-    assert isinstance(model, PoseIndexRefiner)
+    assert isinstance(model, PoseIndexRefiner) and model.neighbours == "training-poses"
     train, test = data.split("train").poses(), data.split("test").poses()
     # the index is exactly the training split's ground truth
     torch.testing.assert_close(model.index_pose[:, :3], train[:, :3])

@@ -78,7 +78,7 @@ def report(ctx, refiner, teacher, student, split: str, iterations: int) -> str:
     table = tabulate(frame[[c for c in COLUMNS if c in frame]], headers="keys", tablefmt="github", showindex=False,
                      floatfmt=".4g")
     stored = int(frame["stored_bytes"].iloc[0]) if len(frame) else 0
-    what = "PAE + RPR weights" if getattr(refiner.model, "neighbours", "student") == "student" else \
+    what = "PAE + RPR weights" if getattr(refiner.model, "neighbours", "student") != "retrieval" else \
         "training images + their latents and poses + RPR weights"
     if isinstance(refiner.model, PoseIndexRefiner):
         what = "training poses + their PAE encodings"

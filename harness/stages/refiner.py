@@ -99,7 +99,7 @@ def check_compatible(name: str, refiner: Refiner, teacher: Artifact, student: Ar
         raise BenchError(
             f"refiner {name!r} has latent size {refiner.latent_dim} but teacher {teacher.name!r} produces {t.latent_dim}"
         )
-    if getattr(refiner, "neighbours", "student") != "student":
+    if getattr(refiner, "neighbours", "student") == "retrieval":
         return  # image-rpr: the student is not used
     if student is None:
         raise BenchError(f"refiner {name!r} encodes poses with a student (PAE); give one (--student)")
@@ -118,7 +118,7 @@ def check_compatible(name: str, refiner: Refiner, teacher: Artifact, student: Ar
 
 
 def _uses_student(refiner: Refiner) -> bool:
-    return getattr(refiner, "neighbours", "student") == "student"
+    return getattr(refiner, "neighbours", "student") != "retrieval"
 
 
 # =========================================================================== helpers
