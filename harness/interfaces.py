@@ -125,14 +125,47 @@ class Refiner(nn.Module):
     ``forward(query_x, query_q, ref_x, ref_q) -> rel (B, 7)``: the relative pose
     ``rel(query -> reference)`` (``harness.poses.relative_pose`` convention).
     ``neighbours`` says where reference latents come from at test time:
-    ``"student"`` (encode the current estimate with the PAE, iAPR) or
-    ``"retrieval"`` (the training frame nearest the estimate, the image-RPR baseline).
+    ``"student"`` (encode the current estimate with the PAE, iAPR),
+    ``"retrieval"`` (the training frame nearest the estimate, the image-RPR baseline) or
+    ``"training-poses"`` (:class:`PoseIndexRefiner`: PAE encodings of training poses, stored).
+    Every value but ``"retrieval"`` needs a student.
     """
 
     latent_dim: int = 256
     neighbours: str = "student"
 
     def forward(self, query_x: Tensor, query_q: Tensor, ref_x: Tensor, ref_q: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class PoseIndexRefiner(Refiner):
+    """A test-time refiner with no relative-pose regressor: it refines estimates directly from an index of
+    the *training split's* ground-truth poses and their PAE encodings (built once, stored as its state).
+
+    The stage calls :meth:`configure` with the full resolved recipe (its keys may share names with the RPR
+    task keys: ``k``, ``lr``, ``orientation_weight``), :meth:`reserve_index` to size the state for a stored
+    index, :meth:`build_index` once (training poses only: the index cannot hold a test pose), and
+    :meth:`refine_batch` once per iteration for all frames of a split at once. It needs a student of the
+    teacher to build the index, none at test time.
+    """
+
+    neighbours: str = "training-poses"
+
+    def configure(self, recipe: dict) -> None:
+        """Take the hyper-parameters from the resolved recipe (``BenchError`` on bad values)."""
+        raise NotImplementedError
+
+    def reserve_index(self, n: int) -> None:
+        """Size the index state for ``n`` training poses (so that a stored index loads)."""
+        raise NotImplementedError
+
+    def build_index(self, poses: Tensor, scene: Tensor, student: nn.Module) -> None:
+        """Index the training poses ``(M, 7)`` with scene ids ``(M,)`` and their encodings by ``student``."""
+        raise NotImplementedError
+
+    def refine_batch(self, poses: Tensor, query_x: Tensor, query_q: Tensor, scene: Tensor | None) -> Tensor:
+        """Refined poses ``(B, 7)`` from estimates ``(B, 7)`` and image latents ``(B, D)`` x 2 (``scene``
+        ``(B,)``: predicted scene ids restricting the neighbours, None for a single-scene teacher)."""
         raise NotImplementedError
 
 

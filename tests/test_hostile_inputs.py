@@ -159,7 +159,7 @@ def test_nan_teacher_fails_its_cell_with_the_reason(tmp_path):
     out = bench(tmp_path / "w", "--plugin", str(tmp_path / "nan_apr.py"), "run", "--dataset", TINY, "--scenes",
                 "room", "--teacher", "nan-apr", *FAST, timeout=600)
     assert out.returncode == 1
-    assert "nan-apr: the training loss became nan at epoch 1" in out.stderr
+    assert "nan-apr, epoch 1: the training loss became nan" in out.stderr
     assert not list((tmp_path / "w" / "cells").glob("*.h5"))
 
 

@@ -54,13 +54,16 @@ def _obtain(args: argparse.Namespace):
 def report(ctx, refiner, teacher, student, split: str, iterations: int) -> str:
     """Errors per iteration per scene (:func:`harness.stages.refiner.evaluate_refiner`) and stored bytes."""
     from harness.stages.refiner import evaluate_refiner
+    from harness.interfaces import PoseIndexRefiner
 
     frame = evaluate_refiner(ctx, refiner, teacher, student, split, iterations)
     table = tabulate(frame[[c for c in COLUMNS if c in frame]], headers="keys", tablefmt="github", showindex=False,
                      floatfmt=".4g")
     stored = int(frame["stored_bytes"].iloc[0]) if len(frame) else 0
-    what = "PAE + RPR weights" if getattr(refiner.model, "neighbours", "student") == "student" else \
+    what = "PAE + RPR weights" if getattr(refiner.model, "neighbours", "student") != "retrieval" else \
         "training images + their latents and poses + RPR weights"
+    if isinstance(refiner.model, PoseIndexRefiner):
+        what = "training poses + their PAE encodings"
     return f"{table}\nstored at test time besides the teacher: {stored:,} bytes ({stored / 2**20:.2f} MiB: {what})"
 
 

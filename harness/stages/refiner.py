@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from harness import poses as P
 from harness.errors import BenchError
-from harness.interfaces import Refiner
+from harness.interfaces import PoseIndexRefiner, Refiner
 from harness.losses import PoseLoss
 from harness.metrics import per_scene
 from harness.batches import Batches
@@ -218,7 +218,11 @@ def _check(ctx: Context, recipe: Recipe, model: Refiner, upstream: dict[str, Art
 
 
 def _prepare(ctx: Context, recipe: Recipe, model: Refiner, upstream: dict[str, Artifact]) -> None:
-    """Fine-tuning: the refiner keeps its own copy of the teacher's image encoder."""
+    """Fine-tuning: the refiner keeps its own copy of the teacher's image encoder. A pose-index refiner takes
+    its settings from the whole recipe and is sized for the training split (so that a stored index loads)."""
+    if isinstance(model, PoseIndexRefiner):
+        model.configure(recipe.values())
+        model.reserve_index(len(ctx.data.split("train").labels))
     if recipe.task.finetune:
         model.add_module("image_encoder", copy.deepcopy(upstream["teacher"].model))
 
@@ -244,6 +248,10 @@ def _probe(ctx: Context, name: str, teacher: Artifact) -> Refiner:
 def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: Path) -> tuple[list, dict]:
     name, model, config, cfg = art.name, art.model, art.recipe.train, art.recipe.task
     teacher, student = upstream["teacher"], upstream.get("student")
+    if isinstance(model, PoseIndexRefiner):  # no training: an index of the training split's poses (labels only)
+        train = ctx.data.split("train")
+        model.build_index(train.poses(), train.scene_ids(), student.model.to(ctx.device).eval())
+        return [], {"index_bytes": module_bytes(model)}
     out = _outputs(ctx, teacher, "train")
     gt = torch.as_tensor(np.asarray(out["pose_gt"]), dtype=torch.float32)
     gt = P.join_pose(gt[:, :3], P.normalize_quat(gt[:, 3:]))  # label sign kept
@@ -368,7 +376,7 @@ def _image_bytes(ctx: Context) -> int:
 
 def refine(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact | None, split: str,
            iterations: int) -> dict[str, Any]:
-    """iAPR inference on ``split``: ``iterations`` refinement steps from the teacher's stored estimate.
+    """Refinement on ``split``: ``iterations`` steps from the teacher's stored estimate, batched over all frames.
 
     Returns numpy ``poses (K+1, N, 7)`` (index 0 = teacher estimate),
     ``pose_gt (N, 7)``, ``scene_id (N,)`` (ground truth), ``scene_pred (N,)``
@@ -376,15 +384,12 @@ def refine(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact
     including the teacher's stored time, and ``stored_bytes`` (int): what the
     refiner keeps at test time besides the teacher (PAE + RPR weights for
     ``pae-rpr``; training image files + their latents and poses + RPR
-    weights for ``image-rpr``).
+    weights for ``image-rpr``; the pose index for a pose-index refiner).
     """
-    model: Refiner = refiner.model
     _check_pairing(refiner, teacher, student)
     if iterations < 0:
         raise BenchError(f"iterations must be >= 0, got {iterations}")
-    pae_based = uses_student(model)
-    device = ctx.device
-    model.to(device).eval()
+    refiner.model.to(ctx.device).eval()
     out = _outputs(ctx, teacher, split)
     p = torch.as_tensor(np.asarray(out["pose_est"]), dtype=torch.float32)
     p = P.join_pose(p[:, :3], P.normalize_quat(p[:, 3:]))
@@ -393,41 +398,15 @@ def refine(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact
     logp = np.asarray(out.get("scene_logp", np.zeros((N, 1))))
     scene_pred = torch.as_tensor(logp.argmax(1) if (multi and logp.ndim == 2 and N) else np.zeros(N), dtype=torch.int64)
     qx, qq = _query_latents(ctx, refiner, teacher, split, out, scene_pred if multi else None)
-    qx, qq = qx.to(device), qq.to(device)
-    pae = student.model.to(device).eval() if pae_based else None
-    if pae_based:
-        stored = module_bytes(pae) + module_bytes(model)
-    else:
-        db = _outputs(ctx, teacher, "train")
-        db_pose = torch.as_tensor(np.asarray(db["pose_gt"]), dtype=torch.float32)
-        db_pose = P.join_pose(db_pose[:, :3], P.normalize_quat(db_pose[:, 3:]))
-        db_scene = torch.as_tensor(np.asarray(db["scene_id"]), dtype=torch.int64)
-        db_x, db_q = _query_latents(ctx, refiner, teacher, "train", db, db_scene)  # fine-tuned: re-encoded once
-        db_x, db_q = db_x.to(device), db_q.to(device)
-        stored = _image_bytes(ctx) + int(db_x.numel() * 4 + db_q.numel() * 4 + db_pose.numel() * 4) + module_bytes(model)
-        if len(db_pose) == 0:
-            raise BenchError(f"refiner {refiner.name!r} retrieves training frames, but the training split is empty")
-    ow, bs = refiner.recipe.task.orientation_weight, refiner.recipe.task.eval_batch_size
-    t_teacher = float(np.mean(out["time_s"])) if N else 0.0
-    poses, times = [p.clone()], [t_teacher]
-    p = p.to(device)
-    with torch.inference_mode():
-        for _ in range(iterations):
-            t0 = time.perf_counter()
-            if pae_based:
-                ref_pose = p
-                rx, rq = encode_poses(pae, p, scene_pred.to(device))
-            else:
-                nn_idx = _retrieve(p.cpu(), db_pose, db_scene, scene_pred if multi else None, ow)
-                ref_pose = db_pose[nn_idx].to(device)
-                ref_pose = P.join_pose(ref_pose[:, :3], align_sign(ref_pose[:, 3:], p[:, 3:]))
-                rx, rq = db_x[nn_idx.to(device)], db_q[nn_idx.to(device)]
-            rel = torch.cat([model(qx[i : i + bs], qq[i : i + bs], rx[i : i + bs], rq[i : i + bs]) for i in range(0, N, bs)]) if N else p.new_zeros(0, 7)
-            new = P.compose(ref_pose, P.invert_relative(rel))  # (N, 7)
-            p = P.join_pose(new[:, :3], align_sign(new[:, 3:], p[:, 3:]))
-            dt = time.perf_counter() - t0
-            times.append(times[-1] + dt / max(N, 1))
-            poses.append(p.detach().cpu().clone())
+    step, stored = _stepper(ctx, refiner, teacher, student, qx.to(ctx.device), qq.to(ctx.device),
+                            scene_pred.to(ctx.device), multi)
+    poses, times = [p.clone()], [float(np.mean(out["time_s"])) if N else 0.0]
+    p = p.to(ctx.device)
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        p = step(p)
+        times.append(times[-1] + (time.perf_counter() - t0) / max(N, 1))
+        poses.append(p.detach().cpu().clone())
     return {
         "poses": torch.stack(poses).numpy(),
         "pose_gt": np.asarray(out["pose_gt"], dtype=np.float32),
@@ -436,6 +415,58 @@ def refine(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact
         "time_s": np.asarray(times, dtype=np.float64),
         "stored_bytes": int(stored),
     }
+
+
+def _stepper(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact | None, qx: Tensor, qq: Tensor,
+             scene_pred: Tensor, multi: bool) -> tuple[Callable[[Tensor], Tensor], int]:
+    """One refinement step ``(N, 7) -> (N, 7)`` for this refiner's kind of neighbours, and its stored bytes."""
+    model = refiner.model
+    if isinstance(model, PoseIndexRefiner):  # refines from its index of training poses (no RPR, no PAE at test time)
+        return (lambda p: model.refine_batch(p, qx, qq, scene_pred if multi else None)), module_bytes(model)
+    bs = refiner.recipe.task.eval_batch_size
+    if uses_student(model):
+        pae = student.model.to(ctx.device).eval()
+
+        def neighbours(p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            return (p, *encode_poses(pae, p, scene_pred))  # the estimate itself, encoded by the PAE
+
+        stored = module_bytes(pae) + module_bytes(model)
+    else:
+        neighbours, stored = _retrieval(ctx, refiner, teacher, scene_pred if multi else None)
+
+    @torch.inference_mode()
+    def step(p: Tensor) -> Tensor:
+        ref_pose, rx, rq = neighbours(p)
+        N = len(p)
+        rel = torch.cat([model(qx[i: i + bs], qq[i: i + bs], rx[i: i + bs], rq[i: i + bs]) for i in range(0, N, bs)]) \
+            if N else p.new_zeros(0, 7)
+        new = P.compose(ref_pose, P.invert_relative(rel))  # (N, 7)
+        return P.join_pose(new[:, :3], align_sign(new[:, 3:], p[:, 3:]))
+
+    return step, stored
+
+
+def _retrieval(ctx: Context, refiner: Artifact, teacher: Artifact, scene: Tensor | None) -> tuple[Callable, int]:
+    """The image-RPR baseline's neighbours: the training frame nearest each estimate (its pose and latents)."""
+    db = _outputs(ctx, teacher, "train")
+    db_pose = torch.as_tensor(np.asarray(db["pose_gt"]), dtype=torch.float32)
+    db_pose = P.join_pose(db_pose[:, :3], P.normalize_quat(db_pose[:, 3:]))
+    if len(db_pose) == 0:
+        raise BenchError(f"refiner {refiner.name!r} retrieves training frames, but the training split is empty")
+    db_scene = torch.as_tensor(np.asarray(db["scene_id"]), dtype=torch.int64)
+    db_x, db_q = _query_latents(ctx, refiner, teacher, "train", db, db_scene)  # fine-tuned: re-encoded once
+    db_x, db_q = db_x.to(ctx.device), db_q.to(ctx.device)
+    ow = refiner.recipe.task.orientation_weight
+
+    def neighbours(p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        idx = _retrieve(p.cpu(), db_pose, db_scene, scene.cpu() if scene is not None else None, ow)
+        ref = db_pose[idx].to(p.device)
+        ref = P.join_pose(ref[:, :3], align_sign(ref[:, 3:], p[:, 3:]))
+        idx = idx.to(p.device)
+        return ref, db_x[idx], db_q[idx]
+
+    stored = _image_bytes(ctx) + int(db_x.numel() * 4 + db_q.numel() * 4 + db_pose.numel() * 4) + module_bytes(refiner.model)
+    return neighbours, stored
 
 
 def _check_pairing(refiner: Artifact, teacher: Artifact, student: Artifact | None) -> None:
