@@ -7,6 +7,7 @@ import io
 import json
 import sys
 import types
+from importlib import resources
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ import pytest
 
 from board_helpers import N, write_store
 from harness import leaderboard as lb
+from harness import tables
 from harness.cells import PROVENANCE_KEYS, read_cell
 from harness.cli import main
 
@@ -72,7 +74,7 @@ def test_scenes_view_rows_columns_and_average_of_per_scene_medians(store):
     assert best["room"].startswith("**") and best["Average"].count("**") == 4  # best m and best ° in bold
     teacher = medians(store, "teacher-s0")["room"]
     row = table[(table["method"] == "posenet") & (table["recipe"] == "quick")].iloc[0]
-    assert row["room"] == f"{lb.fmt_m(teacher[0])} m, {lb.fmt_deg(teacher[1])}°"
+    assert row["room"] == f"{tables.fmt_m(teacher[0])} m, {tables.fmt_deg(teacher[1])}°"
     assert row["stored (MB)"] == "**4.00**"  # the teachers are the smallest
 
 
@@ -161,7 +163,7 @@ def test_published_rows_carry_their_source_and_stay_apart(tmp_path, run_bench, c
     assert len(ours) == 8 and ours["source"].isna().all()
     assert len(pub) and set(pub["scene"]) == {"chess", "heads"}
     assert pub["source"].str.len().gt(10).all()
-    table = pd.read_csv(lb.resources.files("harness").joinpath("published_results.csv").open())
+    table = pd.read_csv(resources.files("harness").joinpath("published_results.csv").open())
     want = table[(table["scene"] == "chess") & (table["method"] == pub["method"].iloc[0])].iloc[0]
     got = pub[(pub["scene"] == "chess") & (pub["method"] == want["method"])].iloc[0]
     assert got["median_m"] == want["median_position_m"] and got["source"] == want["source"]

@@ -213,21 +213,13 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
         raise BenchError(f"dataset {ctx.dataset!r} has no training frames for scenes {', '.join(ctx.data.scenes)}")
 
     def run() -> None:
-        t0 = time.perf_counter()
-        history, meta = stage.train(ctx, art, upstream, out_dir)
         from harness.train import distributed_env
 
+        t0 = time.perf_counter()
+        history, meta = stage.train(ctx, art, upstream, out_dir)
         if distributed_env()[0] != 0:
             return
-        meta = {
-            "kind": stage.kind, "name": name, "source": ctx.registry.get(stage.kind, name).source,
-            "recipe": recipe.values(), "recipe_sources": recipe.sources, "plugin_version": recipe.version,
-            "dataset": ctx.dataset, "scenes": ctx.data.scenes, "train_frames": len(train.labels),
-            "upstream": ids, "epochs": len(history), "train_seconds": sum(h.get("seconds", 0.0) for h in history),
-            "wall_seconds": time.perf_counter() - t0, "first": history[0] if history else {},
-            "final": history[-1] if history else {}, "torch": torch.__version__, **meta,
-        }
-        save_state(art.path, model.state_dict(), meta=meta)
+        save_state(art.path, model.state_dict(), meta=_metadata(ctx, art, history, time.perf_counter() - t0, meta))
         shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # complete: resumable state no longer needed
 
     train_once(ctx, art, run)
@@ -240,6 +232,20 @@ def training_paths(out_dir: Path, stage: int | None = None) -> dict[str, Path]:
     its per-epoch log (kept, ``bench logs``); ``stage`` numbers the fine-tuning stages of a staged recipe."""
     sub = f"stage{stage}" if stage is not None else ""
     return {"checkpoint_dir": out_dir / CHECKPOINTS / sub, "log_path": out_dir / "logs" / sub / "log.csv"}
+
+
+def _metadata(ctx: Context, art: Artifact, history: list[dict[str, float]], seconds: float,
+              extra: dict[str, Any]) -> dict[str, Any]:
+    """The JSON sidecar of trained weights: what made them (recipe and its sources, data, upstream) and how it went."""
+    return {
+        "kind": art.kind, "name": art.name, "source": ctx.registry.get(art.kind, art.name).source,
+        "recipe": art.recipe.values(), "recipe_sources": art.recipe.sources, "plugin_version": art.recipe.version,
+        "options": art.options, "dataset": ctx.dataset, "scenes": ctx.data.scenes,
+        "train_frames": len(ctx.data.split("train").labels), "upstream": art.upstream, "epochs": len(history),
+        "train_seconds": sum(h.get("seconds", 0.0) for h in history), "wall_seconds": seconds,
+        "first": history[0] if history else {}, "final": history[-1] if history else {}, "torch": torch.__version__,
+        **extra,
+    }
 
 
 def train_once(ctx: Context, art: Artifact, train: Callable[[], None]) -> None:

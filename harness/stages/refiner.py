@@ -253,25 +253,52 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
         model.build_index(train.poses(), train.scene_ids(), student.model.to(ctx.device).eval())
         return [], {"index_bytes": module_bytes(model)}
     out = _outputs(ctx, teacher, "train")
+    if len(out["pose_gt"]) < 2:
+        raise BenchError(f"refiner {name!r}: the teacher's training split has {len(out['pose_gt'])} frame(s); need at least 2")
+    pae = student.model.to(ctx.device).eval() if student is not None else None
+    make, spread, std = _pair_maker(out, cfg, config.seed, pae)
+    images = None
+    if cfg.finetune:
+        from harness.data import load_images
+
+        images = load_images(ctx.data.split("train"), teacher.recipe.task.image_size, ctx.store)  # (N, 3, S, S) uint8
+        if len(images) != len(out["pose_gt"]):
+            raise BenchError(f"refiner {name!r}: {len(images)} training images but {len(out['pose_gt'])} stored teacher outputs")
+        model.image_encoder.requires_grad_(True)
+    if cfg.standardize and hasattr(model, "set_latent_stats"):  # the teacher's training latents (a PAE reproduces them)
+        model.set_latent_stats(*(torch.as_tensor(np.asarray(out[k]), dtype=torch.float32) for k in ("latent_x", "latent_q")))
+    if cfg.init_bias and hasattr(model, "init_output_bias"):
+        sample = make(0)["rel"]
+        model.init_output_bias(torch.cat([sample[:, :3].mean(0), sample.new_tensor([1.0, 0.0, 0.0, 0.0])]))
+    task = RPRTask(model, cfg.sx, cfg.sq, cfg.learn_weights).to(ctx.device)
+    batches = pair_batches(make, config.batch_size, config.seed, images, cfg.augment, ctx.device)
+    history = fit(task, batches, config, desc=f"refiner {name}", progress=ctx.progress, device=ctx.device,
+                  **training_paths(out_dir))
+    present = np.unique(out["scene_id"]).tolist()  # scene ids index the dataset's scenes
+    return history, {
+        "teacher_train_rms": {ctx.data.scenes[s]: dict(zip(("m_per_axis", "deg_per_axis"), spread[s].tolist())) for s in present},
+        "virtual_std": {ctx.data.scenes[s]: dict(zip(("m", "deg"), std[s].tolist())) for s in present},
+        "sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach()),
+    }
+
+
+def _pair_maker(out: dict[str, np.ndarray], cfg: Any, seed: int, pae: nn.Module | None
+                ) -> tuple[Callable[[int], dict[str, Tensor]], Tensor, Tensor]:
+    """``make(epoch)`` building the epoch's training pairs from the teacher's stored train outputs (fixed
+    nearest-neighbour pairs, and/or virtual neighbours drawn anew each epoch), plus the teacher's per-scene
+    spread ``(S, 2)`` and the virtual spread used (metres, degrees per axis)."""
     gt = torch.as_tensor(np.asarray(out["pose_gt"]), dtype=torch.float32)
     gt = P.join_pose(gt[:, :3], P.normalize_quat(gt[:, 3:]))  # label sign kept
     scene = torch.as_tensor(np.asarray(out["scene_id"]), dtype=torch.int64)
     qx = torch.as_tensor(np.asarray(out["latent_x"]), dtype=torch.float32)
     qq = torch.as_tensor(np.asarray(out["latent_q"]), dtype=torch.float32)
-    N = len(gt)
-    if N < 2:
-        raise BenchError(f"refiner {name!r}: the teacher's training split has {N} frame(s); need at least 2")
-    pairs = cfg.pairs
+    N, pairs, finetune = len(gt), cfg.pairs, cfg.finetune
     spread = teacher_spread(out)  # (S, 2) per scene id: metres, degrees per axis
     std = torch.maximum(cfg.spread_scale * spread, spread.new_tensor([cfg.min_std_m, cfg.min_std_deg]))
     for col, value in enumerate((cfg.std_m, cfg.std_deg)):  # a spread the recipe fixes
         if value:
             std[:, col] = float(value)
     std_rows = std[scene].float()  # (N, 2): each frame's spread
-    pae = student.model.to(ctx.device).eval() if student is not None else None
-    finetune = cfg.finetune
-
-    # fixed nearest-neighbour pairs -------------------------------------------------
     fixed: dict[str, Tensor] = {}
     if pairs in ("nearest", "both"):
         a, b = nearest_pairs(gt, scene, cfg.k, cfg.orientation_weight)
@@ -283,18 +310,15 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
             fixed["rx"], fixed["rq"] = qx[b], qq[b]  # stored teacher latents of the neighbour image
 
     def make(epoch: int) -> dict[str, Tensor]:
-        parts: list[dict[str, Tensor]] = []
-        if fixed:
-            parts.append(dict(fixed))
+        parts: list[dict[str, Tensor]] = [dict(fixed)] if fixed else []
         if pairs in ("virtual", "both"):
-            g = torch.Generator().manual_seed(config.seed * 7919 + epoch)
+            g = torch.Generator().manual_seed(seed * 7919 + epoch)
             a = torch.arange(N).repeat_interleave(cfg.virtual)
             ref = _virtual(gt[a], std_rows[a, :1], std_rows[a, 1:], g)
             rx, rq = encode_poses(pae, ref, scene[a])
             parts.append({"a": a, "b": torch.full_like(a, -1), "rel": relative_target(gt[a], ref), "rx": rx.cpu(), "rq": rq.cpu()})
         batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if all(k in p for p in parts)}
-        a = batch.pop("a")
-        b = batch.pop("b")
+        a, b = batch.pop("a"), batch.pop("b")
         if finetune:
             batch["images"], batch["scene"] = a, scene[a]
             if pae is None:
@@ -303,31 +327,7 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
             batch["qx"], batch["qq"] = qx[a], qq[a]
         return batch
 
-    images = None
-    if finetune:
-        from harness.data import load_images
-
-        size = teacher.recipe.task.image_size
-        images = load_images(ctx.data.split("train"), size, ctx.store)  # (N, 3, S, S) uint8, label order
-        if len(images) != N:
-            raise BenchError(f"refiner {name!r}: {len(images)} training images but {N} stored teacher outputs")
-        model.image_encoder.requires_grad_(True)
-
-    if cfg.standardize and hasattr(model, "set_latent_stats"):
-        model.set_latent_stats(qx, qq)  # the teacher's training latents (a PAE reproduces them)
-    if cfg.init_bias and hasattr(model, "init_output_bias"):
-        sample = make(0)["rel"]
-        model.init_output_bias(torch.cat([sample[:, :3].mean(0), sample.new_tensor([1.0, 0.0, 0.0, 0.0])]))
-    task = RPRTask(model, cfg.sx, cfg.sq, cfg.learn_weights).to(ctx.device)
-    batches = pair_batches(make, config.batch_size, config.seed, images, cfg.augment, ctx.device)
-    history = fit(task, batches, config, desc=f"refiner {name}", progress=ctx.progress, device=ctx.device,
-                  **training_paths(out_dir))
-    present = torch.unique(scene).tolist()  # scene ids index the dataset's scenes
-    return history, {
-        "teacher_train_rms": {ctx.data.scenes[s]: dict(zip(("m_per_axis", "deg_per_axis"), spread[s].tolist())) for s in present},
-        "virtual_std": {ctx.data.scenes[s]: dict(zip(("m", "deg"), std[s].tolist())) for s in present},
-        "sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach()),
-    }
+    return make, spread, std
 
 
 REFINER = Stage("refiner", Refiner, _build_args, _check, _train, _prepare)
