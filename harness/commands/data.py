@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from harness.data import (
-    check_image_files, load_images, make_pose_data, read_cambridge, read_labels, read_sevenscenes,
-)
+from harness.data import check_image_files, make_pose_data, read_cambridge, read_labels, read_sevenscenes
+from harness.images import load_images
 from harness.errors import BenchError, DataError
 from harness.plugins import get_registry
 

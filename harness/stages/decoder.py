@@ -3,7 +3,7 @@
 A decoder maps the student's (PAE's) latents of a pose to an ``S x S`` image.
 Training: the student encodes the training ground-truth poses (its scene for
 a multi-scene student), the decoder is fitted with L1 against the training
-images resized to ``S`` (``harness.data.load_images``, cached in the store).
+images resized to ``S`` (``harness.images.load_images``, cached in the store).
 Scores: PSNR (dB) and SSIM (Gaussian window) of decoded vs true images on a
 split; grids: PNGs of ground truth beside decoded.
 
@@ -163,7 +163,7 @@ def obtain_decoder(ctx: Context, name: str, teacher: Artifact, student: Artifact
 
 def _train(ctx: Context, name: str, model: Decoder, recipe: dict[str, Any], student: Artifact, train: PoseData,
            out_dir: Path) -> None:
-    from harness.data import load_images
+    from harness.images import load_images
 
     if len(train.labels) == 0:
         raise BenchError(f"decoder {name!r}: no training frames")
@@ -191,7 +191,7 @@ def _train(ctx: Context, name: str, model: Decoder, recipe: dict[str, Any], stud
 def decode_split(ctx: Context, decoder: Artifact, student: Artifact, split: str,
                  index: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(decoded, truth)`` float ``(N, 3, S, S)`` in [0, 1] for ``split``'s ground-truth poses (or ``index`` of them)."""
-    from harness.data import load_images
+    from harness.images import load_images
 
     data = ctx.data.split(split)
     if len(data.labels) == 0:

@@ -139,15 +139,7 @@ def encode_poses(student: nn.Module, poses: Tensor, scene: Tensor | None, chunk:
     return torch.cat(xs), torch.cat(qs)
 
 
-def align_sign(q: Tensor, like: Tensor) -> Tensor:
-    """Quaternions ``q`` with the sign that agrees with ``like`` (``<q, like> >= 0``); same rotation."""
-    return torch.where((q * like).sum(-1, keepdim=True) < 0, -q, q)
-
-
-def relative_target(query: Tensor, ref: Tensor) -> Tensor:
-    """``rel(query -> ref)`` with the canonical quaternion sign (``qw >= 0``), the regression target."""
-    rel = P.relative_pose(query, ref)
-    return P.join_pose(rel[..., :3], P.canonical_quat(rel[..., 3:]))
+from harness.poses import align_sign, relative_target  # noqa: E402  (moved to the pose module)
 
 
 def teacher_spread(out: dict[str, np.ndarray]) -> Tensor:
@@ -165,7 +157,7 @@ def teacher_spread(out: dict[str, np.ndarray]) -> Tensor:
 
 def nearest_pairs(poses: Tensor, scene: Tensor, k: int, orientation_weight: float) -> tuple[Tensor, Tensor]:
     """``(a, b)`` index pairs: for every frame ``a``, its ``k`` nearest other frames ``b`` of the same scene."""
-    from harness.data import nearest_neighbours
+    from harness.poses import nearest_neighbours
 
     a_all, b_all = [], []
     for sid in torch.unique(scene):
@@ -244,7 +236,7 @@ class PairBatches:
         self.device = device or torch.device("cpu")
 
     def _pixels(self, frames: Tensor, generator: torch.Generator) -> Tensor:
-        from harness.data import augment_images, normalize_images
+        from harness.images import augment_images, normalize_images
 
         u8 = self.images[frames]
         return normalize_images(augment_images(u8, generator=generator) if self.augment else u8)
@@ -379,7 +371,7 @@ def _train(ctx: Context, name: str, model: Refiner, recipe: dict[str, Any], teac
 
     images = None
     if finetune:
-        from harness.data import load_images
+        from harness.images import load_images
 
         size = int(teacher.config.get("image_size", 64))
         images = load_images(ctx.data.split("train"), size, ctx.store)  # (N, 3, S, S) uint8, label order
@@ -415,7 +407,7 @@ def _train(ctx: Context, name: str, model: Refiner, recipe: dict[str, Any], teac
 
 def _virtual(poses: Tensor, std_m: float | Tensor, std_deg: float | Tensor, generator: torch.Generator) -> Tensor:
     """Virtual neighbours around ``poses`` with the quaternion sign of ``poses`` (the PAE saw label signs)."""
-    from harness.data import virtual_neighbours
+    from harness.poses import virtual_neighbours
 
     v = virtual_neighbours(poses, std_m, std_deg, generator=generator).to(poses.dtype)
     return P.join_pose(v[:, :3], align_sign(v[:, 3:], poses[:, 3:]))
@@ -429,7 +421,7 @@ def _query_latents(ctx: Context, refiner: Artifact, teacher: Artifact, split: st
     if enc is None:
         return (torch.as_tensor(np.asarray(out["latent_x"]), dtype=torch.float32),
                 torch.as_tensor(np.asarray(out["latent_q"]), dtype=torch.float32))
-    from harness.data import load_images, normalize_images
+    from harness.images import load_images, normalize_images
 
     images = load_images(ctx.data.split(split), int(teacher.config.get("image_size", 64)), ctx.store)
     xs, qs = [], []
@@ -529,7 +521,7 @@ def refine(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact
 
 def _retrieve(p: Tensor, db_pose: Tensor, db_scene: Tensor, scene: Tensor | None, orientation_weight: float) -> Tensor:
     """``(N,)`` index of the database frame nearest each pose (within its scene when ``scene`` is given)."""
-    from harness.data import nearest_neighbours
+    from harness.poses import nearest_neighbours
 
     if scene is None:
         return nearest_neighbours(p, db_pose, 1, orientation_weight)[:, 0]

@@ -51,14 +51,7 @@ def model_config(recipe: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in recipe.items() if k not in TASK_KEYS | TRAIN_KEYS}
 
 
-def mean_pose(poses: Tensor) -> Tensor:
-    """``(7,)`` mean position and mean orientation (principal eigenvector of ``sum q q^T``, ``qw >= 0``)."""
-    p = poses.double()
-    q = normalize_quat(p[:, 3:])
-    _, vecs = torch.linalg.eigh(q.T @ q)
-    qm = vecs[:, -1]
-    qm = -qm if qm[0] < 0 else qm
-    return torch.cat([p[:, :3].mean(0), qm]).float()
+from harness.poses import mean_pose  # noqa: E402  (moved to the pose module)
 
 
 # =========================================================================== the training task
@@ -122,7 +115,7 @@ class ImageBatches:
         return torch.multinomial(weights, n, replacement=True, generator=g)
 
     def __call__(self, epoch: int, rank: int = 0, world: int = 1) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        from harness.data import augment_images, normalize_images
+        from harness.images import augment_images, normalize_images
 
         order = self.order(epoch)
         per_rank = len(order) // world
@@ -221,7 +214,7 @@ def _trainable(names: list[str], patterns: str | list[str]) -> set[str]:
 
 
 def _train(ctx: Context, name: str, teacher: Teacher, recipe: dict[str, Any], train: PoseData, out_dir: Path, source: str) -> None:
-    from harness.data import load_images
+    from harness.images import load_images
 
     images = load_images(train, int(recipe["image_size"]), ctx.store)  # (N, 3, S, S) uint8
     poses, scenes = train.poses(), train.scene_ids()
@@ -270,7 +263,7 @@ def _image_size(teacher: Artifact) -> int:
 @torch.inference_mode()
 def predict(model: Teacher, images: Tensor, batch_size: int = 64, device: torch.device | None = None) -> dict[str, np.ndarray]:
     """Batched teacher outputs over uint8 images ``(N, 3, S, S)``: pose_est, latents, scene_logp, time_s."""
-    from harness.data import normalize_images
+    from harness.images import normalize_images
 
     device = device or next(model.parameters()).device
     model.eval()
@@ -298,7 +291,7 @@ def teacher_outputs(ctx: Context, teacher: Artifact, split: str) -> dict[str, np
     float32 (zeros ``(N, 1)`` for a single-scene teacher), ``time_s (N,)``
     seconds per frame, ``img_path (N,)`` strings; frames in label order.
     """
-    from harness.data import load_images
+    from harness.images import load_images
 
     data = ctx.data.split(split)
     fp = fingerprint(teacher.fingerprint, data.fingerprint())

@@ -34,10 +34,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from harness.data import make_pose_data, poses_to_matrices, read_labels, read_sevenscenes, write_labels
+from harness.data import make_pose_data, read_labels, read_sevenscenes, write_labels
 from harness.errors import BenchError, DataError
 from harness.hookspecs import hookimpl
 from harness.interfaces import LABEL_COLUMNS, POSE_COLUMNS, PoseData
+from harness.poses import poses_to_matrices
 from harness.store import Store, fingerprint
 from plugins.datasets.synthetic_render import render
 from plugins.datasets.synthetic_scenes import MOTIONS, SCENES, Motion, trajectories, twin_world
