@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import posixpath
 import re
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+import warnings
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -99,6 +101,124 @@ def _non_empty(df: pd.DataFrame, columns: Sequence[str], path: Path | str, error
             errors.append(f"{_where(path, i, col)}: empty value")
 
 
+# =========================================================================== reviewer checks
+MAX_ABS_VALUE = 1e6  # metres (or quaternion units): larger pose values are refused, not normalised away
+QUAT_NORM_WARN = 0.05  # warn when | |q| - 1 | exceeds this (typically t and q columns swapped)
+SAFE_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+Where = Callable[[int, "str | None"], str]
+
+
+def _csv_where(path: Path | str) -> Where:
+    return lambda i, col: _where(path, i, col)
+
+
+def scene_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a scene name (it becomes part of file names), or ``None``.
+
+    Allowed: letters, digits, ``_``, ``-`` and ``.``, not starting with ``.``
+    and without ``..``.
+    """
+    if not SAFE_NAME.fullmatch(name):
+        return f"scene name {name!r} has characters outside [A-Za-z0-9_.-]"
+    if name.startswith(".") or ".." in name:
+        return f"scene name {name!r} starts with '.' or contains '..'"
+    return None
+
+
+def image_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot be an image path relative to a dataset root (absolute, or escaping with ``..``), or ``None``."""
+    if PurePosixPath(path).is_absolute() or PureWindowsPath(path).is_absolute() or PureWindowsPath(path).drive:
+        return f"image path {path!r} is absolute (paths are relative to the dataset root)"
+    norm = posixpath.normpath(path.replace("\\", "/"))
+    if norm == ".." or norm.startswith("../"):
+        return f"image path {path!r} leaves the dataset root"
+    return None
+
+
+def _check_names(df: pd.DataFrame, where: Where, errors: list[str]) -> None:
+    """Scene names safe as file names and image paths inside the root, each problem with its row."""
+    for i, name in enumerate(df["scene"].tolist()):
+        problem = scene_name_problem(name) if name else None
+        if problem:
+            errors.append(f"{where(i, 'scene')}: {problem}")
+    for i, path in enumerate(df["img_path"].tolist()):
+        problem = image_path_problem(path) if path else None
+        if problem:
+            errors.append(f"{where(i, 'img_path')}: {problem}")
+
+
+def _check_magnitudes(values: np.ndarray, columns: Sequence[str], where: Where, errors: list[str]) -> None:
+    """Finite pose values larger than ``MAX_ABS_VALUE`` in magnitude are errors (non-finite ones are reported elsewhere)."""
+    big = np.isfinite(values) & (np.abs(values) > MAX_ABS_VALUE)
+    for i, j in zip(*np.nonzero(big)):
+        errors.append(f"{where(int(i), columns[j])}: value {values[i, j]:g} is beyond {MAX_ABS_VALUE:g} in magnitude")
+
+
+def _warn_quaternion_norms(q: np.ndarray, where: Where, columns: str) -> None:
+    """Warn (naming rows) when quaternion norms are far from 1: the t and q columns may be swapped."""
+    norm = np.linalg.norm(q, axis=1)
+    far = np.flatnonzero(np.isfinite(norm) & (norm > 1e-8) & (np.abs(norm - 1.0) > QUAT_NORM_WARN))
+    if len(far):
+        shown = "; ".join(f"{where(int(i), columns)}: |q| = {norm[i]:.4g}" for i in far[:5])
+        more = f" (and {len(far) - 5} more rows)" if len(far) > 5 else ""
+        warnings.warn(
+            f"{len(far)} quaternion(s) with norm far from 1 (normalised; are the t and q columns swapped?): {shown}{more}",
+            UserWarning, stacklevel=3,
+        )
+
+
+def _check_consistency(df: pd.DataFrame, where: Where, errors: list[str]) -> None:
+    """The same image twice, or one sequence of a scene in both train and test, are errors naming the rows."""
+    paths = df["img_path"].to_numpy()
+    dup = pd.Series(paths).duplicated(keep=False).to_numpy() & (paths != "")
+    if dup.any():
+        first: dict[str, int] = {}
+        for i in np.flatnonzero(dup):
+            p = paths[i]
+            if p in first:
+                errors.append(f"{where(int(i), 'img_path')}: image {p!r} appears more than once (first at {where(first[p], None)})")
+            else:
+                first[p] = int(i)
+    has_seq = df[(df["seq"] != "") & df["split"].isin(SPLITS)]
+    for (scene, seq), g in has_seq.groupby(["scene", "seq"], sort=True):
+        if g["split"].nunique() > 1:
+            i_train = int(g.index[g["split"] == "train"][0])
+            i_test = int(g.index[g["split"] == "test"][0])
+            errors.append(
+                f"{where(i_test, 'seq')}: sequence {seq!r} of scene {scene!r} is in both train "
+                f"({where(i_train, None)}) and test: a test sequence must not be trained on"
+            )
+
+
+def check_label_table(df: pd.DataFrame, where: Where) -> None:
+    """Reviewer checks on assembled labels (``LABEL_COLUMNS``); raise :class:`DataError` naming every problem.
+
+    ``where(i, column)`` names row ``i``'s origin (file, row or line, column).
+    Refused: unsafe scene names, absolute or escaping image paths, pose values
+    beyond ``MAX_ABS_VALUE``, the same image twice, a sequence in both splits.
+    Quaternion norms far from 1 are warned about (:class:`UserWarning`).
+    """
+    errors: list[str] = []
+    df = df.reset_index(drop=True)
+    _check_names(df, where, errors)
+    _check_magnitudes(df[POSE_COLUMNS].to_numpy(np.float64), POSE_COLUMNS, where, errors)
+    _check_consistency(df, where, errors)
+    if errors:
+        raise data_error(errors)
+
+
+def check_label_files(tables: Sequence[tuple[Path | str, pd.DataFrame]]) -> pd.DataFrame:
+    """Concatenate label tables read from CSV files and run the cross-file checks (duplicates, shared sequences)."""
+    frames = [t for _, t in tables]
+    origin = [(src, i) for src, t in tables for i in range(len(t))]
+    table = pd.concat(frames, ignore_index=True) if frames else _concat([])
+    errors: list[str] = []
+    _check_consistency(table, lambda i, col: _where(origin[i][0], origin[i][1], col), errors)
+    if errors:
+        raise data_error(errors)
+    return table
+
+
 # =========================================================================== labels
 def read_labels(path: Path | str, root: Path | str | None = None, check_images: bool = False) -> pd.DataFrame:
     """Read a reference label CSV (``scene,split,seq,img_path,t1,t2,t3,q1,q2,q3,q4``).
@@ -117,8 +237,15 @@ def read_labels(path: Path | str, root: Path | str | None = None, check_images: 
     _non_empty(out, ["scene", "split", "img_path"], path, errors)
     for i in np.flatnonzero(~out["split"].isin(SPLITS).to_numpy() & (out["split"] != "").to_numpy()):
         errors.append(f"{_where(path, i, 'split')}: unknown split {out['split'].iloc[i]!r} (expected train or test)")
+    if len(df) == 0:
+        raise data_error([f"{path}: header only, no data rows (expected one row per image)"])
     values = _numeric(df, POSE_COLUMNS, path, errors)
+    where = _csv_where(path)
+    _check_magnitudes(values, POSE_COLUMNS, where, errors)
+    _warn_quaternion_norms(values[:, 3:], where, ",".join(POSE_COLUMNS[3:]))
     values[:, 3:] = _quaternions(values[:, 3:], path, POSE_COLUMNS[3:], errors)
+    _check_names(out, where, errors)
+    _check_consistency(out, where, errors)
     if errors:
         raise data_error(errors)
     out[POSE_COLUMNS] = values
@@ -189,6 +316,7 @@ def read_sevenscenes(root: Path | str, scenes: Iterable[str] | None = None) -> p
     root = Path(root)
     rows: list[pd.DataFrame] = []
     errors: list[str] = []
+    origins: list[str] = []
     for scene_dir in _scene_dirs(root, ["TrainSplit.txt", "TestSplit.txt"], scenes, "7Scenes"):
         for split, fname in (("train", "TrainSplit.txt"), ("test", "TestSplit.txt")):
             split_file = scene_dir / fname
@@ -218,9 +346,11 @@ def read_sevenscenes(root: Path | str, scenes: Iterable[str] | None = None) -> p
                     if numbers.size != 16 or not np.isfinite(numbers).all():
                         errors.append(f"{pf}: expected a 4x4 matrix of 16 finite numbers")
                         numbers = np.eye(4).ravel()
-                    elif np.abs(np.linalg.det(numbers.reshape(4, 4)[:3, :3]) - 1) > 0.1:
-                        errors.append(f"{pf}: the upper-left 3x3 block is not a rotation")
+                    elif (problem := P.rotation_problem(numbers.reshape(4, 4))) is not None:
+                        errors.append(f"{pf}: not a camera-to-world rigid transform: {problem}")
+                        numbers = np.eye(4).ravel()
                     mats.append(numbers.reshape(4, 4))
+                    origins.append(f"{pf} (listed at {split_file.name}, line {line_no})")
                 poses = P.matrices_to_poses(np.stack(mats))
                 names = [pf.name[: -len(".pose.txt")] + ".color.png" for pf in pose_files]
                 frame = pd.DataFrame({
@@ -231,7 +361,26 @@ def read_sevenscenes(root: Path | str, scenes: Iterable[str] | None = None) -> p
                 rows.append(frame)
     if errors:
         raise data_error(errors)
-    return _concat(rows)
+    return _checked(rows, origins)
+
+
+def _checked(rows: list[pd.DataFrame], origins: list[str]) -> pd.DataFrame:
+    """Concatenated native-layout labels after :func:`check_label_table` (``origins[i]``: where row ``i`` comes from)."""
+    table = _concat(rows)
+    check_label_table(table, lambda i, col: origins[i] + (f", column {col!r}" if col else ""))
+    return table
+
+
+def _looks_like_cambridge_row(line: str) -> bool:
+    """``seqN/frameNNNNN.png X Y Z W P Q R``: a path and seven numbers."""
+    fields = line.split()
+    if len(fields) != 8:
+        return False
+    try:
+        [float(f) for f in fields[1:]]
+    except ValueError:
+        return False
+    return True
 
 
 def read_cambridge(root: Path | str, scenes: Iterable[str] | None = None) -> pd.DataFrame:
@@ -246,6 +395,7 @@ def read_cambridge(root: Path | str, scenes: Iterable[str] | None = None) -> pd.
     rows: list[pd.DataFrame] = []
     errors: list[str] = []
     names = ["X", "Y", "Z", "W", "P", "Q", "R"]
+    origins: list[str] = []
     for scene_dir in _scene_dirs(root, ["dataset_train.txt", "dataset_test.txt"], scenes, "Cambridge"):
         for split in SPLITS:
             txt = scene_dir / f"dataset_{split}.txt"
@@ -253,7 +403,16 @@ def read_cambridge(root: Path | str, scenes: Iterable[str] | None = None) -> pd.
                 errors.append(f"{txt}: missing split file")
                 continue
             paths, values, lines = [], [], []
-            for line_no, line in enumerate(txt.read_text().splitlines()[3:], start=4):
+            text = txt.read_text().splitlines()
+            for line_no, line in enumerate(text[:3], start=1):
+                if _looks_like_cambridge_row(line):
+                    errors.append(
+                        f"{txt}, line {line_no}: a data line where the three header lines belong "
+                        "(expected 'Visual Landmark Dataset V1', 'ImageFile, Camera Position [X Y Z W P Q R]', "
+                        "a blank line); without them the first data lines would be dropped"
+                    )
+                    break
+            for line_no, line in enumerate(text[3:], start=4):
                 fields = line.split()
                 if not fields:
                     continue
@@ -277,6 +436,9 @@ def read_cambridge(root: Path | str, scenes: Iterable[str] | None = None) -> pd.
             if not paths:
                 continue
             v = np.array(values, dtype=np.float64)
+            at = [f"{txt}, line {n}" for n in lines]
+            _warn_quaternion_norms(v[:, 3:], lambda i, col: f"{at[i]}, columns {col}", "W,P,Q,R")
+            origins += at
             norm = np.linalg.norm(v[:, 3:], axis=1, keepdims=True)
             v[:, 3:] /= np.where((norm > 1e-8) & (np.abs(norm - 1.0) > 1e-9), norm, 1.0)
             frame = pd.DataFrame({
@@ -288,7 +450,7 @@ def read_cambridge(root: Path | str, scenes: Iterable[str] | None = None) -> pd.
             rows.append(frame)
     if errors:
         raise data_error(errors)
-    return _concat(rows)
+    return _checked(rows, origins)
 
 
 def _concat(rows: list[pd.DataFrame]) -> pd.DataFrame:
@@ -378,15 +540,48 @@ def _stable_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
+def _refuse_reduced(data: PoseData, fraction: float) -> None:
+    applied = data.options.get("fraction", 1.0)
+    if applied != 1.0:
+        raise BenchError(
+            f"dataset {data.name!r} is already reduced to fraction {applied:g} of its training frames "
+            f"(fraction= in --dataset); a further fraction {fraction:g} would stack: give the fraction in one place only"
+        )
+
+
+def subset(data: PoseData, scenes: Iterable[str], fraction: float = 1.0, seed: int = 0) -> PoseData:
+    """The frames of ``scenes`` (re-indexed), the training split reduced to ``fraction`` (see :func:`with_fraction`).
+
+    The frames kept depend on ``(seed, scene)`` only. Data already reduced by a
+    fraction is refused, whatever ``fraction`` is asked for: a matrix cell
+    would otherwise report a nominal fraction different from the real one.
+    """
+    _refuse_reduced(data, fraction)
+    labels = data.labels[data.labels["scene"].isin(list(scenes))].drop(columns=["scene_id"])
+    sub = make_pose_data(data.name, data.root, labels.reset_index(drop=True), scenes=list(scenes), options=data.options)
+    return with_fraction(sub, fraction, seed) if fraction < 1.0 else sub
+
+
+def require_frames(data: PoseData, split: str) -> None:
+    """Raise :class:`DataError` ("split test of scene X has no frames") for each scene of ``data`` without ``split`` frames."""
+    have = set(data.labels.loc[data.labels["split"] == split, "scene"].tolist())
+    empty = [s for s in data.scenes if s not in have]
+    if empty:
+        raise data_error([f"dataset {data.name!r}: split {split} of scene {s} has no frames" for s in empty])
+
+
 def with_fraction(data: PoseData, fraction: float, seed: int = 0) -> PoseData:
     """Keep ``round(fraction * n)`` (at least 1) training frames of each scene; test frames untouched.
 
     The choice for a scene depends only on ``(seed, scene)`` and its frame list,
     and smaller fractions are subsets of larger ones (one permutation per
-    scene, its first k frames). Label order is preserved.
+    scene, its first k frames). Label order is preserved. The applied
+    fraction and seed are recorded in ``options``; data already reduced is
+    refused (fractions never stack, so the fraction reported is the real one).
     """
-    if not 0.0 < fraction <= 1.0:
-        raise BenchError(f"fraction must be in (0, 1], got {fraction}")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+        raise BenchError(f"fraction must be a number in (0, 1], got {fraction!r}")
+    _refuse_reduced(data, fraction)
     labels = data.labels
     keep = np.ones(len(labels), dtype=bool)
     for scene in data.scenes:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from harness.data import subset  # noqa: F401  (the data layer owns subsets; re-exported)
 from harness.interfaces import PoseData
 from harness.matrix import Cell, Plan, cell_fingerprint, file_hash, recipes_for, shard, software_versions
 from harness.metrics import errors, per_scene
@@ -34,15 +35,6 @@ class RunSummary:
     computed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def subset(data: PoseData, scenes: tuple[str, ...], fraction: float) -> PoseData:
-    """The frames of ``scenes`` (re-indexed), the training split reduced to ``fraction``."""
-    from harness.data import make_pose_data, with_fraction
-
-    labels = data.labels[data.labels["scene"].isin(scenes)].drop(columns=["scene_id"])
-    sub = make_pose_data(data.name, data.root, labels.reset_index(drop=True), scenes=list(scenes), options=data.options)
-    return with_fraction(sub, fraction) if fraction < 1.0 else sub
 
 
 class MatrixRunner:

@@ -48,7 +48,9 @@ def labels_frame(n: int = 6, scenes=("a", "b"), seed: int = 0) -> pd.DataFrame:
     for i in range(n):
         scene = scenes[i % len(scenes)]
         q = rng.normal(size=4)
-        rows.append([scene, "train" if i % 3 else "test", "seq-01", f"{scene}/seq-01/frame-{i:06d}.color.png",
+        split = "train" if i % 3 else "test"
+        seq = "seq-01" if split == "train" else "seq-02"  # a sequence belongs to one split
+        rows.append([scene, split, seq, f"{scene}/{seq}/frame-{i:06d}.color.png",
                      *rng.normal(size=3), *(q / np.linalg.norm(q))])
     return pd.DataFrame(rows, columns=LABEL_COLUMNS)
 
@@ -222,7 +224,8 @@ def make_cambridge(root: Path, seed: int = 1):
 
 def test_read_cambridge(tmp_path):
     truth = make_cambridge(tmp_path)
-    df = D.read_cambridge(tmp_path)
+    with pytest.warns(UserWarning, match=r"dataset_train.txt, line 4, columns W,P,Q,R: \|q\| = "):
+        df = D.read_cambridge(tmp_path)
     assert len(df) == 16 and list(df.columns) == LABEL_COLUMNS
     for row in df.itertuples():
         split, t, q = truth[row.img_path]
@@ -231,6 +234,7 @@ def test_read_cambridge(tmp_path):
         np.testing.assert_allclose([row.q1, row.q2, row.q3, row.q4], q, atol=1e-8)
 
 
+@pytest.mark.filterwarnings("ignore:.*norm far from 1")
 def test_read_cambridge_errors(tmp_path):
     make_cambridge(tmp_path)
     txt = tmp_path / "ShopFacade" / "dataset_test.txt"
@@ -268,6 +272,7 @@ def test_parse_dataset_spec():
             D.parse_dataset_spec(bad)
 
 
+@pytest.mark.filterwarnings("ignore:.*norm far from 1")
 def test_open_dataset_native_and_labels(tmp_path):
     make_sevenscenes(tmp_path / "7s")
     make_cambridge(tmp_path / "cam")
