@@ -174,8 +174,8 @@ def test_render_twin_far_from_origin(tmp_path):
     rng = np.random.default_rng(0)
     q = rng.normal(size=(8, 4))
     df = pd.DataFrame({
-        "scene": "Far", "split": ["train"] * 6 + ["test"] * 2, "seq": "seq1",
-        "img_path": [f"Far/seq1/frame{i:05d}.png" for i in range(8)],
+        "scene": "Far", "split": ["train"] * 6 + ["test"] * 2, "seq": ["seq1"] * 6 + ["seq2"] * 2,
+        "img_path": [f"Far/seq{1 + (i >= 6)}/frame{i:05d}.png" for i in range(8)],
         "t1": 5e5 + rng.normal(size=8) * 20, "t2": -3e5 + rng.normal(size=8) * 20, "t3": rng.normal(size=8),
         "q1": q[:, 0], "q2": q[:, 1], "q3": q[:, 2], "q4": q[:, 3],
     })
