@@ -459,3 +459,24 @@ def test_make_pairs_same_scene_and_virtual(tmp_path):
     rel = relative_pose(torch.tensor(pairs[PH.PAIR_POSE_A].to_numpy(float)), torch.tensor(pairs[PH.PAIR_POSE_B].to_numpy(float)))
     np.testing.assert_allclose(rel.numpy(), pairs[PH.PAIR_POSE_AB].to_numpy(float), atol=1e-9)
     assert (virt[["x1_ab", "x2_ab", "x3_ab"]].abs().to_numpy() < 0.6).all()
+
+
+# --------------------------------------------------------------------------- non-square synthetic renders
+def test_render_non_square_images(tmp_path, run_bench):
+    from plugins.datasets.synthetic_render import camera_rays
+
+    rays = camera_rays((6, 4), hfov_deg=90.0)  # f = 3 px: x = (col + 0.5 - 3) / 3, y = (row + 0.5 - 2) / 3
+    assert rays.shape == (24, 3)
+    np.testing.assert_allclose(rays[0].numpy(), [-2.5 / 3, -1.5 / 3, 1.0], atol=1e-6)
+    np.testing.assert_allclose(rays[-1].numpy(), [2.5 / 3, 1.5 / 3, 1.0], atol=1e-6)
+    out = tmp_path / "render"
+    r = run_bench("data", "render", "--scene", "room", "--out", out, "--image-size", "40x24", "--frames-per-sequence", "2",
+                  "--train-sequences", "1", "--test-sequences", "1", "--samples", "0", "--workdir", tmp_path / "work",
+                  env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    pngs = sorted(out.glob("room/seq-*/frame-*.color.png"))
+    assert len(pngs) == 4 and all(Image.open(p).size == (40, 24) for p in pngs)
+    bad = run_bench("data", "render", "--scene", "room", "--out", tmp_path / "bad", "--image-size", "40x", "--workdir",
+                    tmp_path / "work")
+    assert bad.returncode == 2 and "image_size must be a positive integer or WIDTHxHEIGHT, got '40x'" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad" / "room").exists()

@@ -48,7 +48,8 @@ def register(commands) -> None:
     r.add_argument("--frames-per-sequence", type=int, default=None, help="frames in each sequence (synthetic default 200)")
     r.add_argument("--train-sequences", type=int, default=None, help="training sequences per scene (default 16)")
     r.add_argument("--test-sequences", type=int, default=None, help="held-out test sequences per scene (default 4)")
-    r.add_argument("--image-size", type=int, default=64, help="image width and height in pixels")
+    r.add_argument("--image-size", default="64", metavar="SIZE",
+                   help="image size in pixels: N (square) or WIDTHxHEIGHT, e.g. 640x480")
     r.add_argument("--supersample", type=int, default=1, help="rays per pixel edge (2 = 4 rays per pixel, anti-aliased)")
     r.add_argument("--samples", type=int, default=32, help="frames in samples.png (0: no grid)")
     r.set_defaults(func=run_render)
