@@ -35,7 +35,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from harness.data import PoseImageDataset, make_pose_data  # noqa: E402
+from harness.data import make_pose_data  # noqa: E402
+from harness.images import PoseImageDataset  # noqa: E402
 from harness.interfaces import LABEL_COLUMNS  # noqa: E402
 from harness.losses import PoseLoss  # noqa: E402
 from harness.plugins import get_registry  # noqa: E402

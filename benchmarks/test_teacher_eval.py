@@ -18,7 +18,7 @@ os.environ.setdefault("BENCH_PLUGINS", "none")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from harness.data import normalize_images  # noqa: E402
+from harness.images import normalize_images  # noqa: E402
 from harness.plugins import get_registry  # noqa: E402
 from harness.recipes import resolve  # noqa: E402
 from harness.stages.context import build_model  # noqa: E402

@@ -1,4 +1,6 @@
-"""The data layer: label files, native dataset layouts, images, transforms, subsets and pairs.
+"""The data layer: label files, native dataset layouts, :class:`PoseData`, dataset specs and subsets.
+
+Images live in :mod:`harness.images`, pose math in :mod:`harness.poses`.
 
 Conventions (DESIGN.md §1, §4): a pose is ``[t1, t2, t3, q1, q2, q3, q4]`` =
 position in metres and a scalar-first unit quaternion of the camera-to-world
@@ -14,16 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
+import posixpath
 import re
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+import warnings
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import Tensor
 
 from harness import poses as P
 from harness.errors import BenchError, DataError
@@ -32,21 +32,7 @@ from harness.store import Store, atomic_path
 
 SPLITS = ("train", "test")
 STRING_COLUMNS = ["scene", "split", "seq", "img_path"]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_LISTED_ERRORS = 20
-
-
-def _pair_columns(suffix: str) -> list[str]:
-    return [f"img_path_{suffix}", f"scene_{suffix}", f"scene_id_{suffix}",
-            f"x1_{suffix}", f"x2_{suffix}", f"x3_{suffix}",
-            f"q1_{suffix}", f"q2_{suffix}", f"q3_{suffix}", f"q4_{suffix}"]
-
-
-PAIR_POSE_A = ["x1_a", "x2_a", "x3_a", "q1_a", "q2_a", "q3_a", "q4_a"]
-PAIR_POSE_B = ["x1_b", "x2_b", "x3_b", "q1_b", "q2_b", "q3_b", "q4_b"]
-PAIR_POSE_AB = ["x1_ab", "x2_ab", "x3_ab", "q1_ab", "q2_ab", "q3_ab", "q4_ab"]
-PAIR_COLUMNS = _pair_columns("a") + _pair_columns("b") + PAIR_POSE_AB
 
 
 # =========================================================================== errors
@@ -115,6 +101,124 @@ def _non_empty(df: pd.DataFrame, columns: Sequence[str], path: Path | str, error
             errors.append(f"{_where(path, i, col)}: empty value")
 
 
+# =========================================================================== reviewer checks
+MAX_ABS_VALUE = 1e6  # metres (or quaternion units): larger pose values are refused, not normalised away
+QUAT_NORM_WARN = 0.05  # warn when | |q| - 1 | exceeds this (typically t and q columns swapped)
+SAFE_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+Where = Callable[[int, "str | None"], str]
+
+
+def _csv_where(path: Path | str) -> Where:
+    return lambda i, col: _where(path, i, col)
+
+
+def scene_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a scene name (it becomes part of file names), or ``None``.
+
+    Allowed: letters, digits, ``_``, ``-`` and ``.``, not starting with ``.``
+    and without ``..``.
+    """
+    if not SAFE_NAME.fullmatch(name):
+        return f"scene name {name!r} has characters outside [A-Za-z0-9_.-]"
+    if name.startswith(".") or ".." in name:
+        return f"scene name {name!r} starts with '.' or contains '..'"
+    return None
+
+
+def image_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot be an image path relative to a dataset root (absolute, or escaping with ``..``), or ``None``."""
+    if PurePosixPath(path).is_absolute() or PureWindowsPath(path).is_absolute() or PureWindowsPath(path).drive:
+        return f"image path {path!r} is absolute (paths are relative to the dataset root)"
+    norm = posixpath.normpath(path.replace("\\", "/"))
+    if norm == ".." or norm.startswith("../"):
+        return f"image path {path!r} leaves the dataset root"
+    return None
+
+
+def _check_names(df: pd.DataFrame, where: Where, errors: list[str]) -> None:
+    """Scene names safe as file names and image paths inside the root, each problem with its row."""
+    for i, name in enumerate(df["scene"].tolist()):
+        problem = scene_name_problem(name) if name else None
+        if problem:
+            errors.append(f"{where(i, 'scene')}: {problem}")
+    for i, path in enumerate(df["img_path"].tolist()):
+        problem = image_path_problem(path) if path else None
+        if problem:
+            errors.append(f"{where(i, 'img_path')}: {problem}")
+
+
+def _check_magnitudes(values: np.ndarray, columns: Sequence[str], where: Where, errors: list[str]) -> None:
+    """Finite pose values larger than ``MAX_ABS_VALUE`` in magnitude are errors (non-finite ones are reported elsewhere)."""
+    big = np.isfinite(values) & (np.abs(values) > MAX_ABS_VALUE)
+    for i, j in zip(*np.nonzero(big)):
+        errors.append(f"{where(int(i), columns[j])}: value {values[i, j]:g} is beyond {MAX_ABS_VALUE:g} in magnitude")
+
+
+def _warn_quaternion_norms(q: np.ndarray, where: Where, columns: str) -> None:
+    """Warn (naming rows) when quaternion norms are far from 1: the t and q columns may be swapped."""
+    norm = np.linalg.norm(q, axis=1)
+    far = np.flatnonzero(np.isfinite(norm) & (norm > 1e-8) & (np.abs(norm - 1.0) > QUAT_NORM_WARN))
+    if len(far):
+        shown = "; ".join(f"{where(int(i), columns)}: |q| = {norm[i]:.4g}" for i in far[:5])
+        more = f" (and {len(far) - 5} more rows)" if len(far) > 5 else ""
+        warnings.warn(
+            f"{len(far)} quaternion(s) with norm far from 1 (normalised; are the t and q columns swapped?): {shown}{more}",
+            UserWarning, stacklevel=3,
+        )
+
+
+def _check_consistency(df: pd.DataFrame, where: Where, errors: list[str]) -> None:
+    """The same image twice, or one sequence of a scene in both train and test, are errors naming the rows."""
+    paths = df["img_path"].to_numpy()
+    dup = pd.Series(paths).duplicated(keep=False).to_numpy() & (paths != "")
+    if dup.any():
+        first: dict[str, int] = {}
+        for i in np.flatnonzero(dup):
+            p = paths[i]
+            if p in first:
+                errors.append(f"{where(int(i), 'img_path')}: image {p!r} appears more than once (first at {where(first[p], None)})")
+            else:
+                first[p] = int(i)
+    has_seq = df[(df["seq"] != "") & df["split"].isin(SPLITS)]
+    for (scene, seq), g in has_seq.groupby(["scene", "seq"], sort=True):
+        if g["split"].nunique() > 1:
+            i_train = int(g.index[g["split"] == "train"][0])
+            i_test = int(g.index[g["split"] == "test"][0])
+            errors.append(
+                f"{where(i_test, 'seq')}: sequence {seq!r} of scene {scene!r} is in both train "
+                f"({where(i_train, None)}) and test: a test sequence must not be trained on"
+            )
+
+
+def check_label_table(df: pd.DataFrame, where: Where) -> None:
+    """Reviewer checks on assembled labels (``LABEL_COLUMNS``); raise :class:`DataError` naming every problem.
+
+    ``where(i, column)`` names row ``i``'s origin (file, row or line, column).
+    Refused: unsafe scene names, absolute or escaping image paths, pose values
+    beyond ``MAX_ABS_VALUE``, the same image twice, a sequence in both splits.
+    Quaternion norms far from 1 are warned about (:class:`UserWarning`).
+    """
+    errors: list[str] = []
+    df = df.reset_index(drop=True)
+    _check_names(df, where, errors)
+    _check_magnitudes(df[POSE_COLUMNS].to_numpy(np.float64), POSE_COLUMNS, where, errors)
+    _check_consistency(df, where, errors)
+    if errors:
+        raise data_error(errors)
+
+
+def check_label_files(tables: Sequence[tuple[Path | str, pd.DataFrame]]) -> pd.DataFrame:
+    """Concatenate label tables read from CSV files and run the cross-file checks (duplicates, shared sequences)."""
+    frames = [t for _, t in tables]
+    origin = [(src, i) for src, t in tables for i in range(len(t))]
+    table = pd.concat(frames, ignore_index=True) if frames else _concat([])
+    errors: list[str] = []
+    _check_consistency(table, lambda i, col: _where(origin[i][0], origin[i][1], col), errors)
+    if errors:
+        raise data_error(errors)
+    return table
+
+
 # =========================================================================== labels
 def read_labels(path: Path | str, root: Path | str | None = None, check_images: bool = False) -> pd.DataFrame:
     """Read a reference label CSV (``scene,split,seq,img_path,t1,t2,t3,q1,q2,q3,q4``).
@@ -133,8 +237,15 @@ def read_labels(path: Path | str, root: Path | str | None = None, check_images: 
     _non_empty(out, ["scene", "split", "img_path"], path, errors)
     for i in np.flatnonzero(~out["split"].isin(SPLITS).to_numpy() & (out["split"] != "").to_numpy()):
         errors.append(f"{_where(path, i, 'split')}: unknown split {out['split'].iloc[i]!r} (expected train or test)")
+    if len(df) == 0:
+        raise data_error([f"{path}: header only, no data rows (expected one row per image)"])
     values = _numeric(df, POSE_COLUMNS, path, errors)
+    where = _csv_where(path)
+    _check_magnitudes(values, POSE_COLUMNS, where, errors)
+    _warn_quaternion_norms(values[:, 3:], where, ",".join(POSE_COLUMNS[3:]))
     values[:, 3:] = _quaternions(values[:, 3:], path, POSE_COLUMNS[3:], errors)
+    _check_names(out, where, errors)
+    _check_consistency(out, where, errors)
     if errors:
         raise data_error(errors)
     out[POSE_COLUMNS] = values
@@ -168,39 +279,6 @@ def check_image_files(labels: pd.DataFrame, root: Path | str, source: Path | str
         raise data_error(errors)
 
 
-# =========================================================================== pairs
-def read_pairs(path: Path | str) -> pd.DataFrame:
-    """Read a pairs CSV (``PAIR_COLUMNS``: frames ``a`` and ``b`` and ``rel(a -> b)`` as ``_ab``).
-
-    ``img_path_b`` may be empty (a virtual neighbour has no image). Quaternions
-    are normalised; errors name file, row and column.
-    """
-    path = Path(path)
-    df = _read_csv(path)
-    _require_columns(df, PAIR_COLUMNS, path)
-    errors: list[str] = []
-    out = df[["img_path_a", "scene_a", "img_path_b", "scene_b"]].apply(lambda s: s.str.strip()).reset_index(drop=True)
-    _non_empty(out, ["img_path_a", "scene_a", "scene_b"], path, errors)
-    ids = _numeric(df, ["scene_id_a", "scene_id_b"], path, errors)
-    blocks = {}
-    for cols in (PAIR_POSE_A, PAIR_POSE_B, PAIR_POSE_AB):
-        v = _numeric(df, cols, path, errors)
-        v[:, 3:] = _quaternions(v[:, 3:], path, cols[3:], errors)
-        blocks[tuple(cols)] = v
-    if errors:
-        raise data_error(errors)
-    out["scene_id_a"] = ids[:, 0].astype(np.int64)
-    out["scene_id_b"] = ids[:, 1].astype(np.int64)
-    for cols, v in blocks.items():
-        out[list(cols)] = v
-    return out[PAIR_COLUMNS]
-
-
-def write_pairs(df: pd.DataFrame, path: Path | str) -> Path:
-    """Write ``PAIR_COLUMNS`` of ``df`` as a pairs CSV (atomically)."""
-    return _write_csv(df, PAIR_COLUMNS, path, "pairs to write")
-
-
 # =========================================================================== native layouts
 def _scene_dirs(root: Path, marker: Sequence[str], scenes: Iterable[str] | None, layout: str) -> list[Path]:
     """Scene folders under ``root`` holding any of ``marker``; requested ``scenes`` must exist."""
@@ -224,26 +302,6 @@ def _read_numbers(path: Path) -> np.ndarray:
         return np.array([np.nan])
 
 
-def matrices_to_poses(T: np.ndarray) -> np.ndarray:
-    """``(N, 7)`` poses from ``(N, 4, 4)`` camera-to-world matrices (rotation orthonormalised by SVD)."""
-    R = torch.as_tensor(T[:, :3, :3], dtype=torch.float64)
-    U, _, Vh = torch.linalg.svd(R)
-    d = torch.sign(torch.linalg.det(U @ Vh))
-    U = torch.cat([U[..., :2], U[..., 2:] * d[:, None, None]], dim=-1)
-    q = P.matrix_to_quat(U @ Vh)
-    return np.concatenate([T[:, :3, 3], q.numpy()], axis=1)
-
-
-def poses_to_matrices(poses: np.ndarray | Tensor) -> np.ndarray:
-    """``(N, 4, 4)`` camera-to-world matrices from ``(N, 7)`` poses."""
-    p = torch.as_tensor(np.asarray(poses), dtype=torch.float64)
-    T = torch.zeros(len(p), 4, 4, dtype=torch.float64)
-    T[:, :3, :3] = P.quat_to_matrix(p[:, 3:])
-    T[:, :3, 3] = p[:, :3]
-    T[:, 3, 3] = 1
-    return T.numpy()
-
-
 _SEQUENCE = re.compile(r"^sequence(\d+)$")
 
 
@@ -258,6 +316,7 @@ def read_sevenscenes(root: Path | str, scenes: Iterable[str] | None = None) -> p
     root = Path(root)
     rows: list[pd.DataFrame] = []
     errors: list[str] = []
+    origins: list[str] = []
     for scene_dir in _scene_dirs(root, ["TrainSplit.txt", "TestSplit.txt"], scenes, "7Scenes"):
         for split, fname in (("train", "TrainSplit.txt"), ("test", "TestSplit.txt")):
             split_file = scene_dir / fname
@@ -287,10 +346,12 @@ def read_sevenscenes(root: Path | str, scenes: Iterable[str] | None = None) -> p
                     if numbers.size != 16 or not np.isfinite(numbers).all():
                         errors.append(f"{pf}: expected a 4x4 matrix of 16 finite numbers")
                         numbers = np.eye(4).ravel()
-                    elif np.abs(np.linalg.det(numbers.reshape(4, 4)[:3, :3]) - 1) > 0.1:
-                        errors.append(f"{pf}: the upper-left 3x3 block is not a rotation")
+                    elif (problem := P.rotation_problem(numbers.reshape(4, 4))) is not None:
+                        errors.append(f"{pf}: not a camera-to-world rigid transform: {problem}")
+                        numbers = np.eye(4).ravel()
                     mats.append(numbers.reshape(4, 4))
-                poses = matrices_to_poses(np.stack(mats))
+                    origins.append(f"{pf} (listed at {split_file.name}, line {line_no})")
+                poses = P.matrices_to_poses(np.stack(mats))
                 names = [pf.name[: -len(".pose.txt")] + ".color.png" for pf in pose_files]
                 frame = pd.DataFrame({
                     "scene": scene_dir.name, "split": split, "seq": seq,
@@ -300,7 +361,26 @@ def read_sevenscenes(root: Path | str, scenes: Iterable[str] | None = None) -> p
                 rows.append(frame)
     if errors:
         raise data_error(errors)
-    return _concat(rows)
+    return _checked(rows, origins)
+
+
+def _checked(rows: list[pd.DataFrame], origins: list[str]) -> pd.DataFrame:
+    """Concatenated native-layout labels after :func:`check_label_table` (``origins[i]``: where row ``i`` comes from)."""
+    table = _concat(rows)
+    check_label_table(table, lambda i, col: origins[i] + (f", column {col!r}" if col else ""))
+    return table
+
+
+def _looks_like_cambridge_row(line: str) -> bool:
+    """``seqN/frameNNNNN.png X Y Z W P Q R``: a path and seven numbers."""
+    fields = line.split()
+    if len(fields) != 8:
+        return False
+    try:
+        [float(f) for f in fields[1:]]
+    except ValueError:
+        return False
+    return True
 
 
 def read_cambridge(root: Path | str, scenes: Iterable[str] | None = None) -> pd.DataFrame:
@@ -315,6 +395,7 @@ def read_cambridge(root: Path | str, scenes: Iterable[str] | None = None) -> pd.
     rows: list[pd.DataFrame] = []
     errors: list[str] = []
     names = ["X", "Y", "Z", "W", "P", "Q", "R"]
+    origins: list[str] = []
     for scene_dir in _scene_dirs(root, ["dataset_train.txt", "dataset_test.txt"], scenes, "Cambridge"):
         for split in SPLITS:
             txt = scene_dir / f"dataset_{split}.txt"
@@ -322,7 +403,16 @@ def read_cambridge(root: Path | str, scenes: Iterable[str] | None = None) -> pd.
                 errors.append(f"{txt}: missing split file")
                 continue
             paths, values, lines = [], [], []
-            for line_no, line in enumerate(txt.read_text().splitlines()[3:], start=4):
+            text = txt.read_text().splitlines()
+            for line_no, line in enumerate(text[:3], start=1):
+                if _looks_like_cambridge_row(line):
+                    errors.append(
+                        f"{txt}, line {line_no}: a data line where the three header lines belong "
+                        "(expected 'Visual Landmark Dataset V1', 'ImageFile, Camera Position [X Y Z W P Q R]', "
+                        "a blank line); without them the first data lines would be dropped"
+                    )
+                    break
+            for line_no, line in enumerate(text[3:], start=4):
                 fields = line.split()
                 if not fields:
                     continue
@@ -346,6 +436,9 @@ def read_cambridge(root: Path | str, scenes: Iterable[str] | None = None) -> pd.
             if not paths:
                 continue
             v = np.array(values, dtype=np.float64)
+            at = [f"{txt}, line {n}" for n in lines]
+            _warn_quaternion_norms(v[:, 3:], lambda i, col: f"{at[i]}, columns {col}", "W,P,Q,R")
+            origins += at
             norm = np.linalg.norm(v[:, 3:], axis=1, keepdims=True)
             v[:, 3:] /= np.where((norm > 1e-8) & (np.abs(norm - 1.0) > 1e-9), norm, 1.0)
             frame = pd.DataFrame({
@@ -357,7 +450,7 @@ def read_cambridge(root: Path | str, scenes: Iterable[str] | None = None) -> pd.
             rows.append(frame)
     if errors:
         raise data_error(errors)
-    return _concat(rows)
+    return _checked(rows, origins)
 
 
 def _concat(rows: list[pd.DataFrame]) -> pd.DataFrame:
@@ -447,15 +540,48 @@ def _stable_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
+def _refuse_reduced(data: PoseData, fraction: float) -> None:
+    applied = data.options.get("fraction", 1.0)
+    if applied != 1.0:
+        raise BenchError(
+            f"dataset {data.name!r} is already reduced to fraction {applied:g} of its training frames "
+            f"(fraction= in --dataset); a further fraction {fraction:g} would stack: give the fraction in one place only"
+        )
+
+
+def subset(data: PoseData, scenes: Iterable[str], fraction: float = 1.0, seed: int = 0) -> PoseData:
+    """The frames of ``scenes`` (re-indexed), the training split reduced to ``fraction`` (see :func:`with_fraction`).
+
+    The frames kept depend on ``(seed, scene)`` only. Data already reduced by a
+    fraction is refused, whatever ``fraction`` is asked for: a matrix cell
+    would otherwise report a nominal fraction different from the real one.
+    """
+    _refuse_reduced(data, fraction)
+    labels = data.labels[data.labels["scene"].isin(list(scenes))].drop(columns=["scene_id"])
+    sub = make_pose_data(data.name, data.root, labels.reset_index(drop=True), scenes=list(scenes), options=data.options)
+    return with_fraction(sub, fraction, seed) if fraction < 1.0 else sub
+
+
+def require_frames(data: PoseData, split: str) -> None:
+    """Raise :class:`DataError` ("split test of scene X has no frames") for each scene of ``data`` without ``split`` frames."""
+    have = set(data.labels.loc[data.labels["split"] == split, "scene"].tolist())
+    empty = [s for s in data.scenes if s not in have]
+    if empty:
+        raise data_error([f"dataset {data.name!r}: split {split} of scene {s} has no frames" for s in empty])
+
+
 def with_fraction(data: PoseData, fraction: float, seed: int = 0) -> PoseData:
     """Keep ``round(fraction * n)`` (at least 1) training frames of each scene; test frames untouched.
 
     The choice for a scene depends only on ``(seed, scene)`` and its frame list,
     and smaller fractions are subsets of larger ones (one permutation per
-    scene, its first k frames). Label order is preserved.
+    scene, its first k frames). Label order is preserved. The applied
+    fraction and seed are recorded in ``options``; data already reduced is
+    refused (fractions never stack, so the fraction reported is the real one).
     """
-    if not 0.0 < fraction <= 1.0:
-        raise BenchError(f"fraction must be in (0, 1], got {fraction}")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+        raise BenchError(f"fraction must be a number in (0, 1], got {fraction!r}")
+    _refuse_reduced(data, fraction)
     labels = data.labels
     keep = np.ones(len(labels), dtype=bool)
     for scene in data.scenes:
@@ -468,253 +594,3 @@ def with_fraction(data: PoseData, fraction: float, seed: int = 0) -> PoseData:
         keep[idx[perm[:k]]] = True
     options = {**data.options, "fraction": fraction, "fraction_seed": seed}
     return PoseData(data.name, data.root, labels[keep].reset_index(drop=True), data.scenes, options)
-
-
-# =========================================================================== images
-def _load_one(path: Path, size: int) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        if (w, h) != (size, size):
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
-
-
-def image_cache_path(data: PoseData, size: int, store: Store) -> Path:
-    """Where :func:`load_images` caches ``data``'s images: keyed by labels, scene list, root and size."""
-    key = hashlib.sha256(f"{data.fingerprint()}|{Path(data.root).resolve()}|{size}".encode()).hexdigest()[:16]
-    return store.root / "cache" / f"images-{key}-{size}.npy"
-
-
-def load_images(data: PoseData, size: int, store: Store | None = None, workers: int | None = None) -> Tensor:
-    """All images of ``data`` as uint8 ``(N, 3, size, size)`` in label order.
-
-    Shorter side resized to ``size`` (bilinear), then centre-cropped. Decoded
-    in a thread pool; with a ``store`` the tensor is cached under
-    ``store.root/cache`` (atomic write) and the next call only reads it back.
-    A missing image file is a :class:`DataError` naming the file and label row.
-    """
-    cache = image_cache_path(data, size, store) if store is not None else None
-    if cache is not None and cache.is_file():
-        try:
-            arr = np.load(cache)
-            if arr.shape == (len(data.labels), 3, size, size) and arr.dtype == np.uint8:
-                return torch.from_numpy(arr)
-        except (ValueError, OSError, EOFError):
-            pass
-        cache.unlink(missing_ok=True)
-    root = Path(data.root)
-    paths = [root / p for p in data.labels["img_path"].tolist()]
-    check_image_files(data.labels, root, source=f"dataset {data.name!r} labels")
-    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
-
-    def load(i: int) -> None:
-        try:
-            out[i] = _load_one(paths[i], size)
-        except OSError as exc:
-            raise data_error([f"{_where(f'dataset {data.name!r} labels', i, 'img_path')}: cannot read image {paths[i]} ({exc})"]) from None
-
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(load, range(len(paths)), chunksize=64))
-    if cache is not None:
-        with atomic_path(cache) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, out)
-    return torch.from_numpy(out)
-
-
-def normalize_images(x: Tensor) -> Tensor:
-    """ImageNet normalisation of uint8 ``(B, 3, H, W)`` images (floats are taken to be in [0, 1])."""
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def augment_images(
-    x: Tensor, generator: torch.Generator | None = None, brightness: float = 0.2, contrast: float = 0.2,
-    saturation: float = 0.2, shift: int | None = None,
-) -> Tensor:
-    """Batched training augmentation of uint8 ``(B, 3, H, W)`` images, returns uint8.
-
-    Per image: colour jitter (brightness, contrast, saturation factors uniform
-    in ``[1 - a, 1 + a]``, as torchvision's ColorJitter, fixed order) and a
-    random translation of up to ``shift`` pixels (default ``H // 16``) by
-    edge padding and cropping. Vectorised over the batch.
-    """
-    B, C, H, W = x.shape
-    dev = x.device
-
-    def factors(a: float) -> Tensor:
-        u = torch.rand(B, 1, 1, 1, generator=generator)
-        return (1 - a + 2 * a * u).to(dev)
-
-    y = x.float()
-    weights = y.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    if brightness:
-        y = y * factors(brightness)
-    if contrast:
-        mean = (y * weights).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)
-        y = (y - mean) * factors(contrast) + mean
-    if saturation:
-        gray = (y * weights).sum(1, keepdim=True)
-        y = gray + (y - gray) * factors(saturation)
-    y = y.clamp(0, 255)
-    s = H // 16 if shift is None else shift
-    if s > 0:
-        padded = torch.nn.functional.pad(y, (s, s, s, s), mode="replicate")
-        off = torch.randint(0, 2 * s + 1, (2, B), generator=generator).to(dev)
-        iy = off[0][:, None] + torch.arange(H, device=dev)  # (B, H)
-        ix = off[1][:, None] + torch.arange(W, device=dev)  # (B, W)
-        b = torch.arange(B, device=dev)[:, None, None]
-        y = padded.permute(0, 2, 3, 1)[b, iy[:, :, None], ix[:, None, :]].permute(0, 3, 1, 2)
-    return y.round().to(torch.uint8)
-
-
-class PoseImageDataset(torch.utils.data.Dataset):
-    """Per-sample torch Dataset with the reference torchvision transforms.
-
-    Test: ``Resize(size)`` (shorter side), ``CenterCrop(size)``, ``ToTensor``,
-    ImageNet ``Normalize``. Train adds a random translation
-    (``RandomCrop(size, padding=size // 16, padding_mode='edge')``) and
-    ``ColorJitter(0.2, 0.2, 0.2)``. (The reference resizes to 256/224 of the
-    crop size before cropping; here train and test see the same field of view,
-    like :func:`load_images` + :func:`augment_images`.) Items are dicts:
-    ``image`` float ``(3, S, S)``, ``pose`` float32 ``(7,)``, ``scene`` and
-    ``index`` int64 scalars.
-    """
-
-    def __init__(self, data: PoseData, size: int = 64, train: bool = False) -> None:
-        from torchvision import transforms as T
-
-        self.data = data
-        self.size = size
-        self.root = Path(data.root)
-        self.paths = data.labels["img_path"].tolist()
-        self.poses = data.poses()
-        self.scenes = data.scene_ids()
-        steps: list[Any] = [T.Resize(size), T.CenterCrop(size)]
-        if train:
-            steps += [T.RandomCrop(size, padding=max(1, size // 16), padding_mode="edge"), T.ColorJitter(0.2, 0.2, 0.2)]
-        steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-        self.transform = T.Compose(steps)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        from PIL import Image
-
-        path = self.root / self.paths[i]
-        if not path.is_file():
-            raise data_error([f"{_where(f'dataset {self.data.name!r} labels', i, 'img_path')}: image file {path} does not exist"])
-        with Image.open(path) as im:
-            image = self.transform(im.convert("RGB"))
-        return {"image": image, "pose": self.poses[i], "scene": self.scenes[i], "index": torch.tensor(i, dtype=torch.int64)}
-
-
-# =========================================================================== neighbours and pairs
-def pose_distance(query: Tensor, database: Tensor, orientation_weight: float = 1.0) -> Tensor:
-    """``(N, M)`` pose-space distances ``sqrt(|t_q - t_d|^2 + (w * angle)^2)``.
-
-    ``angle`` is the rotation angle between the orientations in radians and
-    ``orientation_weight`` ``w`` is in metres per radian (1.0: one radian,
-    57.3 deg, counts like one metre; 0 compares positions only).
-    """
-    tq, qq = P.split_pose(query.double())
-    td, qd = P.split_pose(database.double())
-    pos = torch.cdist(tq, td)
-    dot = (P.normalize_quat(qq) @ P.normalize_quat(qd).T).abs().clamp(0.0, 1.0)
-    angle = 2 * torch.acos(dot)
-    return torch.sqrt(pos**2 + (orientation_weight * angle) ** 2)
-
-
-def nearest_neighbours(
-    query: Tensor, database: Tensor, k: int = 1, orientation_weight: float = 1.0, exclude_self: bool = False,
-    chunk: int = 2048,
-) -> Tensor:
-    """Indices ``(N, k)`` int64 of the ``k`` database poses nearest each query, nearest first.
-
-    Distance as :func:`pose_distance` (``orientation_weight`` in metres per
-    radian). ``exclude_self``: query ``i`` is database ``i`` (same set, same
-    order), which is never returned for it. Batched over ``chunk`` queries.
-    """
-    N, M = len(query), len(database)
-    if exclude_self and N != M:
-        raise BenchError(f"exclude_self needs query and database to be the same set (got {N} and {M} poses)")
-    available = M - 1 if exclude_self else M
-    if not 1 <= k <= available:
-        raise BenchError(f"asked for {k} neighbours among {available} candidate poses")
-    out = []
-    for start in range(0, N, chunk):
-        d = pose_distance(query[start:start + chunk], database, orientation_weight)
-        if exclude_self:
-            rows = torch.arange(len(d))
-            d[rows, rows + start] = math.inf
-        out.append(torch.topk(d, k, dim=1, largest=False).indices)
-    return torch.cat(out) if out else torch.empty(0, k, dtype=torch.int64)
-
-
-def virtual_neighbours(poses: Tensor, std_m: float | Tensor, std_deg: float | Tensor,
-                       generator: torch.Generator | None = None) -> Tensor:
-    """Poses ``(N, 7)`` sampled around ``poses``: Gaussian ``std_m`` metres per axis, ``std_deg`` degrees per
-    rotation axis (floats, or ``(N, 1)`` tensors: one spread per pose)."""
-    return P.perturb_poses(poses, std_m, std_deg, generator=generator)
-
-
-def make_pairs(
-    data: PoseData, k: int = 1, orientation_weight: float = 1.0, split: str = "train",
-    virtual: int = 0, std_m: float = 0.3, std_deg: float = 10.0, seed: int = 0,
-) -> pd.DataFrame:
-    """Training pairs in the pairs CSV format (``PAIR_COLUMNS``).
-
-    For every frame ``a`` of ``split``: its ``k`` nearest other frames ``b`` of
-    the same scene and split (:func:`nearest_neighbours`), then ``virtual``
-    virtual neighbours (``a``'s pose perturbed, ``img_path_b`` empty). The
-    ``_ab`` columns hold ``rel(a -> b)`` (``harness.poses.relative_pose``).
-    """
-    part = data.split(split) if split else data
-    labels = part.labels
-    poses = part.poses().double()
-    gen = torch.Generator().manual_seed(seed)
-    a_idx, b_idx, b_poses = [], [], []
-    for scene in part.scenes:
-        idx = torch.from_numpy(np.flatnonzero((labels["scene"] == scene).to_numpy()))
-        if len(idx) == 0:
-            continue
-        if k > 0:
-            kk = min(k, len(idx) - 1)
-            if kk > 0:
-                nn_local = nearest_neighbours(poses[idx], poses[idx], kk, orientation_weight, exclude_self=True)
-                a_idx.append(idx.repeat_interleave(kk))
-                b_idx.append(idx[nn_local.reshape(-1)])
-                b_poses.append(poses[b_idx[-1]])
-        if virtual > 0:
-            rep = idx.repeat_interleave(virtual)
-            a_idx.append(rep)
-            b_idx.append(torch.full_like(rep, -1))
-            b_poses.append(virtual_neighbours(poses[rep], std_m, std_deg, generator=gen))
-    if not a_idx:
-        return pd.DataFrame({c: [] for c in PAIR_COLUMNS})
-    a = torch.cat(a_idx)
-    b = torch.cat(b_idx)
-    pb = torch.cat(b_poses)
-    pa = poses[a]
-    rel = P.relative_pose(pa, pb)
-    la = labels.iloc[a.numpy()].reset_index(drop=True)
-    real = (b >= 0).numpy()
-    out = pd.DataFrame({
-        "img_path_a": la["img_path"], "scene_a": la["scene"], "scene_id_a": la["scene_id"].astype(np.int64),
-        "img_path_b": np.where(real, labels["img_path"].to_numpy()[b.clamp_min(0).numpy()], ""),
-        "scene_b": la["scene"], "scene_id_b": la["scene_id"].astype(np.int64),
-    })
-    out[PAIR_POSE_A] = pa.numpy()
-    out[PAIR_POSE_B] = pb.numpy()
-    out[PAIR_POSE_AB] = rel.numpy()
-    return out[PAIR_COLUMNS]

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from harness.errors import BenchError
 
 EPS = 1e-12
 
@@ -200,3 +203,119 @@ def perturb_poses(poses: Tensor, std_m: float | Tensor, std_deg: float | Tensor,
     aa = torch.randn(t.shape, generator=generator, dtype=poses.dtype) * (std_deg * (math.pi / 180.0))
     dq = axis_angle_to_quat(aa)
     return join_pose(t + dt, canonical_quat(normalize_quat(quat_multiply(normalize_quat(q), dq))))
+
+
+# =========================================================================== matrices
+def matrices_to_poses(T: np.ndarray) -> np.ndarray:
+    """``(N, 7)`` float64 poses from ``(N, 4, 4)`` camera-to-world matrices (metres).
+
+    The rotation block is orthonormalised by SVD (nearest rotation, det +1);
+    quaternions are scalar first with ``qw >= 0``.
+    """
+    R = torch.as_tensor(np.asarray(T)[:, :3, :3], dtype=torch.float64)
+    U, _, Vh = torch.linalg.svd(R)
+    d = torch.sign(torch.linalg.det(U @ Vh))
+    U = torch.cat([U[..., :2], U[..., 2:] * d[:, None, None]], dim=-1)
+    q = matrix_to_quat(U @ Vh)
+    return np.concatenate([np.asarray(T)[:, :3, 3], q.numpy()], axis=1)
+
+
+def poses_to_matrices(poses: np.ndarray | Tensor) -> np.ndarray:
+    """``(N, 4, 4)`` float64 camera-to-world matrices from ``(N, 7)`` poses."""
+    p = torch.as_tensor(np.asarray(poses), dtype=torch.float64)
+    T = torch.zeros(len(p), 4, 4, dtype=torch.float64)
+    T[:, :3, :3] = quat_to_matrix(p[:, 3:])
+    T[:, :3, 3] = p[:, :3]
+    T[:, 3, 3] = 1
+    return T.numpy()
+
+
+def rotation_problem(T: np.ndarray, tol: float = 1e-3) -> str | None:
+    """Why the ``(4, 4)`` matrix ``T`` is not a rigid camera-to-world transform, or ``None`` if it is.
+
+    The upper-left 3x3 block must be orthonormal (``|R^T R - I| <= tol``
+    elementwise) with determinant +1 (within ``tol``), and the bottom row must
+    be ``0 0 0 1`` (within ``tol``).
+    """
+    T = np.asarray(T, dtype=np.float64)
+    R = T[:3, :3]
+    if np.abs(T[3] - np.array([0.0, 0.0, 0.0, 1.0])).max() > tol:
+        return f"bottom row is {' '.join(f'{v:g}' for v in T[3])}, expected 0 0 0 1"
+    dev = float(np.abs(R.T @ R - np.eye(3)).max())
+    if dev > tol:
+        return f"the 3x3 block is not orthonormal (|R^T R - I| = {dev:.3g} > {tol:g})"
+    det = float(np.linalg.det(R))
+    if abs(det - 1.0) > tol:
+        return f"the 3x3 block has determinant {det:.6g}, expected 1 (a reflection, not a rotation)"
+    return None
+
+
+# =========================================================================== pose statistics
+def mean_pose(poses: Tensor) -> Tensor:
+    """``(7,)`` float32 mean position and mean orientation (principal eigenvector of ``sum q q^T``, ``qw >= 0``)."""
+    p = poses.double()
+    q = normalize_quat(p[:, 3:])
+    _, vecs = torch.linalg.eigh(q.T @ q)
+    qm = vecs[:, -1]
+    qm = -qm if qm[0] < 0 else qm
+    return torch.cat([p[:, :3].mean(0), qm]).float()
+
+
+def align_sign(q: Tensor, like: Tensor) -> Tensor:
+    """Quaternions ``q`` with the sign that agrees with ``like`` (``<q, like> >= 0``); same rotation."""
+    return torch.where((q * like).sum(-1, keepdim=True) < 0, -q, q)
+
+
+def relative_target(query: Tensor, ref: Tensor) -> Tensor:
+    """``rel(query -> ref)`` with the canonical quaternion sign (``qw >= 0``), the regression target."""
+    rel = relative_pose(query, ref)
+    return join_pose(rel[..., :3], canonical_quat(rel[..., 3:]))
+
+
+# =========================================================================== neighbours
+def pose_distance(query: Tensor, database: Tensor, orientation_weight: float = 1.0) -> Tensor:
+    """``(N, M)`` pose-space distances ``sqrt(|t_q - t_d|^2 + (w * angle)^2)``.
+
+    ``angle`` is the rotation angle between the orientations in radians and
+    ``orientation_weight`` ``w`` is in metres per radian (1.0: one radian,
+    57.3 deg, counts like one metre; 0 compares positions only).
+    """
+    tq, qq = split_pose(query.double())
+    td, qd = split_pose(database.double())
+    pos = torch.cdist(tq, td)
+    dot = (normalize_quat(qq) @ normalize_quat(qd).T).abs().clamp(0.0, 1.0)
+    angle = 2 * torch.acos(dot)
+    return torch.sqrt(pos**2 + (orientation_weight * angle) ** 2)
+
+
+def nearest_neighbours(
+    query: Tensor, database: Tensor, k: int = 1, orientation_weight: float = 1.0, exclude_self: bool = False,
+    chunk: int = 2048,
+) -> Tensor:
+    """Indices ``(N, k)`` int64 of the ``k`` database poses nearest each query, nearest first.
+
+    Distance as :func:`pose_distance` (``orientation_weight`` in metres per
+    radian). ``exclude_self``: query ``i`` is database ``i`` (same set, same
+    order), which is never returned for it. Batched over ``chunk`` queries.
+    """
+    N, M = len(query), len(database)
+    if exclude_self and N != M:
+        raise BenchError(f"exclude_self needs query and database to be the same set (got {N} and {M} poses)")
+    available = M - 1 if exclude_self else M
+    if not 1 <= k <= available:
+        raise BenchError(f"asked for {k} neighbours among {available} candidate poses")
+    out = []
+    for start in range(0, N, chunk):
+        d = pose_distance(query[start:start + chunk], database, orientation_weight)
+        if exclude_self:
+            rows = torch.arange(len(d))
+            d[rows, rows + start] = math.inf
+        out.append(torch.topk(d, k, dim=1, largest=False).indices)
+    return torch.cat(out) if out else torch.empty(0, k, dtype=torch.int64)
+
+
+def virtual_neighbours(poses: Tensor, std_m: float | Tensor, std_deg: float | Tensor,
+                       generator: torch.Generator | None = None) -> Tensor:
+    """Poses ``(N, 7)`` sampled around ``poses``: Gaussian ``std_m`` metres per axis, ``std_deg`` degrees per
+    rotation axis (floats, or ``(N, 1)`` tensors: one spread per pose)."""
+    return perturb_poses(poses, std_m, std_deg, generator=generator)

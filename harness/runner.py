@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from harness.errors import BenchError
+from harness.data import require_frames, subset
 from harness.interfaces import PoseData
 from harness.matrix import Cell, Plan, cell_fingerprint, shard, software_versions
 from harness.metrics import errors, per_scene
@@ -41,15 +42,6 @@ class RunSummary:
     computed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def subset(data: PoseData, scenes: tuple[str, ...], fraction: float, seed: int = 0) -> PoseData:
-    """The frames of ``scenes`` (re-indexed), the training split reduced to ``fraction`` (drawn per ``seed``)."""
-    from harness.data import make_pose_data, with_fraction
-
-    labels = data.labels[data.labels["scene"].isin(scenes)].drop(columns=["scene_id"])
-    sub = make_pose_data(data.name, data.root, labels.reset_index(drop=True), scenes=list(scenes), options=data.options)
-    return with_fraction(sub, fraction, seed) if fraction < 1.0 else sub
 
 
 def git_commit() -> str | None:
@@ -180,10 +172,7 @@ class MatrixRunner:
 
     def _compute(self, cell: Cell, fp: str) -> dict[str, Any]:
         ctx = self.context(cell)
-        test = ctx.data.split("test")
-        for scene in ctx.data.scenes:
-            if not (test.labels["scene"] == scene).any():
-                raise BenchError(f"split test of scene {scene} has no frames")
+        require_frames(ctx.data, "test")
         teacher_text = cell.teacher.name + (f"={cell.teacher.checkpoint}" if cell.teacher.checkpoint else "")
         chain = obtain_chain(ctx, teacher_text, cell.student, cell.encode or "estimate", cell.refiner, cell.decoder)
         attrs = {"cell": cell.record(), "fingerprint": fp, "scenes": ctx.data.scenes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+import pairs_helpers as PH
 from harness import data as D
+from harness import images as I
+from harness import poses as P
 from harness.errors import BenchError, DataError
 from harness.interfaces import LABEL_COLUMNS
 from harness.plugins import get_registry
@@ -44,7 +48,9 @@ def labels_frame(n: int = 6, scenes=("a", "b"), seed: int = 0) -> pd.DataFrame:
     for i in range(n):
         scene = scenes[i % len(scenes)]
         q = rng.normal(size=4)
-        rows.append([scene, "train" if i % 3 else "test", "seq-01", f"{scene}/seq-01/frame-{i:06d}.color.png",
+        split = "train" if i % 3 else "test"
+        seq = "seq-01" if split == "train" else "seq-02"  # a sequence belongs to one split
+        rows.append([scene, split, seq, f"{scene}/{seq}/frame-{i:06d}.color.png",
                      *rng.normal(size=3), *(q / np.linalg.norm(q))])
     return pd.DataFrame(rows, columns=LABEL_COLUMNS)
 
@@ -125,26 +131,26 @@ def test_labels_not_a_file(tmp_path):
 # --------------------------------------------------------------------------- pairs CSV
 def test_pairs_round_trip_and_relative_pose(tmp_path):
     data = D.make_pose_data("x", tmp_path, labels_frame(12))
-    pairs = D.make_pairs(data, k=2)
-    D.write_pairs(pairs, tmp_path / "p.csv")
-    back = D.read_pairs(tmp_path / "p.csv")
-    assert list(back.columns) == D.PAIR_COLUMNS
-    np.testing.assert_allclose(back[D.PAIR_POSE_AB].to_numpy(float), pairs[D.PAIR_POSE_AB].to_numpy(float), atol=1e-12)
-    rel = relative_pose(torch.tensor(back[D.PAIR_POSE_A].to_numpy(float)), torch.tensor(back[D.PAIR_POSE_B].to_numpy(float)))
-    np.testing.assert_allclose(rel.numpy(), back[D.PAIR_POSE_AB].to_numpy(float), atol=1e-9)
+    pairs = PH.make_pairs(data, k=2)
+    PH.write_pairs(pairs, tmp_path / "p.csv")
+    back = PH.read_pairs(tmp_path / "p.csv")
+    assert list(back.columns) == PH.PAIR_COLUMNS
+    np.testing.assert_allclose(back[PH.PAIR_POSE_AB].to_numpy(float), pairs[PH.PAIR_POSE_AB].to_numpy(float), atol=1e-12)
+    rel = relative_pose(torch.tensor(back[PH.PAIR_POSE_A].to_numpy(float)), torch.tensor(back[PH.PAIR_POSE_B].to_numpy(float)))
+    np.testing.assert_allclose(rel.numpy(), back[PH.PAIR_POSE_AB].to_numpy(float), atol=1e-9)
 
 
 def test_pairs_bad_input(tmp_path):
     data = D.make_pose_data("x", tmp_path, labels_frame(12))
-    pairs = D.make_pairs(data, k=1)
+    pairs = PH.make_pairs(data, k=1)
     pairs.drop(columns=["q3_ab"]).to_csv(tmp_path / "p.csv", index=False)
     with pytest.raises(DataError, match="missing column\\(s\\) q3_ab"):
-        D.read_pairs(tmp_path / "p.csv")
+        PH.read_pairs(tmp_path / "p.csv")
     pairs = pairs.astype({"x2_b": object})
     pairs.loc[1, "x2_b"] = "oops"
     pairs.to_csv(tmp_path / "p.csv", index=False)
     with pytest.raises(DataError, match="row 2 \\(line 3\\), column 'x2_b'"):
-        D.read_pairs(tmp_path / "p.csv")
+        PH.read_pairs(tmp_path / "p.csv")
 
 
 # --------------------------------------------------------------------------- native layouts
@@ -218,7 +224,8 @@ def make_cambridge(root: Path, seed: int = 1):
 
 def test_read_cambridge(tmp_path):
     truth = make_cambridge(tmp_path)
-    df = D.read_cambridge(tmp_path)
+    with pytest.warns(UserWarning, match=r"dataset_train.txt, line 4, columns W,P,Q,R: \|q\| = "):
+        df = D.read_cambridge(tmp_path)
     assert len(df) == 16 and list(df.columns) == LABEL_COLUMNS
     for row in df.itertuples():
         split, t, q = truth[row.img_path]
@@ -227,6 +234,7 @@ def test_read_cambridge(tmp_path):
         np.testing.assert_allclose([row.q1, row.q2, row.q3, row.q4], q, atol=1e-8)
 
 
+@pytest.mark.filterwarnings("ignore:.*norm far from 1")
 def test_read_cambridge_errors(tmp_path):
     make_cambridge(tmp_path)
     txt = tmp_path / "ShopFacade" / "dataset_test.txt"
@@ -264,6 +272,7 @@ def test_parse_dataset_spec():
             D.parse_dataset_spec(bad)
 
 
+@pytest.mark.filterwarnings("ignore:.*norm far from 1")
 def test_open_dataset_native_and_labels(tmp_path):
     make_sevenscenes(tmp_path / "7s")
     make_cambridge(tmp_path / "cam")
@@ -310,7 +319,7 @@ def test_with_fraction_deterministic_per_scene_nested(tmp_path):
 
 
 # --------------------------------------------------------------------------- images
-def test_load_images_resize_crop_order_cache(tmp_path):
+def test_load_images_resize_crop_order_cache(tmp_path, monkeypatch):
     df = labels_frame(4, scenes=("s",))
     rng = np.random.default_rng(0)
     arrays = []
@@ -321,42 +330,66 @@ def test_load_images_resize_crop_order_cache(tmp_path):
         arrays.append(a)
     data = D.make_pose_data("x", tmp_path, df)
     store = Store(tmp_path / "work")
-    x = D.load_images(data, 30, store)
+    x = I.load_images(data, 30, store)
     assert x.shape == (4, 3, 30, 30) and x.dtype == torch.uint8
     for i, a in enumerate(arrays):  # shorter side already 30: a pure centre crop
         np.testing.assert_array_equal(x[i].permute(1, 2, 0).numpy(), a[:, 15:45])
-    small = D.load_images(data, 15)
+    small = I.load_images(data, 15)
     expected = np.asarray(Image.fromarray(arrays[2]).resize((30, 15), Image.BILINEAR, reducing_gap=None))[:, 7:22]
     np.testing.assert_array_equal(small[2].permute(1, 2, 0).numpy(), expected)
-    cache = D.image_cache_path(data, 30, store)
+    cache = I.image_cache_path(data, 30, store)
     assert cache.is_file()
+    monkeypatch.setattr(I, "_load_one", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
+    assert torch.equal(I.load_images(data, 30, store), x)  # served from the cache: nothing decoded
+    monkeypatch.undo()
     for p in df["img_path"]:
         (tmp_path / p).unlink()
-    assert torch.equal(D.load_images(data, 30, store), x)  # served from the cache
-    with pytest.raises(DataError) as e:
-        D.load_images(data, 30)
-    assert "row 1 (line 2), column 'img_path'" in str(e.value) and df["img_path"][0] in str(e.value)
+    for with_store in (None, store):  # a deleted image is never served from the cache
+        with pytest.raises(DataError) as e:
+            I.load_images(data, 30, with_store)
+        assert "row 1 (line 2), column 'img_path'" in str(e.value) and df["img_path"][0] in str(e.value)
+
+
+def test_image_cache_rereads_a_changed_image(tmp_path):
+    df = labels_frame(3, scenes=("s",))
+    for p in df["img_path"]:
+        (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 10, dtype=np.uint8)).save(tmp_path / p)
+    data = D.make_pose_data("x", tmp_path, df)
+    store = Store(tmp_path / "work")
+    first = I.load_images(data, 8, store)
+    assert (first == 10).all()
+    old_key = I.image_cache_path(data, 8, store)
+    target = tmp_path / df["img_path"][1]
+    new = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
+    Image.fromarray(new).save(target)  # same labels, new pixels (and a new size / mtime)
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert I.image_cache_path(data, 8, store) != old_key
+    second = I.load_images(data, 8, store)
+    np.testing.assert_array_equal(second[1].permute(1, 2, 0).numpy(), new)
+    assert torch.equal(second[[0, 2]], first[[0, 2]])
 
 
 def test_normalize_and_augment():
     x = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
-    n = D.normalize_images(x)
-    mean = torch.tensor(D.IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(D.IMAGENET_STD).view(1, 3, 1, 1)
+    n = I.normalize_images(x)
+    mean = torch.tensor(I.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(I.IMAGENET_STD).view(1, 3, 1, 1)
     torch.testing.assert_close(n, (x.float() / 255 - mean) / std)
-    a1 = D.augment_images(x, torch.Generator().manual_seed(3))
-    a2 = D.augment_images(x, torch.Generator().manual_seed(3))
+    a1 = I.augment_images(x, torch.Generator().manual_seed(3))
+    a2 = I.augment_images(x, torch.Generator().manual_seed(3))
     assert a1.dtype == torch.uint8 and a1.shape == x.shape and torch.equal(a1, a2)
     assert not torch.equal(a1, x)
-    ident = D.augment_images(x, brightness=0, contrast=0, saturation=0, shift=0)
+    ident = I.augment_images(x, brightness=0, contrast=0, saturation=0, shift=0)
     assert torch.equal(ident, x)
     # shift only: every output is the input translated by (dy, dx) with |d| <= shift (edge-padded)
-    shifted = D.augment_images(x, torch.Generator().manual_seed(0), brightness=0, contrast=0, saturation=0, shift=2)
+    shifted = I.augment_images(x, torch.Generator().manual_seed(0), brightness=0, contrast=0, saturation=0, shift=2)
     for i in range(len(x)):
         padded = torch.nn.functional.pad(x[i:i + 1].float(), (2, 2, 2, 2), mode="replicate")[0]
         assert any(torch.equal(shifted[i].float(), padded[:, dy:dy + 16, dx:dx + 16]) for dy in range(5) for dx in range(5))
     # brightness only scales every pixel by one factor per image
-    b = D.augment_images(torch.full((64, 3, 4, 4), 100, dtype=torch.uint8), brightness=0.2, contrast=0, saturation=0, shift=0)
+    b = I.augment_images(torch.full((64, 3, 4, 4), 100, dtype=torch.uint8), brightness=0.2, contrast=0, saturation=0, shift=0)
     assert b.float().min() >= 80 and b.float().max() <= 120 and b.float().std() > 3
 
 
@@ -364,14 +397,14 @@ def test_pose_image_dataset_matches_tensor_path(tmp_path):
     df = labels_frame(3, scenes=("s", "t"))
     write_images(tmp_path, df["img_path"], size=(50, 40))
     data = D.make_pose_data("x", tmp_path, df)
-    ds = D.PoseImageDataset(data, size=32)
+    ds = I.PoseImageDataset(data, size=32)
     item = ds[1]
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     assert item["pose"].shape == (7,) and item["scene"].dtype == torch.int64 and int(item["index"]) == 1
     assert int(item["scene"]) == data.scenes.index(df["scene"][1])
-    ref = D.normalize_images(D.load_images(data, 32))[1]
+    ref = I.normalize_images(I.load_images(data, 32))[1]
     assert (item["image"] - ref).abs().mean() < 0.15  # torchvision's antialiased resize vs PIL bilinear
-    train = D.PoseImageDataset(data, size=32, train=True)[1]["image"]
+    train = I.PoseImageDataset(data, size=32, train=True)[1]["image"]
     assert train.shape == (3, 32, 32) and not torch.allclose(train, item["image"])
 
 
@@ -381,7 +414,7 @@ def test_nearest_neighbours_brute_force():
     db = torch.cat([torch.randn(60, 3, generator=g), torch.nn.functional.normalize(torch.randn(60, 4, generator=g), dim=1)], 1)
     q = torch.cat([torch.randn(7, 3, generator=g), torch.nn.functional.normalize(torch.randn(7, 4, generator=g), dim=1)], 1)
     w = 0.5
-    got = D.nearest_neighbours(q, db, k=3, orientation_weight=w, chunk=4)
+    got = P.nearest_neighbours(q, db, k=3, orientation_weight=w, chunk=4)
     for i in range(len(q)):
         d = []
         for j in range(len(db)):
@@ -389,20 +422,20 @@ def test_nearest_neighbours_brute_force():
             dot = min(1.0, abs(float(q[i, 3:] @ db[j, 3:])))
             d.append(math.sqrt(dt**2 + (w * 2 * math.acos(dot)) ** 2))
         assert got[i].tolist() == list(np.argsort(d)[:3])
-    self_nn = D.nearest_neighbours(db, db, k=2, exclude_self=True)
+    self_nn = P.nearest_neighbours(db, db, k=2, exclude_self=True)
     assert not (self_nn == torch.arange(60)[:, None]).any()
-    assert torch.equal(self_nn[:, 0], D.nearest_neighbours(db, db, k=2)[:, 1])
+    assert torch.equal(self_nn[:, 0], P.nearest_neighbours(db, db, k=2)[:, 1])
     # the same position, different orientations: only the orientation decides
     same_t = db.clone()
     same_t[:, :3] = 0
-    assert torch.equal(D.nearest_neighbours(same_t[:5], same_t, k=1)[:, 0], torch.arange(5))
+    assert torch.equal(P.nearest_neighbours(same_t[:5], same_t, k=1)[:, 0], torch.arange(5))
     with pytest.raises(BenchError):
-        D.nearest_neighbours(q, db, k=61)
+        P.nearest_neighbours(q, db, k=61)
 
 
 def test_virtual_neighbours_spread():
     poses = torch.tensor([[1.0, 2.0, 3.0, 1.0, 0.0, 0.0, 0.0]]).repeat(4000, 1)
-    v = D.virtual_neighbours(poses, 0.3, 10.0, generator=torch.Generator().manual_seed(0))
+    v = P.virtual_neighbours(poses, 0.3, 10.0, generator=torch.Generator().manual_seed(0))
     assert abs(float((v[:, :3] - poses[:, :3]).std()) - 0.3) < 0.02
     from harness.poses import orientation_error
 
@@ -413,7 +446,7 @@ def test_virtual_neighbours_spread():
 
 def test_make_pairs_same_scene_and_virtual(tmp_path):
     data = D.make_pose_data("x", tmp_path, labels_frame(30, scenes=("a", "b")))
-    pairs = D.make_pairs(data, k=2, virtual=1, std_m=0.1, std_deg=5)
+    pairs = PH.make_pairs(data, k=2, virtual=1, std_m=0.1, std_deg=5)
     n_train = (data.labels["split"] == "train").sum()
     assert len(pairs) == 3 * n_train
     assert (pairs["scene_a"] == pairs["scene_b"]).all()
@@ -423,6 +456,27 @@ def test_make_pairs_same_scene_and_virtual(tmp_path):
     assert (real["img_path_a"] != real["img_path_b"]).all()
     train_paths = set(data.split("train").labels["img_path"])
     assert set(real["img_path_b"]) <= train_paths
-    rel = relative_pose(torch.tensor(pairs[D.PAIR_POSE_A].to_numpy(float)), torch.tensor(pairs[D.PAIR_POSE_B].to_numpy(float)))
-    np.testing.assert_allclose(rel.numpy(), pairs[D.PAIR_POSE_AB].to_numpy(float), atol=1e-9)
+    rel = relative_pose(torch.tensor(pairs[PH.PAIR_POSE_A].to_numpy(float)), torch.tensor(pairs[PH.PAIR_POSE_B].to_numpy(float)))
+    np.testing.assert_allclose(rel.numpy(), pairs[PH.PAIR_POSE_AB].to_numpy(float), atol=1e-9)
     assert (virt[["x1_ab", "x2_ab", "x3_ab"]].abs().to_numpy() < 0.6).all()
+
+
+# --------------------------------------------------------------------------- non-square synthetic renders
+def test_render_non_square_images(tmp_path, run_bench):
+    from plugins.datasets.synthetic_render import camera_rays
+
+    rays = camera_rays((6, 4), hfov_deg=90.0)  # f = 3 px: x = (col + 0.5 - 3) / 3, y = (row + 0.5 - 2) / 3
+    assert rays.shape == (24, 3)
+    np.testing.assert_allclose(rays[0].numpy(), [-2.5 / 3, -1.5 / 3, 1.0], atol=1e-6)
+    np.testing.assert_allclose(rays[-1].numpy(), [2.5 / 3, 1.5 / 3, 1.0], atol=1e-6)
+    out = tmp_path / "render"
+    r = run_bench("data", "render", "--scene", "room", "--out", out, "--image-size", "40x24", "--frames-per-sequence", "2",
+                  "--train-sequences", "1", "--test-sequences", "1", "--samples", "0", "--workdir", tmp_path / "work",
+                  env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    pngs = sorted(out.glob("room/seq-*/frame-*.color.png"))
+    assert len(pngs) == 4 and all(Image.open(p).size == (40, 24) for p in pngs)
+    bad = run_bench("data", "render", "--scene", "room", "--out", tmp_path / "bad", "--image-size", "40x", "--workdir",
+                    tmp_path / "work")
+    assert bad.returncode == 2 and "image_size must be a positive integer or WIDTHxHEIGHT, got '40x'" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad" / "room").exists()

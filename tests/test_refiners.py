@@ -292,7 +292,7 @@ def test_finetune_batches_encode_each_query_frame_once():
         return {"images": frames, "scene": torch.zeros(30, dtype=torch.int64), "rel": rel}
 
     batches = list(stage.pair_batches(make, 6, seed=3, images=images, augment=False)(0))
-    from harness.data import normalize_images
+    from harness.images import normalize_images
 
     seen = []
     for b in batches:

@@ -321,15 +321,15 @@ def tiny_teacher(tmp_path_factory):
 def test_training_never_loads_an_image(tiny_teacher, monkeypatch):
     import PIL.Image
 
-    import harness.data
+    import harness.images
 
     ctx, teacher = tiny_teacher
 
     def boom(*a, **k):
         raise AssertionError("an image was loaded while training a student")
 
-    monkeypatch.setattr(harness.data, "load_images", boom)
-    monkeypatch.setattr(harness.data, "_load_one", boom)
+    monkeypatch.setattr(harness.images, "load_images", boom)
+    monkeypatch.setattr(harness.images, "_load_one", boom)
     monkeypatch.setattr(PIL.Image, "open", boom)
     monkeypatch.setattr(teacher.model, "encode", boom)  # the image encoder never runs either
     teacher.model.zero_grad(set_to_none=True)

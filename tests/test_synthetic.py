@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from harness import data as D
+from harness import images as I
 from harness.errors import BenchError, DataError
 from harness.plugins import get_registry
 from harness.poses import orientation_error, quat_to_matrix
@@ -119,19 +120,19 @@ def test_factory_renders_once_deterministic(tmp_path, monkeypatch):
     got = data.poses().double()
     torch.testing.assert_close(got[:, :3], truth[:, :3].float().double(), atol=1e-6, rtol=0)
     assert float(orientation_error(got[:, 3:], truth[:, 3:]).max()) < 1e-3
-    x1 = D.load_images(data, 32, store)
+    x1 = I.load_images(data, 32, store)
     assert x1.shape == (36, 3, 32, 32) and x1.float().std() > 10
     # the second call re-uses the rendered folder: rendering must not run again
     monkeypatch.setattr(S, "render_scene_native", lambda *a, **k: pytest.fail("rendered twice"))
     again = S.factory(store, scenes=["room"], seed=0, **SMALL)
     assert again.fingerprint() == data.fingerprint()
-    assert torch.equal(D.load_images(again, 32, store), x1)
+    assert torch.equal(I.load_images(again, 32, store), x1)
     monkeypatch.undo()
     # same seed elsewhere: same pixels; another seed: other pixels
     same = S.factory(Store(tmp_path / "w2"), scenes=["room"], seed=0, **SMALL)
-    assert torch.equal(D.load_images(same, 32), x1)
+    assert torch.equal(I.load_images(same, 32), x1)
     other = S.factory(store, scenes=["room"], seed=1, **SMALL)
-    assert other.root != data.root and not torch.equal(D.load_images(other, 32), x1)
+    assert other.root != data.root and not torch.equal(I.load_images(other, 32), x1)
 
 
 def test_interrupted_render_is_not_reused(tmp_path, monkeypatch):
@@ -165,7 +166,7 @@ def test_factory_options_and_open_dataset(tmp_path):
     )
     assert name == "synthetic" and data.scenes == ["site"]
     assert data.labels.groupby("split").size().to_dict() == {"test": 6, "train": 6}
-    assert D.load_images(data, 16, store).shape == (12, 3, 16, 16)
+    assert I.load_images(data, 16, store).shape == (12, 3, 16, 16)
 
 
 # --------------------------------------------------------------------------- twins
@@ -173,8 +174,8 @@ def test_render_twin_far_from_origin(tmp_path):
     rng = np.random.default_rng(0)
     q = rng.normal(size=(8, 4))
     df = pd.DataFrame({
-        "scene": "Far", "split": ["train"] * 6 + ["test"] * 2, "seq": "seq1",
-        "img_path": [f"Far/seq1/frame{i:05d}.png" for i in range(8)],
+        "scene": "Far", "split": ["train"] * 6 + ["test"] * 2, "seq": ["seq1"] * 6 + ["seq2"] * 2,
+        "img_path": [f"Far/seq{1 + (i >= 6)}/frame{i:05d}.png" for i in range(8)],
         "t1": 5e5 + rng.normal(size=8) * 20, "t2": -3e5 + rng.normal(size=8) * 20, "t3": rng.normal(size=8),
         "q1": q[:, 0], "q2": q[:, 1], "q3": q[:, 2], "q4": q[:, 3],
     })

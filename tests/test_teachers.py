@@ -150,7 +150,7 @@ def test_outputs_round_trip_and_are_reused(tiny, monkeypatch):
     assert list(out["img_path"]) == data.split("test").labels["img_path"].tolist()
     assert np.allclose(out["pose_gt"], data.split("test").poses().numpy())
     # the same as a direct forward pass
-    from harness.data import load_images
+    from harness.images import load_images
 
     direct = stage.predict(art.model, load_images(data.split("test"), 32))
     assert np.allclose(direct["latent_x"], out["latent_x"], atol=1e-5)

@@ -167,7 +167,7 @@ DDP_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import torch.distributed as dist
     from teacher_helpers import make_tiny_data
-    from harness.data import load_images
+    from harness.images import load_images
     from harness.plugins import get_registry
     from harness.stages.teacher import TeacherTask, image_batches
     from harness.train import TrainConfig, fit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness.data import (
-    check_image_files, load_images, make_pose_data, read_cambridge, read_labels, read_sevenscenes,
+    check_image_files, check_label_files, make_pose_data, read_cambridge, read_labels, read_sevenscenes, require_frames,
 )
+from harness.images import load_images
 from harness.errors import BenchError, DataError
 from harness.plugins import get_registry
 
@@ -46,7 +48,8 @@ def register(commands) -> None:
     r.add_argument("--frames-per-sequence", type=int, default=None, help="frames in each sequence (synthetic default 200)")
     r.add_argument("--train-sequences", type=int, default=None, help="training sequences per scene (default 16)")
     r.add_argument("--test-sequences", type=int, default=None, help="held-out test sequences per scene (default 4)")
-    r.add_argument("--image-size", type=int, default=64, help="image width and height in pixels")
+    r.add_argument("--image-size", default="64", metavar="SIZE",
+                   help="image size in pixels: N (square) or WIDTHxHEIGHT, e.g. 640x480")
     r.add_argument("--supersample", type=int, default=1, help="rays per pixel edge (2 = 4 rays per pixel, anti-aliased)")
     r.add_argument("--samples", type=int, default=32, help="frames in samples.png (0: no grid)")
     r.set_defaults(func=run_render)
@@ -136,6 +139,11 @@ def run_render(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- check
+def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
+    for w in caught:
+        print(f"bench data check: warning: {w.message}", file=sys.stderr)
+
+
 def _detect(root: Path) -> tuple[str, Path, list[str] | None]:
     """``(layout, root, scenes)`` of a folder: a dataset root or a single scene folder."""
     if not root.is_dir():
@@ -165,24 +173,46 @@ def _check(args: argparse.Namespace) -> tuple[str, pd.DataFrame, Path]:
             exc = DataError("\n".join(errors))
             exc.errors = errors  # type: ignore[attr-defined]
             raise exc
-        return "label CSV", pd.concat(frames, ignore_index=True), root
+        return "label CSV", check_label_files(list(zip(args.labels, frames))), root
     layout, base, scenes = _detect(root)
     labels = read_sevenscenes(base, scenes) if layout == "7scenes" else read_cambridge(base, scenes)
+    data = make_pose_data(layout, base, labels)
+    for split in ("train", "test"):  # a native scene must have both splits
+        require_frames(data, split)
     check_image_files(labels, base, source=f"{root} ({layout} layout) frame list")
     return f"{layout} layout", labels, base
 
 
+def _empty_splits(labels: pd.DataFrame) -> list[str]:
+    """``split S of scene X has no frames`` for every scene of ``labels`` missing a split."""
+    data = make_pose_data("check", ".", labels)
+    out = []
+    for split in ("train", "test"):
+        try:
+            require_frames(data, split)
+        except DataError as exc:
+            out += getattr(exc, "errors", [str(exc)])
+    return out
+
+
 def run_check(args: argparse.Namespace) -> int:
-    try:
-        kind, labels, base = _check(args)
-        if args.decode:
-            load_images(make_pose_data("check", base, labels), 64)
-    except DataError as exc:
-        errors = getattr(exc, "errors", None) or str(exc).splitlines()
-        print(f"bench data check: {len(errors)} problem(s) in {args.root}:", file=sys.stderr)
-        for line in errors:
-            print(f"  {line}", file=sys.stderr)
-        return 1
+    """Validate a dataset; problems (file, row, column) go to stderr with status 1, warnings to stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            kind, labels, base = _check(args)
+            if args.decode:
+                load_images(make_pose_data("check", base, labels), 64)
+        except DataError as exc:
+            _print_warnings(caught)
+            errors = getattr(exc, "errors", None) or str(exc).splitlines()
+            print(f"bench data check: {len(errors)} problem(s) in {args.root}:", file=sys.stderr)
+            for line in errors:
+                print(f"  {line}", file=sys.stderr)
+            return 1
+    _print_warnings(caught)
+    for line in _empty_splits(labels):  # label CSVs may hold one split only: said, not refused
+        print(f"bench data check: warning: {line}", file=sys.stderr)
     print(f"{args.root}: {kind}, {labels['scene'].nunique()} scene(s), {len(labels)} frames")
     print(summary_table(labels))
     print("OK")

@@ -78,7 +78,7 @@ def obtain_decoder(ctx: Context, name: str, teacher: Artifact, student: Artifact
 
 
 def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: Path) -> tuple[list, dict]:
-    from harness.data import load_images
+    from harness.images import load_images
 
     model, config = art.model, art.recipe.train
     train = ctx.data.split("train")
@@ -99,7 +99,7 @@ DECODER = Stage("decoder", Decoder, _build_args, _check, _train)
 def decode_split(ctx: Context, decoder: Artifact, student: Artifact, split: str,
                  index: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(decoded, truth)`` float ``(N, 3, S, S)`` in [0, 1] for ``split``'s ground-truth poses (or ``index`` of them)."""
-    from harness.data import load_images
+    from harness.images import load_images
 
     data = ctx.data.split(split)
     if len(data.labels) == 0:

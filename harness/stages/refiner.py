@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from harness import poses as P
+from harness.poses import align_sign, relative_target
 from harness.errors import BenchError
 from harness.interfaces import PoseIndexRefiner, Refiner
 from harness.losses import PoseLoss
@@ -92,16 +93,6 @@ def encode_poses(student: nn.Module, poses: Tensor, scene: Tensor | None, chunk:
     return torch.cat(xs), torch.cat(qs)
 
 
-def align_sign(q: Tensor, like: Tensor) -> Tensor:
-    """Quaternions ``q`` with the sign that agrees with ``like`` (``<q, like> >= 0``); same rotation."""
-    return torch.where((q * like).sum(-1, keepdim=True) < 0, -q, q)
-
-
-def relative_target(query: Tensor, ref: Tensor) -> Tensor:
-    """``rel(query -> ref)`` with the canonical quaternion sign (``qw >= 0``), the regression target."""
-    rel = P.relative_pose(query, ref)
-    return P.join_pose(rel[..., :3], P.canonical_quat(rel[..., 3:]))
-
 
 def teacher_spread(out: dict[str, np.ndarray]) -> Tensor:
     """Per-axis RMS error of the teacher per scene id, ``(S, 2)`` as (metres, degrees), from stored outputs
@@ -118,7 +109,7 @@ def teacher_spread(out: dict[str, np.ndarray]) -> Tensor:
 
 def nearest_pairs(poses: Tensor, scene: Tensor, k: int, orientation_weight: float) -> tuple[Tensor, Tensor]:
     """``(a, b)`` index pairs: for every frame ``a``, its ``k`` nearest other frames ``b`` of the same scene."""
-    from harness.data import nearest_neighbours
+    from harness.poses import nearest_neighbours
 
     a_all, b_all = [], []
     for sid in torch.unique(scene):
@@ -183,7 +174,7 @@ def pair_batches(make: Callable[[int], dict[str, Tensor]], batch_size: int, seed
     ``images`` entry holds each pair's query frame: pairs are grouped frame by frame and a batch gathers,
     augments and normalises each distinct frame once (``images`` ``(U, 3, S, S)``, ``image_rows`` ``(B,)``
     the image of each pair), so the encoder runs once per frame; ``ref_images`` are gathered per pair."""
-    from harness.data import augment_images, normalize_images
+    from harness.images import augment_images, normalize_images
 
     def pixels(frames: Tensor, generator: torch.Generator) -> Tensor:
         u8 = images[frames]
@@ -259,7 +250,7 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     make, spread, std = _pair_maker(out, cfg, config.seed, pae)
     images = None
     if cfg.finetune:
-        from harness.data import load_images
+        from harness.images import load_images
 
         images = load_images(ctx.data.split("train"), teacher.recipe.task.image_size, ctx.store)  # (N, 3, S, S) uint8
         if len(images) != len(out["pose_gt"]):
@@ -335,7 +326,7 @@ REFINER = Stage("refiner", Refiner, _build_args, _check, _train, _prepare)
 
 def _virtual(poses: Tensor, std_m: float | Tensor, std_deg: float | Tensor, generator: torch.Generator) -> Tensor:
     """Virtual neighbours around ``poses`` with the quaternion sign of ``poses`` (the PAE saw label signs)."""
-    from harness.data import virtual_neighbours
+    from harness.poses import virtual_neighbours
 
     v = virtual_neighbours(poses, std_m, std_deg, generator=generator).to(poses.dtype)
     return P.join_pose(v[:, :3], align_sign(v[:, 3:], poses[:, 3:]))
@@ -349,7 +340,7 @@ def _query_latents(ctx: Context, refiner: Artifact, teacher: Artifact, split: st
     if enc is None:
         return (torch.as_tensor(np.asarray(out["latent_x"]), dtype=torch.float32),
                 torch.as_tensor(np.asarray(out["latent_q"]), dtype=torch.float32))
-    from harness.data import load_images, normalize_images
+    from harness.images import load_images, normalize_images
 
     images = load_images(ctx.data.split(split), teacher.recipe.task.image_size, ctx.store)
     xs, qs = [], []
@@ -476,7 +467,7 @@ def _check_pairing(refiner: Artifact, teacher: Artifact, student: Artifact | Non
 
 def _retrieve(p: Tensor, db_pose: Tensor, db_scene: Tensor, scene: Tensor | None, orientation_weight: float) -> Tensor:
     """``(N,)`` index of the database frame nearest each pose (within its scene when ``scene`` is given)."""
-    from harness.data import nearest_neighbours
+    from harness.poses import nearest_neighbours
 
     if scene is None:
         return nearest_neighbours(p, db_pose, 1, orientation_weight)[:, 0]

@@ -29,21 +29,12 @@ from harness.errors import BenchError
 from harness.interfaces import Teacher
 from harness.losses import PoseLoss
 from harness.metrics import errors, mean_pose_baseline, per_scene
-from harness.poses import normalize_quat, pose_errors
+from harness.poses import mean_pose, normalize_quat, pose_errors
 from harness.batches import Batches
 from harness.recipes import Recipe
 from harness.stages.context import Artifact, Context, Stage, obtain, training_paths
 from harness.store import fingerprint, read_h5, write_h5
 from harness.train import fit
-
-def mean_pose(poses: Tensor) -> Tensor:
-    """``(7,)`` mean position and mean orientation (principal eigenvector of ``sum q q^T``, ``qw >= 0``)."""
-    p = poses.double()
-    q = normalize_quat(p[:, 3:])
-    _, vecs = torch.linalg.eigh(q.T @ q)
-    qm = vecs[:, -1]
-    qm = -qm if qm[0] < 0 else qm
-    return torch.cat([p[:, :3].mean(0), qm]).float()
 
 
 # =========================================================================== the training task
@@ -108,7 +99,7 @@ def image_batches(images: Tensor, poses: Tensor, scenes: Tensor, batch_size: int
                   augment: bool = True, scene_balanced: bool = False, device: torch.device | None = None) -> Batches:
     """Teacher training batches ``(images float (B, 3, S, S), poses (B, 7), scenes (B,))`` from uint8 images,
     augmented and normalised per batch; ``scene_balanced`` draws scenes uniformly, then frames."""
-    from harness.data import augment_images, normalize_images
+    from harness.images import augment_images, normalize_images
 
     def pixels(batch: tuple[Tensor, Tensor, Tensor], generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         u8, p, s = batch
@@ -120,7 +111,7 @@ def image_batches(images: Tensor, poses: Tensor, scenes: Tensor, batch_size: int
 
 
 def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: Path) -> tuple[list, dict]:
-    from harness.data import load_images
+    from harness.images import load_images
 
     teacher, recipe, task_cfg = art.model, art.recipe, art.recipe.task
     train = ctx.data.split("train")
@@ -158,7 +149,7 @@ TEACHER = Stage("teacher", Teacher, _build_args, _check, _train)
 @torch.inference_mode()
 def predict(model: Teacher, images: Tensor, batch_size: int = 64, device: torch.device | None = None) -> dict[str, np.ndarray]:
     """Batched teacher outputs over uint8 images ``(N, 3, S, S)``: pose_est, latents, scene_logp, time_s."""
-    from harness.data import normalize_images
+    from harness.images import normalize_images
 
     device = device or next(model.parameters()).device
     model.eval()
@@ -186,7 +177,7 @@ def teacher_outputs(ctx: Context, teacher: Artifact, split: str) -> dict[str, np
     float32 (zeros ``(N, 1)`` for a single-scene teacher), ``time_s (N,)``
     seconds per frame, ``img_path (N,)`` strings; frames in label order.
     """
-    from harness.data import load_images
+    from harness.images import load_images
 
     data = ctx.data.split(split)
     fp = fingerprint(teacher.fingerprint, data.fingerprint())

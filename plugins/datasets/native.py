@@ -11,9 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-import pandas as pd
-
-from harness.data import make_pose_data, read_cambridge, read_labels, read_sevenscenes
+from harness.data import check_label_files, make_pose_data, read_cambridge, read_labels, read_sevenscenes
 from harness.errors import BenchError
 from harness.hookspecs import hookimpl
 from harness.interfaces import PoseData
@@ -59,8 +57,8 @@ def labels(
     if not files:
         raise BenchError("dataset 'labels' needs labels=FILE.csv or train=FILE.csv,test=FILE.csv")
     base = _root("labels", root) if root is not None else Path(str(files[0])).expanduser().resolve().parent
-    frames = [read_labels(Path(str(f)).expanduser(), base, check_images=check_images) for f in files]
-    table = pd.concat(frames, ignore_index=True)
+    paths = [Path(str(f)).expanduser() for f in files]
+    table = check_label_files([(p, read_labels(p, base, check_images=check_images)) for p in paths])
     opts = {"root": str(base), "files": [str(f) for f in files]}
     return make_pose_data("labels", base, table, scenes, opts)
 

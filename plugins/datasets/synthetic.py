@@ -11,7 +11,7 @@ test sequences after them. Everything is determined by ``seed``.
 
 Options (``--dataset synthetic:seed=3,frames_per_sequence=100``):
 ``seed`` (0), ``frames_per_sequence`` (200), ``train_sequences`` (16),
-``test_sequences`` (4), ``image_size`` (64 pixels, square), ``supersample``
+``test_sequences`` (4), ``image_size`` (64 pixels, square; or ``WIDTHxHEIGHT``), ``supersample``
 (1: rays per pixel edge, anti-aliasing).
 
 The factory also carries :func:`export` (render scenes into any folder) and
@@ -34,10 +34,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from harness.data import make_pose_data, poses_to_matrices, read_labels, read_sevenscenes, write_labels
+from harness.data import make_pose_data, read_labels, read_sevenscenes, write_labels
 from harness.errors import BenchError, DataError
 from harness.hookspecs import hookimpl
 from harness.interfaces import LABEL_COLUMNS, POSE_COLUMNS, PoseData
+from harness.poses import poses_to_matrices
 from harness.store import Store, fingerprint
 from plugins.datasets.synthetic_render import render
 from plugins.datasets.synthetic_scenes import MOTIONS, SCENES, Motion, trajectories, twin_world
@@ -54,6 +55,27 @@ BLOCK = 512  # frames rendered and written per step (bounds memory)
 OPTIONS_FILE = "synthetic.json"  # in each rendered scene folder: what made it
 
 
+def parse_image_size(value: Any) -> int | list[int]:
+    """An image size in pixels: ``64`` (square) or ``640x480`` / ``[640, 480]`` (width, height).
+
+    A square size comes back as an int, any other as ``[width, height]``.
+    """
+    dims: Any = value
+    if isinstance(value, str):
+        parts = value.lower().split("x")
+        try:
+            dims = [int(p) for p in parts] if len(parts) == 2 else int(value)
+        except ValueError:
+            dims = None
+    if isinstance(dims, (list, tuple)) and len(dims) == 2:
+        w, h = dims
+        if all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (w, h)):
+            return int(w) if w == h else [int(w), int(h)]
+    elif isinstance(dims, int) and not isinstance(dims, bool) and dims >= 1:
+        return dims
+    raise BenchError(f"dataset 'synthetic': image_size must be a positive integer or WIDTHxHEIGHT, got {value!r}")
+
+
 def _options(seed: int, options: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
@@ -62,10 +84,13 @@ def _options(seed: int, options: dict[str, Any]) -> dict[str, Any]:
             f"known options: scenes, seed, {', '.join(DEFAULTS)}"
         )
     resolved = {**DEFAULTS, **options, "seed": seed}
+    resolved["image_size"] = parse_image_size(resolved["image_size"])
     for key, value in resolved.items():
+        if key == "image_size":
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise BenchError(f"dataset 'synthetic': {key} must be a non-negative integer, got {value!r}")
-    for key in ("frames_per_sequence", "train_sequences", "image_size", "supersample"):
+    for key in ("frames_per_sequence", "train_sequences", "supersample"):
         if resolved[key] < 1:
             raise BenchError(f"dataset 'synthetic': {key} must be at least 1, got {resolved[key]}")
     return resolved
@@ -101,7 +126,8 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path, compress_level=3)
 
 
-def _render_and_write(world, poses: Tensor, paths: list[Path], size: int, supersample: int, pool: ThreadPoolExecutor) -> None:
+def _render_and_write(world, poses: Tensor, paths: list[Path], size: int | list[int], supersample: int,
+                      pool: ThreadPoolExecutor) -> None:
     """Render ``poses`` in blocks and write each image to its path (PNG, in the thread pool)."""
     futures = []
     for start in range(0, len(poses), BLOCK):
@@ -198,7 +224,8 @@ def factory(store: Store | None = None, scenes: Iterable[str] | None = None, see
 
 
 def render_twin(
-    labels: pd.DataFrame | Path | str, out: Path | str, image_size: int = 64, seed: int = 0, supersample: int = 1,
+    labels: pd.DataFrame | Path | str, out: Path | str, image_size: int | str | list[int] = 64, seed: int = 0,
+    supersample: int = 1,
 ) -> pd.DataFrame:
     """A synthetic twin of a label file: the same poses and splits, new images.
 
@@ -227,7 +254,7 @@ def render_twin(
             paths = [out / p for p in df.loc[rows, "img_path"]]
             for d in {p.parent for p in paths}:
                 d.mkdir(parents=True, exist_ok=True)
-            _render_and_write(world, shifted, paths, image_size, supersample, pool)
+            _render_and_write(world, shifted, paths, parse_image_size(image_size), supersample, pool)
     write_labels(df, out / "labels.csv")
     return df
 

@@ -23,6 +23,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -131,17 +132,33 @@ def make_atlas(textures: Tensor) -> tuple[Tensor, int]:
     return grid.permute(2, 0, 3, 1, 4).reshape(c, rows * t, cols * t).contiguous(), cols
 
 
-def camera_rays(size: int, hfov_deg: float = 60.0) -> Tensor:
-    """``(size*size, 3)`` ray directions in the camera frame (OpenCV), row-major pixel centres."""
-    f = (size / 2) / math.tan(math.radians(hfov_deg) / 2)
-    c = (torch.arange(size, dtype=torch.float32) + 0.5 - size / 2) / f
-    y, x = torch.meshgrid(c, c, indexing="ij")
+def image_dims(size: int | Sequence[int]) -> tuple[int, int]:
+    """``(width, height)`` in pixels from a square ``size`` or a ``(width, height)`` pair."""
+    if isinstance(size, int):
+        return size, size
+    w, h = size
+    return int(w), int(h)
+
+
+def camera_rays(size: int | Sequence[int], hfov_deg: float = 60.0) -> Tensor:
+    """``(H*W, 3)`` ray directions in the camera frame (OpenCV), row-major pixel centres.
+
+    ``size``: square side or ``(width, height)`` in pixels; ``hfov_deg`` is the
+    horizontal field of view (square pixels, principal point at the centre).
+    """
+    w, h = image_dims(size)
+    f = (w / 2) / math.tan(math.radians(hfov_deg) / 2)
+    cx = (torch.arange(w, dtype=torch.float32) + 0.5 - w / 2) / f
+    cy = (torch.arange(h, dtype=torch.float32) + 0.5 - h / 2) / f
+    y, x = torch.meshgrid(cy, cx, indexing="ij")
     return torch.stack([x, y, torch.ones_like(x)], dim=-1).reshape(-1, 3)
 
 
-def render(world: BoxWorld, poses: Tensor, size: int = 64, hfov_deg: float = 60.0, chunk: int = 16,
+def render(world: BoxWorld, poses: Tensor, size: int | Sequence[int] = 64, hfov_deg: float = 60.0, chunk: int = 16,
            supersample: int = 1, workers: int | None = None) -> Tensor:
-    """Render ``(N, 7)`` camera-to-world poses to uint8 images ``(N, 3, size, size)``.
+    """Render ``(N, 7)`` camera-to-world poses to uint8 images ``(N, 3, H, W)``.
+
+    ``size`` is the square side or ``(width, height)`` in pixels.
 
     ``supersample`` renders at ``size * supersample`` and box-filters down
     (anti-aliasing). Batched over ``chunk`` frames; every ray of a chunk is
@@ -152,11 +169,13 @@ def render(world: BoxWorld, poses: Tensor, size: int = 64, hfov_deg: float = 60.
     shared. (Torch's thread count is set to 1 for the duration of the call.)
     """
     poses = poses.float()
-    out = torch.empty(len(poses), 3, size, size, dtype=torch.uint8)
-    rays = camera_rays(size * supersample, hfov_deg)
+    w, h = image_dims(size)
+    out = torch.empty(len(poses), 3, h, w, dtype=torch.uint8)
+    big = (w * supersample, h * supersample)
+    rays = camera_rays(big, hfov_deg)
 
     def one(start: int) -> None:
-        img = _render_chunk(world, poses[start:start + chunk], rays, size * supersample)
+        img = _render_chunk(world, poses[start:start + chunk], rays, big)
         if supersample > 1:
             img = F.avg_pool2d(img, supersample)
         out[start:start + chunk] = (img.clamp(0, 1) * 255).round().to(torch.uint8)
@@ -196,7 +215,7 @@ def _slab(lo: Tensor, hi: Tensor, o: Tensor, inv: Tensor) -> tuple[Tensor, Tenso
     return tnear, tfar
 
 
-def _render_chunk(world: BoxWorld, poses: Tensor, rays_cam: Tensor, size: int) -> Tensor:
+def _render_chunk(world: BoxWorld, poses: Tensor, rays_cam: Tensor, size: tuple[int, int]) -> Tensor:
     n, p = len(poses), len(rays_cam)
     R = quat_to_matrix(poses[:, 3:])  # (n, 3, 3) camera-to-world
     d = torch.einsum("nij,pj->npi", R, rays_cam)  # (n, p, 3) world directions (not unit)
@@ -250,4 +269,4 @@ def _render_chunk(world: BoxWorld, poses: Tensor, rays_cam: Tensor, size: int) -
     dist = t_best * d.norm(dim=-1)
     fog = torch.exp(-dist / world.fog_distance)[..., None]
     rgb = colour * shade[..., None] * fog + torch.tensor(world.fog_colour) * (1 - fog)
-    return rgb.permute(0, 2, 1).reshape(n, 3, size, size)
+    return rgb.permute(0, 2, 1).reshape(n, 3, size[1], size[0])
