@@ -92,7 +92,8 @@ def read_cell(path: Path) -> CellFile | None:
 def cell_files(store: Store, fingerprints: Iterable[str] | None = None) -> list[CellFile]:
     """Every readable cell of the store (or those of ``fingerprints``), in file-name order."""
     paths = [store.cell_path(fp) for fp in fingerprints] if fingerprints is not None else store.cell_paths()
-    return [c for c in (read_cell(p) for p in paths) if c is not None]
+    cells = [c for c in (read_cell(p) for p in paths) if c is not None]
+    return [c for c in cells if c.attrs.get("fingerprint") == c.path.stem]  # a file copied over another is not it
 
 
 def identity(cell: CellFile) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -135,12 +136,12 @@ class MatrixRunner:
             cell, fp = plan.cells[k], fps[k]
             bar.set_postfix_str(cell.describe())
             path = self.store.cell_path(fp)
-            if read_h5(path) is not None:
+            if self._stored(path, fp):
                 summary.cached += 1
                 bar.update(1)
                 continue
             with self.store.lock(f"cell-{fp}"):
-                if read_h5(path) is not None:  # another process finished it meanwhile
+                if self._stored(path, fp):  # another process finished it meanwhile
                     summary.cached += 1
                     bar.update(1)
                     continue
@@ -160,6 +161,20 @@ class MatrixRunner:
         bar.close()
         summary.seconds = time.perf_counter() - start
         return summary, fps
+
+    @staticmethod
+    def _stored(path: Path, fp: str) -> bool:
+        """Whether ``path`` holds the finished cell ``fp``; a file whose stored fingerprint differs (copied or
+        renamed over it) is reported and removed, so the cell is computed again."""
+        loaded = read_h5(path)
+        if loaded is None:
+            return False
+        if loaded[1].get("fingerprint") != fp:
+            print(f"bench: warning: {path} holds cell {loaded[1].get('fingerprint')}, not {fp} (copied or renamed?); "
+                  "computing it again", file=sys.stderr)
+            path.unlink(missing_ok=True)
+            return False
+        return True
 
     def failure_path(self, fp: str) -> Path:
         return self.store.failure_path(fp)

@@ -174,3 +174,33 @@ def test_weights_with_nan_are_refused_naming_the_tensors(tmp_path):
     out = bench(tmp_path / "w", "run", "--dataset", TINY, "--scenes", "room",
                 "--teacher", f"posenet-mobilenet={tmp_path / 'nan.pth'}", *FAST, timeout=600)
     assert out.returncode == 1 and "are not finite (NaN or inf) in x_reg.weight" in out.stderr
+
+
+def test_cell_copied_over_another_is_detected_and_recomputed(finished):
+    root, _ = finished
+    (root / "observer.py").write_text("")  # the observer's job is done
+    cells = sorted((root / "w" / "cells").glob("*.h5"))
+    victim, other = cells
+    victim.write_bytes(other.read_bytes())
+    args = ["--plugin", str(root / "observer.py"), "run", "--dataset", TINY, "--scenes", "room",
+            "--teacher", "posenet-mobilenet", "--student", "none", "pae", *FAST]
+    out = bench(root / "w", *args, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"{victim} holds cell {other.stem}" in out.stderr and "1 from the store, 1 computed" in out.stdout
+    assert read_h5(victim)[1]["fingerprint"] == victim.stem
+
+
+def test_corrupt_weights_are_moved_aside_and_retrained_once(finished):
+    root, _ = finished
+    args = ["--plugin", str(root / "observer.py"), "run", "--dataset", TINY, "--scenes", "room",
+            "--teacher", "posenet-mobilenet", "--student", "none", "pae", *FAST]
+    (weights,) = (root / "w" / "artifacts" / "teacher").glob("*/weights.pth")
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    for cell in (root / "w" / "cells").glob("*.h5"):
+        cell.unlink()
+    out = bench(root / "w", *args, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "moved aside to weights.pth.corrupt-" in out.stderr and "training teacher posenet-mobilenet again" in out.stderr
+    assert list(weights.parent.glob("weights.pth.corrupt-*")) and weights.is_file()
+    again = bench(root / "w", *args, timeout=600)
+    assert again.returncode == 0 and "moved aside" not in again.stderr and "2 from the store" in again.stdout

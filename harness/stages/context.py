@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,12 +261,22 @@ def train_once(ctx: Context, art: Artifact, train: Callable[[], None]) -> None:
 
     weights = art.path
     _, world = distributed_env()
-    if not weights.exists():
-        lock = ctx.store.lock(f"{art.kind}-{art.name}-{art.fingerprint}") if world == 1 else contextlib.nullcontext()
-        with lock:
-            if not weights.exists():  # another process may have trained it while we waited
-                train()
-    if world > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    load_into(art.model, load_state(weights), source=f"stored weights {weights}")
+    for attempt in (1, 2):
+        if not weights.exists():
+            lock = ctx.store.lock(f"{art.kind}-{art.name}-{art.fingerprint}") if world == 1 else contextlib.nullcontext()
+            with lock:
+                if not weights.exists():  # another process may have trained it while we waited
+                    train()
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        try:
+            load_into(art.model, load_state(weights), source=f"stored weights {weights}")
+            break
+        except BenchError as exc:
+            if attempt == 2 or world > 1:
+                raise
+            aside = weights.with_name(f"{weights.name}.corrupt-{int(time.time())}")
+            weights.replace(aside)  # kept for inspection; the next attempt trains again
+            print(f"bench: warning: {exc}; moved aside to {aside.name}, training {art.kind} {art.name} again",
+                  file=sys.stderr)
     art.model.to(ctx.device).eval()
