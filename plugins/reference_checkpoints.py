@@ -150,7 +150,9 @@ def posenet_from_reference(state: Mapping[str, Tensor], layout: Sequence[int] | 
     computes the orientation latent).
     """
     bb = _sub(state, "backbone.")
-    if any(k.startswith("_conv_stem.") for k in bb):
+    if not bb:  # heads only: just the latent swap
+        pass
+    elif any(k.startswith("_conv_stem.") for k in bb):
         bb = efficientnet_pytorch_to_timm(bb, layout or EFFICIENTNET_B0_LAYOUT)
     elif any(k.startswith("0.0.0.") for k in bb):
         bb = mobilenetv2_torchvision_to_timm(_sub(bb, "0."), layout or MOBILENETV2_LAYOUT)

@@ -354,3 +354,47 @@ def test_legacy_serialisation_loads_weights_only(tmp_path):
     torch.save(ref, path, _use_new_zipfile_serialization=False)
     state = load_state(path)
     assert set(state) == set(ref) and all(torch.equal(state[k], ref[k]) for k in ref)
+
+
+# ------------------------------------------------------------------------------------------ the paper profile
+def test_paper_profile_builds_the_reference_architectures():
+    """The ``paper`` recipes give models that take full-size reference state dicts (every key and shape)."""
+    pytest.importorskip("efficientnet_pytorch")
+    from harness.registry import resolve_recipe
+    from harness.stages.refiner import model_config as refiner_config
+    from harness.stages.teacher import model_config as teacher_config
+    from plugins.refiners.pae_rpr import factory as rpr_factory
+
+    recipe = resolve_recipe("teacher", "mstransformer", "sevenscenes", "paper")
+    assert recipe["eps"] == 1e-10
+    model = MSTransformer(num_scenes=7, **teacher_config(recipe))
+    ref = RefEMSTransPoseNet(scenes=7, d=256, h=8, ffn=256, n_enc=6, n_dec=6).state_dict()
+    _import(model, ref)
+    assert model.transformer_t.encoder[0].self_attn.num_heads == 8
+    rpr = rpr_factory(latent_dim=256, **refiner_config(resolve_recipe("refiner", "pae-rpr", "sevenscenes", "paper")))
+    _import(rpr, RefVTRPR(d=256, heads=4, ffn=2048, layers=2).state_dict())
+    assert resolve_recipe("student", "pae", "sevenscenes", "paper")["raw_quaternion"] is True
+    eff = resolve_recipe("teacher", "posenet-efficientnet", "cambridge", "paper")
+    assert eff["backbone"] == "tf_efficientnet_b0"
+    dec = resolve_recipe("decoder", "image-decoder", "sevenscenes", "paper")
+    assert (dec["batch_size"], dec["lr"], dec["step_size"], dec["gamma"], dec["epochs"]) == (8, 1e-2, 20, 0.1, 20)
+
+
+def test_raw_quaternion_student_inputs_are_the_teachers_unnormalised_heads():
+    """``raw_quaternion``: the PAE encodes ``teacher.decode(stored latents)``, not the normalised estimate."""
+    import numpy as np
+
+    from harness.poses import normalize_quat
+    from harness.stages.student import student_inputs
+
+    teacher = _randomise(PoseNet(backbone="resnet18", latent_dim=32))
+    lx, lq = torch.rand(6, 32), torch.rand(6, 32)
+    with torch.no_grad():
+        raw = teacher.decode(lx, lq)
+    est = torch.cat([raw[:, :3], normalize_quat(raw[:, 3:])], 1)
+    out = {"pose_est": est.numpy(), "latent_x": lx.numpy(), "latent_q": lq.numpy(), "scene_id": np.zeros(6, np.int64),
+           "pose_gt": est.numpy()}
+    got, _ = student_inputs(out, teacher, "estimate", raw_quaternion=True)
+    assert (got - raw).abs().max() < 1e-6 and (raw[:, 3:].norm(dim=1) - 1).abs().max() > 1e-2
+    got_norm, _ = student_inputs(out, teacher, "estimate")
+    assert torch.allclose(got_norm, est)

@@ -63,7 +63,8 @@ from harness.train import TrainConfig, distributed_env, fit
 
 ENCODES = ("estimate", "ground_truth")
 # recipe keys the training task reads (never passed to the model factory)
-TASK_KEYS = {"sx", "sq", "learn_weights", "latent_weight", "pose_weight", "from_teacher", "num_threads", "description"}
+TASK_KEYS = {"sx", "sq", "learn_weights", "latent_weight", "pose_weight", "from_teacher", "num_threads", "description",
+             "raw_quaternion"}
 TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
 DEFAULTS: dict[str, Any] = {"sx": 0.0, "sq": 0.0, "learn_weights": True, "latent_weight": 1.0, "pose_weight": 1.0,
                            "num_threads": 0}
@@ -136,12 +137,25 @@ def predicted_scene(out: dict[str, np.ndarray], multi_scene: bool) -> np.ndarray
     return np.asarray(out["scene_id"], dtype=np.int64)
 
 
-def student_inputs(out: dict[str, np.ndarray], teacher: Teacher, source: str) -> tuple[Tensor, Tensor]:
+def student_inputs(out: dict[str, np.ndarray], teacher: Teacher, source: str,
+                   raw_quaternion: bool = False) -> tuple[Tensor, Tensor]:
     """``(poses (N, 7), scenes (N,))`` the student encodes: the teacher's estimate and predicted scene
-    (``estimate``) or the ground-truth pose and scene (``ground_truth``)."""
+    (``estimate``) or the ground-truth pose and scene (``ground_truth``).
+
+    ``raw_quaternion`` (recipe value; the reference): the estimate with the quaternion as the teacher's
+    heads output it, unnormalised, recomputed from the stored latents (``teacher.decode``)."""
     if source not in ENCODES:
         raise BenchError(f"encode must be one of {', '.join(ENCODES)}, got {source!r}")
-    if source == "estimate":
+    if source == "estimate" and raw_quaternion:
+        dev = next(iter(teacher.parameters()), torch.empty(0)).device
+        with torch.no_grad(), frozen(teacher):
+            lx = torch.as_tensor(np.asarray(out["latent_x"]), dtype=torch.float32, device=dev)
+            lq = torch.as_tensor(np.asarray(out["latent_q"]), dtype=torch.float32, device=dev)
+            poses = torch.cat([teacher.decode(lx[i : i + 4096], lq[i : i + 4096]) for i in range(0, len(lx), 4096)]
+                              or [torch.zeros(0, 7)]).float().cpu()
+        poses = poses.numpy()
+        scenes = predicted_scene(out, bool(getattr(teacher, "multi_scene", False)))
+    elif source == "estimate":
         poses = out["pose_est"]
         scenes = predicted_scene(out, bool(getattr(teacher, "multi_scene", False)))
     else:
@@ -276,7 +290,7 @@ def _train(ctx: Context, name: str, student: Student, recipe: dict[str, Any], te
     if len(out["pose_gt"]) == 0:
         raise BenchError(f"dataset {ctx.dataset!r} has no training frames for scenes {ctx.data.scenes}")
     dev = ctx.device
-    poses, scenes = student_inputs(out, teacher.model, encode)
+    poses, scenes = student_inputs(out, teacher.model, encode, bool(recipe.get("raw_quaternion", False)))
     tensors = (
         poses.to(dev), scenes.to(dev),
         torch.as_tensor(np.asarray(out["latent_x"]), dtype=torch.float32, device=dev),
@@ -326,7 +340,7 @@ def student_outputs(ctx: Context, student: Artifact, teacher: Artifact, split: s
     dev = next(iter(s_model.parameters()), torch.empty(0)).device
     s_model.eval()
     t_model.eval()
-    poses, scenes = student_inputs(out, t_model, "estimate")
+    poses, scenes = student_inputs(out, t_model, "estimate", bool((student.config or {}).get("raw_quaternion", False)))
     tx = torch.as_tensor(np.asarray(out["latent_x"]), dtype=torch.float32)
     tq = torch.as_tensor(np.asarray(out["latent_q"]), dtype=torch.float32)
     n = len(poses)
