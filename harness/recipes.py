@@ -74,6 +74,8 @@ class StudentConfig:
                                          "or a table by encode, {estimate = 0.0, ground_truth = 1.0}")
     from_teacher: list = _f([], doc="recipe keys copied from the teacher's resolved recipe")
     num_threads: int = _f(0, low=0, doc="CPU threads while training (0: unchanged)")
+    raw_quaternion: bool = _f(False, doc="encode the teacher's estimate with its raw, unnormalised quaternion "
+                                        "(the reference)")
     description: str = _f("")
 
 
@@ -114,7 +116,7 @@ TASK_CONFIGS: dict[str, type] = {"teacher": TeacherConfig, "student": StudentCon
                                  "decoder": DecoderConfig}
 # TrainConfig's accepted ranges (its fields are declared in harness.train)
 TRAIN_RULES: dict[str, dict[str, Any]] = {
-    "epochs": {"low": 0}, "batch_size": {"low": 1}, "lr": {"low": 0.0, "strict": True},
+    "epochs": {"low": 0}, "batch_size": {"low": 1}, "lr": {"low": 0.0, "strict": True}, "eps": {"low": 0.0, "strict": True},
     "weight_decay": {"low": 0.0}, "step_size": {"low": 0}, "gamma": {"low": 0.0, "strict": True},
     "schedule": {"choices": ("step", "cosine")}, "grad_clip": {"low": 0.0}, "checkpoint_every": {"low": 1},
     "seed": {"low": 0},

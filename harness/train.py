@@ -59,7 +59,7 @@ class TrainConfig:
     ``schedule``: ``step`` (StepLR every ``step_size`` epochs by ``gamma``;
     ``step_size`` 0 keeps the rate constant) or ``cosine`` (cosine annealing
     from ``lr`` to ``lr * gamma`` over ``epochs``). ``grad_clip`` > 0 clips
-    the gradient norm.
+    the gradient norm. ``eps`` is Adam's (the reference uses 1e-10).
     """
 
     epochs: int = 10
@@ -72,6 +72,7 @@ class TrainConfig:
     grad_clip: float = 0.0
     checkpoint_every: int = 1
     seed: int = 0
+    eps: float = 1e-8  # Adam's epsilon
 
     @classmethod
     def from_recipe(cls, recipe: dict[str, Any]) -> "TrainConfig":
@@ -214,7 +215,7 @@ def fit(
     rank, world = distributed_env()
     torch.manual_seed(config.seed + rank)
     params = [p for p in task.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, eps=config.eps)
     scheduler = make_scheduler(optimizer, config)
     ckpt = Checkpoint(Path(checkpoint_dir) / "last.pth" if checkpoint_dir is not None and rank == 0 else None,
                       task, optimizer, scheduler)

@@ -204,7 +204,7 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
     art = Artifact(stage.kind, name, fp, recipe, model, out_dir / "weights.pth", ids, dict(options or {}))
     if checkpoint is not None:
         state = checkpoint_state(checkpoint)
-        convert = getattr(model, "convert_state_dict", None)
+        convert = getattr(model, "from_reference_state_dict", None)  # a plugin's own layout (e.g. the reference's)
         load_into(model, convert(state) if convert is not None else state, source=f"checkpoint {checkpoint}")
         model.to(ctx.device).eval()
         art.path = checkpoint

@@ -94,12 +94,25 @@ def predicted_scene(out: dict[str, np.ndarray], multi_scene: bool) -> np.ndarray
     return np.asarray(out["scene_id"], dtype=np.int64)
 
 
-def student_inputs(out: dict[str, np.ndarray], teacher: Teacher, source: str) -> tuple[Tensor, Tensor]:
+def student_inputs(out: dict[str, np.ndarray], teacher: Teacher, source: str,
+                   raw_quaternion: bool = False) -> tuple[Tensor, Tensor]:
     """``(poses (N, 7), scenes (N,))`` the student encodes: the teacher's estimate and predicted scene
-    (``estimate``) or the ground-truth pose and scene (``ground_truth``)."""
+    (``estimate``) or the ground-truth pose and scene (``ground_truth``).
+
+    ``raw_quaternion`` (recipe value; the reference): the estimate with the quaternion as the teacher's
+    heads output it, unnormalised, recomputed from the stored latents (``teacher.decode``)."""
     if source not in ENCODES:
         raise BenchError(f"encode must be one of {', '.join(ENCODES)}, got {source!r}")
-    if source == "estimate":
+    if source == "estimate" and raw_quaternion:
+        dev = next(iter(teacher.parameters()), torch.empty(0)).device
+        with torch.no_grad(), frozen(teacher):
+            lx = torch.as_tensor(np.asarray(out["latent_x"]), dtype=torch.float32, device=dev)
+            lq = torch.as_tensor(np.asarray(out["latent_q"]), dtype=torch.float32, device=dev)
+            poses = torch.cat([teacher.decode(lx[i : i + 4096], lq[i : i + 4096]) for i in range(0, len(lx), 4096)]
+                              or [torch.zeros(0, 7)]).float().cpu()
+        poses = poses.numpy()
+        scenes = predicted_scene(out, bool(getattr(teacher, "multi_scene", False)))
+    elif source == "estimate":
         poses = out["pose_est"]
         scenes = predicted_scene(out, bool(getattr(teacher, "multi_scene", False)))
     else:
@@ -195,7 +208,7 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     weight = pose_weight(recipe, encode)
     out = teacher_outputs(ctx, teacher, "train")  # stored: the image encoder does not run again
     dev = ctx.device
-    poses, scenes = student_inputs(out, teacher.model, encode)
+    poses, scenes = student_inputs(out, teacher.model, encode, recipe.task.raw_quaternion)
     tensors = (
         poses.to(dev), scenes.to(dev),
         torch.as_tensor(np.asarray(out["latent_x"]), dtype=torch.float32, device=dev),
@@ -244,7 +257,7 @@ def student_outputs(ctx: Context, student: Artifact, teacher: Artifact, split: s
     dev = next(iter(s_model.parameters()), torch.empty(0)).device
     s_model.eval()
     t_model.eval()
-    poses, scenes = student_inputs(out, t_model, "estimate")
+    poses, scenes = student_inputs(out, t_model, "estimate", student.recipe.task.raw_quaternion)
     tx = torch.as_tensor(np.asarray(out["latent_x"]), dtype=torch.float32)
     tq = torch.as_tensor(np.asarray(out["latent_q"]), dtype=torch.float32)
     n = len(poses)

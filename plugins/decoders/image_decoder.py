@@ -38,6 +38,12 @@ class MLPDecoder(Decoder):
         S = self.image_size
         return torch.sigmoid(self.net(z)).view(-1, 3, S, S)  # (B, 3, S, S)
 
+    def from_reference_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``state`` in this model's names: a reference decoder (``decoder.N``) renamed, anything else unchanged."""
+        from plugins.reference_checkpoints import decoder_from_reference, is_reference_decoder
+
+        return decoder_from_reference(state) if is_reference_decoder(state) else state
+
 
 def factory(latent_dim: int = 256, **config: Any) -> Decoder:
     """``image-decoder`` (keys: image_size, hidden)."""

@@ -12,6 +12,11 @@ to ``rel(query -> reference)``: ``t = t_ref - t_query`` (world frame, metres)
 and ``q = q_query^-1 q_ref`` (not normalised), the ``harness.poses.relative_pose``
 convention. At test time the reference latents are the PAE's encoding of the
 current estimate (``neighbours = "student"``).
+
+``reference_layout = True`` is the reference's VTRPR exactly (recipe
+``paper``): raw latents (no standardisation, no projection, no type
+embedding) and one LayerNorm ``norm`` shared by both output tokens; its
+checkpoints import with ``plugins.reference_checkpoints``.
 """
 
 from __future__ import annotations
@@ -51,10 +56,25 @@ class TransformerRPR(Refiner):
         dropout: float = 0.1,
         head_hidden: int = 1024,
         neighbours: str = "student",
+        reference_layout: bool = False,
     ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.neighbours = neighbours
+        self.reference_layout = bool(reference_layout)
+        if self.reference_layout:
+            # the reference's VTRPR: no standardisation, no type embedding, one LayerNorm for both tokens
+            if latent_dim != d_model:
+                from harness.errors import BenchError
+
+                raise BenchError(f"reference_layout needs latent_dim == d_model (got {latent_dim} and {d_model})")
+            self.rel_tokens = nn.Parameter(torch.zeros(2, d_model))
+            layer = nn.TransformerEncoderLayer(d_model, heads, ffn, dropout, activation="gelu", batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(d_model)
+            self.head_x = MLPHead(d_model, 3, head_hidden)
+            self.head_q = MLPHead(d_model, 4, head_hidden)
+            return
         self.proj = nn.Identity() if latent_dim == d_model else nn.Linear(latent_dim, d_model)
         # per-dimension standardisation of the input latents (position row 0, orientation row 1), set from
         # the training latents before training (identity until then); part of the state dict
@@ -75,6 +95,11 @@ class TransformerRPR(Refiner):
 
     def forward(self, query_x: Tensor, query_q: Tensor, ref_x: Tensor, ref_q: Tensor) -> Tensor:
         B = query_x.shape[0]
+        if self.reference_layout:
+            rel = self.rel_tokens.unsqueeze(0).expand(B, -1, -1)  # (B, 2, d)
+            tokens = torch.cat([rel, torch.stack([query_x, query_q, ref_x, ref_q], dim=1)], dim=1)  # (B, 6, d)
+            out = self.encoder(tokens)
+            return torch.cat([self.head_x(self.norm(out[:, 0])), self.head_q(self.norm(out[:, 1]))], dim=-1)
         lat = torch.stack([query_x, query_q, ref_x, ref_q], dim=1)  # (B, 4, D)
         lat = (lat - self.latent_mean.repeat(2, 1)) / self.latent_std.repeat(2, 1)  # rows x, q, x, q
         lat = self.proj(lat)  # (B, 4, d)
@@ -86,12 +111,24 @@ class TransformerRPR(Refiner):
         return torch.cat([t, q], dim=-1)
 
     def set_latent_stats(self, latent_x: Tensor, latent_q: Tensor, eps: float = 1e-3) -> None:
-        """Standardise inputs with the mean and std of training latents ``(N, D)`` (dims that never vary keep std 1)."""
+        """Standardise inputs with the mean and std of training latents ``(N, D)`` (dims that never vary keep std 1).
+
+        A no-op with ``reference_layout`` (the reference does not standardise)."""
+        if self.reference_layout:
+            return
         with torch.no_grad():
             for row, lat in enumerate((latent_x, latent_q)):
                 std = lat.float().std(0)
                 self.latent_mean[row] = lat.float().mean(0)
                 self.latent_std[row] = torch.where(std > eps, std, torch.ones_like(std))
+
+    def from_reference_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``state`` in this model's names: the RPR part of a reference VTRPR file (its fine-tuned
+        ``mstransformer.*`` / ``pae.*`` split off: ``plugins.reference_checkpoints.split_pae_rpr``),
+        anything else unchanged."""
+        from plugins.reference_checkpoints import is_reference_pae_rpr, split_pae_rpr
+
+        return split_pae_rpr(state)["refiner"] if is_reference_pae_rpr(state) else state
 
     def init_output_bias(self, mean_rel: Tensor) -> None:
         """Start the heads at a typical relative pose (e.g. identity rotation): bias of the last layers."""

@@ -128,6 +128,10 @@ class PAE(Student):
             ex, eq = torch.cat([ex, es], dim=1), torch.cat([eq, es], dim=1)
         return self.x_encoder(ex), self.q_encoder(eq)
 
+    def from_reference_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``state`` in this model's names: the reference's PAE names are these already (unchanged)."""
+        return dict(state)
+
 
 def create_student(name: str, latent_dim: int = 256, num_scenes: int = 1, multi_scene: bool = False, **overrides: Any) -> PAE:
     """Build a registered variant with ``overrides`` on top of its defaults (timm's ``create_model``)."""

@@ -9,8 +9,11 @@
         (ground-truth scene in training, argmax of scene_logp at test)
     pose = [regressor_head_t(latent_x) (B, 3), regressor_head_rot(latent_q) (B, 4)]
 
-Paper configuration: d 256, 6 + 6 layers, 4 heads, ffn 256, dropout 0.1
-(``registry.toml`` profile ``paper``). ``depth``/``d_model``/``heads``/``ffn``
+Paper configuration (``registry.toml`` profile ``paper``, the reference
+*code*): d 256, 6 + 6 layers, 8 heads (the reference config's ``nheads: 4``
+is never read), ffn 256 with GELU (``activation``), dropout 0.1, one 2-D
+positional table of 50 rows shared by both branches (``shared_pos_embed``,
+``max_hw = 50``), ``tf_efficientnet_b0``. ``depth``/``d_model``/``heads``/``ffn``
 make a small one for a CPU; ``backbone`` takes any timm model with
 ``features_only`` (the channel counts are read from it). Parameter names follow
 the reference (``transformer_t``, ``regressor_head_rot``, ...) so that staged
@@ -33,14 +36,23 @@ from harness.interfaces import Latents, Teacher
 VERSION = "1"
 
 
+def _activation(name: str) -> Callable[[Tensor], Tensor]:
+    """The feed-forward activation by name (``relu`` or ``gelu``)."""
+    acts = {"relu": F.relu, "gelu": F.gelu}
+    if name not in acts:
+        raise BenchError(f"activation must be one of {', '.join(acts)}, got {name!r}")
+    return acts[name]
+
+
 class EncoderLayer(nn.Module):
     """DETR encoder layer: positions added to queries and keys (not values); pre- or post-norm."""
 
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float, norm_first: bool) -> None:
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, norm_first: bool, activation: str = "relu") -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
         self.linear1, self.linear2 = nn.Linear(d, ffn), nn.Linear(ffn, d)
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.act = _activation(activation)
         self.dropout = nn.Dropout(dropout)
         self.norm_first = norm_first
 
@@ -51,15 +63,16 @@ class EncoderLayer(nn.Module):
         if not self.norm_first:
             src = self.norm1(src)
         h = self.norm2(src) if self.norm_first else src
-        src = src + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(h)))))
+        src = src + self.dropout(self.linear2(self.dropout(self.act(self.linear1(h)))))
         return src if self.norm_first else self.norm2(src)
 
 
 class DecoderLayer(nn.Module):
     """DETR decoder layer: self-attention over the scene queries, cross-attention to the memory."""
 
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float, norm_first: bool) -> None:
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, norm_first: bool, activation: str = "relu") -> None:
         super().__init__()
+        self.act = _activation(activation)
         self.self_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
         self.cross_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
         self.linear1, self.linear2 = nn.Linear(d, ffn), nn.Linear(ffn, d)
@@ -79,17 +92,18 @@ class DecoderLayer(nn.Module):
         if not pre:
             tgt = self.norm2(tgt)
         h = self.norm3(tgt) if pre else tgt
-        tgt = tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(h)))))
+        tgt = tgt + self.dropout(self.linear2(self.dropout(self.act(self.linear1(h)))))
         return tgt if pre else self.norm3(tgt)
 
 
 class Transformer(nn.Module):
     """DETR-style encoder-decoder: ``(memory tokens, positions, queries) -> decoder output (B, Q, d)``."""
 
-    def __init__(self, d: int, heads: int, ffn: int, enc_layers: int, dec_layers: int, dropout: float, norm_first: bool) -> None:
+    def __init__(self, d: int, heads: int, ffn: int, enc_layers: int, dec_layers: int, dropout: float, norm_first: bool,
+                 activation: str = "relu") -> None:
         super().__init__()
-        self.encoder = nn.ModuleList(EncoderLayer(d, heads, ffn, dropout, norm_first) for _ in range(enc_layers))
-        self.decoder = nn.ModuleList(DecoderLayer(d, heads, ffn, dropout, norm_first) for _ in range(dec_layers))
+        self.encoder = nn.ModuleList(EncoderLayer(d, heads, ffn, dropout, norm_first, activation) for _ in range(enc_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(d, heads, ffn, dropout, norm_first, activation) for _ in range(dec_layers))
         self.encoder_norm = nn.LayerNorm(d) if norm_first else nn.Identity()
         self.decoder_norm = nn.LayerNorm(d)
 
@@ -156,6 +170,8 @@ class MSTransformer(Teacher):
         head_hidden: int = 1024,
         max_hw: int = 64,
         backbone_weights: str | None = None,
+        activation: str = "relu",
+        shared_pos_embed: bool = False,
     ) -> None:
         super().__init__()
         self.latent_dim = d_model
@@ -179,9 +195,13 @@ class MSTransformer(Teacher):
         ch_t, ch_rot = channels[self._order[0]], channels[self._order[1]]
         self.input_proj_t = nn.Conv2d(ch_t, d_model, kernel_size=1)
         self.input_proj_rot = nn.Conv2d(ch_rot, d_model, kernel_size=1)
-        self.pos_embed_t = PositionEmbeddingLearned(d_model, max_hw)
-        self.pos_embed_rot = PositionEmbeddingLearned(d_model, max_hw)
-        args = (d_model, heads, ffn, enc_layers, dec_layers, dropout, norm_first)
+        self.shared_pos_embed = bool(shared_pos_embed)
+        if self.shared_pos_embed:  # the reference: one table for both branches
+            self.pos_embed = PositionEmbeddingLearned(d_model, max_hw)
+        else:
+            self.pos_embed_t = PositionEmbeddingLearned(d_model, max_hw)
+            self.pos_embed_rot = PositionEmbeddingLearned(d_model, max_hw)
+        args = (d_model, heads, ffn, enc_layers, dec_layers, dropout, norm_first, activation)
         self.transformer_t = Transformer(*args)
         self.transformer_rot = Transformer(*args)
         self.query_embed_t = nn.Embedding(num_scenes, d_model)
@@ -200,8 +220,10 @@ class MSTransformer(Teacher):
     def encode(self, images: Tensor, scene: Tensor | None = None) -> Latents:
         feats = self.backbone(images)
         f_t, f_rot = feats[self._order[0]], feats[self._order[1]]  # strides 16 and 8 by default
-        out_t = self._branch(f_t, self.input_proj_t, self.pos_embed_t, self.transformer_t, self.query_embed_t)
-        out_rot = self._branch(f_rot, self.input_proj_rot, self.pos_embed_rot, self.transformer_rot, self.query_embed_rot)
+        pe_t = self.pos_embed if self.shared_pos_embed else self.pos_embed_t
+        pe_rot = self.pos_embed if self.shared_pos_embed else self.pos_embed_rot
+        out_t = self._branch(f_t, self.input_proj_t, pe_t, self.transformer_t, self.query_embed_t)
+        out_rot = self._branch(f_rot, self.input_proj_rot, pe_rot, self.transformer_rot, self.query_embed_rot)
         logits = self.scene_embed(torch.cat([out_t, out_rot], dim=-1)).squeeze(-1)  # (B, S)
         scene_logp = F.log_softmax(logits, dim=-1)
         if scene is None:
@@ -214,6 +236,15 @@ class MSTransformer(Teacher):
 
     def heads(self) -> list[nn.Module]:
         return [self.regressor_head_t, self.regressor_head_rot]
+
+    def from_reference_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``state`` in this model's names: a reference EMS-Transformer file converted, anything else unchanged."""
+        from plugins.reference_checkpoints import is_reference_mstransformer, mstransformer_from_reference, stage_layout
+
+        if not is_reference_mstransformer(state):
+            return state
+        layout = stage_layout(self.backbone)
+        return mstransformer_from_reference(state, layout or (1, 2, 2, 3, 3, 4, 1), self.shared_pos_embed)
 
     @torch.no_grad()
     def init_output_bias(self, mean_pose: Tensor) -> None:

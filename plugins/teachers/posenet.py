@@ -55,7 +55,7 @@ def _posenet_resnet50() -> dict[str, Any]:
 
 @register_variant("posenet-efficientnet")
 def _posenet_efficientnet() -> dict[str, Any]:
-    return {"backbone": "efficientnet_b0"}
+    return {"backbone": "efficientnet_b0"}  # paper profile: tf_efficientnet_b0 (the reference's weights)
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
@@ -124,6 +124,13 @@ class PoseNet(Teacher):
     def heads(self) -> list[nn.Module]:
         return [self.x_reg, self.q_reg]
 
+    def from_reference_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``state`` in this model's names: a reference PoseNet file converted (backbone names for this
+        backbone, latent layers swapped, classifier dropped), anything else returned unchanged."""
+        from plugins.reference_checkpoints import is_reference_posenet, posenet_from_reference, stage_layout
+
+        return posenet_from_reference(state, stage_layout(self.backbone)) if is_reference_posenet(state) else state
+
     @torch.no_grad()
     def init_output_bias(self, mean_pose: Tensor) -> None:
         """Start the regressors at ``mean_pose`` (7,): bias = mean, small weights."""
@@ -133,15 +140,10 @@ class PoseNet(Teacher):
 
 
 def from_reference_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rename a reference PoseNet state dict to this module's meaning (swap the two latent layers)."""
-    out = {}
-    for k, v in state.items():
-        if k.startswith("x_latent_fc."):
-            k = "q_latent_fc." + k.removeprefix("x_latent_fc.")
-        elif k.startswith("q_latent_fc."):
-            k = "x_latent_fc." + k.removeprefix("q_latent_fc.")
-        out[k] = v
-    return out
+    """A reference PoseNet state dict in this module's names (see ``plugins.reference_checkpoints``)."""
+    from plugins.reference_checkpoints import posenet_from_reference
+
+    return posenet_from_reference(state)
 
 
 def create_teacher(name: str, **overrides: Any) -> PoseNet:
