@@ -12,7 +12,7 @@ from pathlib import Path
 
 from harness.errors import BenchError
 
-COMMAND_MODULES = ["plugins", "data", "teacher", "student", "refiner", "decode", "run", "leaderboard", "report"]
+COMMAND_MODULES = ["plugins", "data", "teacher", "student", "refiner", "decode", "run", "leaderboard", "report", "compare"]
 
 
 class Commands:
