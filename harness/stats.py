@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -366,7 +366,8 @@ def known_methods(cells: list[CellFile]) -> list[str]:
 
 
 def compare_methods(cells: list[CellFile], a: str, b: str, confidence: float = 0.95,
-                    n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                    scenes: Callable[[str], bool] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Paired analysis of method ``a`` (candidate) vs ``b`` (baseline) on their common
     ``(dataset, teacher_scenes, fraction)`` settings: ``(table, frames)``.
 
@@ -374,7 +375,8 @@ def compare_methods(cells: list[CellFile], a: str, b: str, confidence: float = 0
     ``dataset, teacher_scenes, fraction, scene, n_seeds, frames``, then for ``position`` (m) and
     ``orientation`` (deg): ``<q>_delta, <q>_ci_low, <q>_ci_high, <q>_p, <q>_improved, <q>_worsened,
     <q>_significant``. ``frames``: the aligned per-frame errors of every setting (:func:`align`, plus the
-    setting columns). Unknown names raise BenchError listing the known ones.
+    setting columns). ``scenes``: keep only the frames of scenes it accepts (also in the ``all`` rows).
+    Unknown names raise BenchError listing the known ones.
     """
     known = known_methods(cells)
     for n in (a, b):
@@ -391,6 +393,10 @@ def compare_methods(cells: list[CellFile], a: str, b: str, confidence: float = 0
         if not shared:
             continue
         ca, cb = fa[key][fa[key]["seed"].isin(shared)], fb[key][fb[key]["seed"].isin(shared)]
+        if scenes is not None:
+            ca, cb = ca[ca["scene"].map(scenes)], cb[cb["scene"].map(scenes)]
+            if ca.empty and cb.empty:
+                continue
         joined = align(ca, cb)
         joined.insert(0, "fraction", key[2])
         joined.insert(0, "teacher_scenes", key[1])
@@ -407,5 +413,5 @@ def compare_methods(cells: list[CellFile], a: str, b: str, confidence: float = 0
                             f"{q}_significant": d.significant})
             rows.append(row)
     if not rows:
-        raise BenchError(f"{a} and {b} share no seed")
+        raise BenchError(f"{a} and {b} share no seed (or no scene passed the filter)")
     return pd.DataFrame(rows), pd.concat(frames, ignore_index=True)

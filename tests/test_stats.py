@@ -186,6 +186,13 @@ def test_bench_compare_cli(tmp_path):
     lines = [ln for ln in res.stdout.splitlines() if "| all" in ln or "| room" in ln or "| site" in ln]
     assert len(lines) == 3
     assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    room = _bench("compare", "posenet-mobilenet+pae-rpr@2", "posenet-mobilenet", "--workdir", str(tmp_path),
+                  "--out", str(out), "--resamples", "100", "--filter", "scene=room", "--filter", "seed=1")
+    assert room.returncode == 0, room.stderr
+    rows = [ln.split("|") for ln in room.stdout.splitlines() if "| all" in ln or "| room" in ln or "| site" in ln]
+    assert [r[4].strip() for r in rows] == ["room", "all"] and [int(r[6]) for r in rows] == [30, 30]
+    is_room = np.arange(60) % 2 == 0
+    assert f"{np.median(truth[1][2][is_room]) - np.median(truth[1][0][is_room]):+.4f}" in rows[1][7]
     bad = _bench("compare", "posenet-mobilenet+nope", "posenet-mobilenet", "--workdir", str(tmp_path))
     assert bad.returncode == 2
     assert "posenet-mobilenet+pae-rpr@1" in bad.stderr and "posenet-mobilenet+pae-rpr@2" in bad.stderr

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             ident = {**identity(cell), "scene": None}
             for key, glob in filters:
                 if key == "scene":
-                    continue  # applied to the frames below
+                    continue  # applied to the frames by compare_methods
                 if key not in ident:
                     raise BenchError(f"--filter: unknown column {key!r}; known: {', '.join(sorted(ident))}")
                 value = ident[key]
@@ -93,10 +93,10 @@ def run(args: argparse.Namespace) -> int:
                     return False
             return True
         cells = [c for c in cells if keep(c)]
-    table, frames = compare_methods(cells, args.a, args.b, confidence=args.confidence, n_resamples=args.resamples)
     scene_globs = [g for k, g in filters if k == "scene"]
-    if scene_globs:
-        table = table[table["scene"].map(lambda s: s == "all" or all(fnmatch.fnmatchcase(s, g) for g in scene_globs))]
+    accept = (lambda s: all(fnmatch.fnmatchcase(s, g) for g in scene_globs)) if scene_globs else None
+    table, frames = compare_methods(cells, args.a, args.b, confidence=args.confidence, n_resamples=args.resamples,
+                                    scenes=accept)
     table = table.assign(confidence=args.confidence)
     shown = []
     for _, r in table.iterrows():
