@@ -14,7 +14,7 @@ from pathlib import Path
 from harness.errors import BenchError
 
 COMMAND_MODULES = ["plugins", "recipe", "data", "teacher", "student", "refiner", "decode", "run", "leaderboard", "report",
-                   "export", "logs"]
+                   "compare", "export", "logs"]
 
 
 class Commands:

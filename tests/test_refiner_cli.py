@@ -68,3 +68,29 @@ def test_train_decoder_and_decode(run_bench, setup):
     assert r.returncode == 0, r.stderr
     assert "PSNR" in r.stdout and "SSIM" in r.stdout
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_given_weights_for_every_kind(run_bench, setup):
+    """``NAME=FILE`` for the student, the refiner and the decoder: aprbench's own files and a reference-layout
+    decoder load; a file of the wrong kind is refused naming the keys, before any training."""
+    root, common = setup
+    work = root / "work" / "artifacts"
+    r = run_bench("train", "decoder", "image-decoder", *common, "--student", "pae", *TINY_DEC, timeout=300, env=ENV)
+    assert r.returncode == 0, r.stderr
+    pae = next((work / "student").glob("pae-*/weights.pth"))
+    dec = next((work / "decoder").glob("image-decoder-*/weights.pth"))
+    state = torch.load(dec, weights_only=True)
+    torch.save({k.replace("net.", "decoder.", 1): v for k, v in state.items()}, root / "reference-decoder.pth")
+    r = run_bench("decode", *common, "--student", f"pae={pae}", "--decoder", f"image-decoder={root / 'reference-decoder.pth'}",
+                  *TINY_DEC, "--out", root / "given.png", "-n", "4", env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert "PSNR" in r.stdout and (root / "given.png").is_file()
+    r = run_bench("train", "refiner", "pae-rpr", *common, "--student", f"pae={pae}", *TINY_RPR, "--iterations", "1",
+                  timeout=300, env=ENV)
+    assert r.returncode == 0, r.stderr
+    rpr = next((work / "refiner").glob("pae-rpr-*/weights.pth"))
+    r = run_bench("eval", "refiner", f"pae-rpr={rpr}", *common, "--student", f"pae={pae}", *TINY_RPR, "--iterations", "1",
+                  env=ENV)
+    assert r.returncode == 0, r.stderr
+    r = run_bench("eval", "student", f"pae={dec}", *common, env=ENV)  # decoder weights given as a student
+    assert r.returncode == 2 and "does not fit PAE" in r.stderr and "missing keys" in r.stderr, r.stderr
