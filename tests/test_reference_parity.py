@@ -360,23 +360,25 @@ def test_legacy_serialisation_loads_weights_only(tmp_path):
 def test_paper_profile_builds_the_reference_architectures():
     """The ``paper`` recipes give models that take full-size reference state dicts (every key and shape)."""
     pytest.importorskip("efficientnet_pytorch")
-    from harness.registry import resolve_recipe
-    from harness.stages.refiner import model_config as refiner_config
-    from harness.stages.teacher import model_config as teacher_config
+    from harness.plugins import get_registry
+    from harness.recipes import resolve as resolve_in
     from plugins.refiners.pae_rpr import factory as rpr_factory
 
+    def resolve_recipe(kind: str, name: str, dataset: str, profile: str):
+        return resolve_in(get_registry(), kind, name, dataset, profile)
+
     recipe = resolve_recipe("teacher", "mstransformer", "sevenscenes", "paper")
-    assert recipe["eps"] == 1e-10
-    model = MSTransformer(num_scenes=7, **teacher_config(recipe))
+    assert recipe.train.eps == 1e-10
+    model = MSTransformer(num_scenes=7, **recipe.model)
     ref = RefEMSTransPoseNet(scenes=7, d=256, h=8, ffn=256, n_enc=6, n_dec=6).state_dict()
     _import(model, ref)
     assert model.transformer_t.encoder[0].self_attn.num_heads == 8
-    rpr = rpr_factory(latent_dim=256, **refiner_config(resolve_recipe("refiner", "pae-rpr", "sevenscenes", "paper")))
+    rpr = rpr_factory(latent_dim=256, **resolve_recipe("refiner", "pae-rpr", "sevenscenes", "paper").model)
     _import(rpr, RefVTRPR(d=256, heads=4, ffn=2048, layers=2).state_dict())
-    assert resolve_recipe("student", "pae", "sevenscenes", "paper")["raw_quaternion"] is True
+    assert resolve_recipe("student", "pae", "sevenscenes", "paper").task.raw_quaternion is True
     eff = resolve_recipe("teacher", "posenet-efficientnet", "cambridge", "paper")
-    assert eff["backbone"] == "tf_efficientnet_b0"
-    dec = resolve_recipe("decoder", "image-decoder", "sevenscenes", "paper")
+    assert eff.model["backbone"] == "tf_efficientnet_b0"
+    dec = resolve_recipe("decoder", "image-decoder", "sevenscenes", "paper").values()
     assert (dec["batch_size"], dec["lr"], dec["step_size"], dec["gamma"], dec["epochs"]) == (8, 1e-2, 20, 0.1, 20)
 
 
