@@ -50,7 +50,7 @@ OUTDOOR_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), 
 OUTDOOR_EXTENT_M = 10.0
 # provenance that separates rows; the creation date does not (seeds run at different times still merge)
 MERGE_KEYS = [k for k in PROVENANCE_KEYS if k != "created"]
-VIEWS = ("scenes", "cells", "recall")
+VIEWS = ("scenes", "cells", "recall", "stats")
 # what makes one leaderboard row: all but seed, cell fingerprint and date
 GROUP_KEYS = ["dataset", "method", "teacher", "teacher_scenes", "fraction", "student", "encode", "refiner",
               "iterations", *MERGE_KEYS]
@@ -66,6 +66,7 @@ class Board:
     cells: dict[str, CellFile] = field(default_factory=dict)
     hook_columns: list[str] = field(default_factory=list)
     manager: Any = None
+    stats: pd.DataFrame | None = None  # harness.stats.stats_table of the cells, once computed
 
     def errors(self, fingerprint: str, scene: str, iteration: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-frame ``(position error m, orientation error deg)`` of one cell, scene and stored iteration."""
@@ -325,17 +326,29 @@ def provenance_lines(frame: pd.DataFrame) -> list[str]:
 
 
 def _stats_frame(board: Board) -> pd.DataFrame | None:
-    """``harness.stats.stats_table`` of the board's cells, when that module exists (the Δ against the teacher)."""
-    try:
-        from harness import stats  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    try:
-        table = stats.stats_table(list(board.cells.values()))
-    except Exception as exc:
-        print(f"bench: statistics unavailable ({type(exc).__name__}: {exc})", file=sys.stderr)
-        return None
-    return table if isinstance(table, pd.DataFrame) and not table.empty else None
+    """``harness.stats.stats_table`` of the board's cells (the paired Δ against the teacher), computed once."""
+    if board.stats is None:
+        from harness import stats
+
+        try:
+            table = stats.stats_table(list(board.cells.values()))
+        except BenchError as exc:
+            print(f"bench: statistics unavailable ({exc})", file=sys.stderr)
+            table = pd.DataFrame()
+        board.stats = table
+    return board.stats if not board.stats.empty else None
+
+
+def stats_frame(board: Board) -> pd.DataFrame:
+    """The ``stats`` view: one row per group of cells that differ only in seed, per scene: ``n_seeds``,
+    ``<metric>_mean`` / ``_std`` and the paired comparison with its baseline (``harness.stats``), then the
+    extra comparisons (``comparison``: student on estimates vs ground truth, refiner iteration K vs K-1)."""
+    from harness import stats
+
+    main = _stats_frame(board)
+    extra = stats.extra_comparisons(list(board.cells.values()))
+    parts = [f for f in (main, extra) if f is not None and not f.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 # -- the scenes view --------------------------------------------------------------------------------------------
@@ -703,6 +716,8 @@ def machine_frame(board: Board, view: str | None, thresholds=None, published: bo
     elif view == "scenes":
         frame = scenes_frame(board, poses)
         frame["published"] = False
+    elif view == "stats":
+        return stats_frame(board)
     else:
         frame = recall_frame(board, thresholds, poses)
         frame["published"] = False
@@ -712,6 +727,26 @@ def machine_frame(board: Board, view: str | None, thresholds=None, published: bo
         if not pub.empty:
             frame = pd.concat([frame, pub], ignore_index=True)
     return frame
+
+
+def _stats_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """The stats view for people: method, scene, n, mean ± std of the medians, Δ [95 % CI] and p against the baseline."""
+    if frame.empty:
+        return frame
+    out = pd.DataFrame({"comparison": frame.get("comparison", pd.Series("vs teacher", index=frame.index)).fillna("vs teacher"),
+                        "method": frame["method"], "scene": frame["scene"], "n": frame["n_seeds"]})
+    for metric, unit in (("median_m", "m"), ("median_deg", "°")):
+        if f"{metric}_mean" in frame:
+            out[f"{metric} ({unit})"] = [f"{m:.3f} ± {s:.3f}" if s == s else f"{m:.3f}"
+                                         for m, s in zip(frame[f"{metric}_mean"], frame[f"{metric}_std"])]
+    out["baseline"] = frame["baseline"].fillna("")
+    for part, unit in (("position", "m"), ("orientation", "°")):
+        d, lo, hi, p = (frame[f"delta_{part}{suffix}"] for suffix in ("_m" if part == "position" else "_deg",
+                                                                      "_ci_low", "_ci_high", "_p"))
+        out[f"Δ {part} ({unit}) [95 % CI], p"] = [
+            "" if x != x else f"{x:+.3f} [{a:+.3f}, {b:+.3f}]{'*' if a > 0 or b < 0 else ''}, p={q:.2g}"
+            for x, a, b, q in zip(d, lo, hi, p)]
+    return out
 
 
 def text(board: Board, view: str | None = None, fmt: str = "github", sort: str | None = None,
@@ -751,6 +786,9 @@ def text(board: Board, view: str | None = None, fmt: str = "github", sort: str |
             out.append(_title(heading, fmt))
         if view == "cells":
             out.append(render_table(cells_table(board, fmt, columns, poses, sort), fmt))
+            continue
+        if view == "stats":
+            out.append(render_table(_stats_text(stats_frame(board)), fmt))
             continue
         tables = scenes_table(board, fmt, sort, published, poses) if view == "scenes" else \
             recall_table(board, fmt, ts, poses)

@@ -287,3 +287,29 @@ def test_show_prints_only_the_cells_of_a_run(store):
     assert set(board.poses["cell"]) == {"teacher-s0", "student-s0"}
     assert "| posenet+pae " in out and "pae-rpr" not in out and "note:" not in out
     assert "(no cells" in lb.text(lb.build(store, filters=["teacher=nothing*"]))
+
+
+def test_stats_view_gives_one_row_per_group_with_the_paired_comparison(tmp_path, capsys):
+    """``--view stats --format csv``: seeds grouped (n_seeds, mean/std), Δ against the teacher with its interval
+    and p (empty for a teacher row), plus the iteration K vs K-1 comparisons; recipes never merged."""
+    store = write_store(tmp_path / "w", seeds=(0, 1, 2), decoder=False)
+    code = main(["leaderboard", "--workdir", str(store.root), "--view", "stats", "--format", "csv"])
+    frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert code == 0
+    main_rows = frame[frame["comparison"].isna()]
+    for col in ["n_seeds", "median_m_mean", "median_m_std", "baseline", "delta_position_m", "delta_position_ci_low",
+                "delta_position_ci_high", "delta_position_p", "delta_orientation_deg", "delta_orientation_p"]:
+        assert col in frame, col
+    other = main_rows["overrides"].astype(str).str.contains("epochs")  # the second recipe (--set teacher.epochs=2)
+    quick = main_rows[~other]
+    assert set(quick["n_seeds"]) == {3}
+    teacher = quick[quick["student"] == "-"]
+    assert teacher["baseline"].isna().all() and teacher["delta_position_m"].isna().all()
+    refined = quick[quick["refiner"] != "-"]
+    assert (refined["delta_position_ci_low"] <= refined["delta_position_m"]).all()
+    assert (refined["delta_position_m"] <= refined["delta_position_ci_high"]).all()
+    assert other.sum() == 2 and set(main_rows[other]["n_seeds"]) == {1}  # the other recipe's teacher stays apart
+    assert "iteration" in set(frame["comparison"].dropna())
+    assert main(["leaderboard", "--workdir", str(store.root), "--view", "stats"]) == 0
+    human = capsys.readouterr().out
+    assert "±" in human and "[95 % CI]" in human

@@ -26,11 +26,13 @@ def register(commands) -> None:
         "leaderboard", parents=[commands.common], help="print the store's results as tables (scenes, cells, recall)",
         description="Read every cell file of the work directory and print it: by default one row per method and one "
         "column per scene (median m, median °) with their Average; --view cells gives one row per cell, --view "
-        "recall the accuracy within thresholds. csv and json carry every column as plain numbers.",
+        "recall the accuracy within thresholds, --view stats the mean ± std over seeds and the paired Δ against "
+        "each row's baseline with its 95 % bootstrap interval and Wilcoxon p. csv and json carry every column as plain "
+        "numbers.",
     )
     p.add_argument("--format", default="github", help="github (default), plain, latex, html, csv or json")
-    p.add_argument("--view", choices=["scenes", "cells", "recall"],
-                   help="scenes (default for github/plain/latex/html), cells (default for csv/json) or recall")
+    p.add_argument("--view", choices=["scenes", "cells", "recall", "stats"],
+                   help="scenes (default for github/plain/latex/html), cells (default for csv/json), recall or stats")
     p.add_argument("--columns", metavar="all|A,B,C", help="cells view: every column, or these (machine names)")
     p.add_argument("--thresholds", metavar="M:DEG,...", help="recall / accuracy thresholds, e.g. 0.05:5,0.1:10 "
                    "(default: the scene's convention: 7Scenes indoors, Cambridge outdoors)")
