@@ -2,7 +2,7 @@
 
 Images live in :mod:`harness.images`, pose math in :mod:`harness.poses`.
 
-Conventions (DESIGN.md §1, §4): a pose is ``[t1, t2, t3, q1, q2, q3, q4]`` =
+Conventions: a pose is ``[t1, t2, t3, q1, q2, q3, q4]`` =
 position in metres and a scalar-first unit quaternion of the camera-to-world
 rotation; cameras use the OpenCV frame (x right, y down, looking along +z).
 Image paths in label files are relative to a dataset root.

@@ -219,6 +219,17 @@ def _refiner_cells(plan: Plan, cell: Cell, refiner: str, axes: Axes, probe: _Pro
     plan.cells.append(replace(cell, refiner=refiner, iterations=max(wanted), shown=tuple(wanted)))
 
 
+def _add_refiner(plan: Plan, cell: Cell, refiner: str, model: Any, axes: Axes, probe: _Probe, teacher: Any,
+                 student_name: str | None, student: Any | None) -> None:
+    """The refiner cell on top of ``cell``, or the refused combination with its reason."""
+    try:
+        check_refiner(refiner, model, cell.teacher.name, teacher, student_name, student)
+    except Incompatible as exc:
+        plan.refused.append((f"{cell.describe()} {refiner}", str(exc)))
+        return
+    _refiner_cells(plan, cell, refiner, axes, probe)
+
+
 def _expand_student(plan: Plan, base: Cell, student: str, axes: Axes, teacher: Any, probe: _Probe) -> None:
     latent = int(getattr(teacher, "latent_dim", 256))
     if student == NONE:
@@ -231,12 +242,7 @@ def _expand_student(plan: Plan, base: Cell, student: str, axes: Axes, teacher: A
                     continue  # the student rows of this teacher carry this refiner
                 plan.refused.append((f"{base.describe()} {refiner}", f"{refiner} encodes poses with a student; student 'none' given"))
                 continue
-            try:
-                check_refiner(refiner, ref, base.teacher.name, teacher, None, None)
-            except Incompatible as exc:
-                plan.refused.append((f"{base.describe()} {refiner}", str(exc)))
-                continue
-            _refiner_cells(plan, base, refiner, axes, probe)
+            _add_refiner(plan, base, refiner, ref, axes, probe, teacher, None, None)
         return
     s_name = split_name(student)[0]
     multi = bool(getattr(teacher, "multi_scene", False))
@@ -258,12 +264,7 @@ def _expand_student(plan: Plan, base: Cell, student: str, axes: Axes, teacher: A
             if refiner == NONE:
                 continue
             ref = probe("refiner", split_name(refiner)[0], latent_dim=latent)
-            try:
-                check_refiner(refiner, ref, base.teacher.name, teacher, s_name, stud)
-            except Incompatible as exc:
-                plan.refused.append((f"{cell.describe()} {refiner}", str(exc)))
-                continue
-            _refiner_cells(plan, cell, refiner, axes, probe)
+            _add_refiner(plan, cell, refiner, ref, axes, probe, teacher, s_name, stud)
 
 
 def cell_fingerprint(cell: Cell, data_fp: str, recipes: dict[str, str], weights: dict[str, str | None]) -> str:

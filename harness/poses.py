@@ -1,6 +1,6 @@
 """Batched torch pose math.
 
-Conventions (DESIGN.md §1): a pose is ``[tx, ty, tz, qw, qx, qy, qz]``, the
+Conventions: a pose is ``[tx, ty, tz, qw, qx, qy, qz]``, the
 position in metres and a unit quaternion, scalar first, for the
 camera-to-world rotation. Every function takes tensors with any leading batch
 shape ``(..., 7)`` / ``(..., 4)`` / ``(..., 3)``.

@@ -1,4 +1,4 @@
-"""Image decoder (DESIGN.md §1): PAE latents to an ``S x S`` RGB image.
+"""Image decoder: PAE latents to an ``S x S`` RGB image.
 
     cat(latent_x, latent_q) (B, 2D) -> 512 -> 1024 -> 2048 -> 3*S*S, ReLU between, sigmoid
     -> (B, 3, S, S) in [0, 1]

@@ -1,4 +1,4 @@
-"""Image-RPR baseline (DESIGN.md §1): the iAPR architecture over retrieved images.
+"""Image-RPR baseline: the iAPR architecture over retrieved images.
 
 The same Transformer-encoder RPR as ``pae-rpr`` (:class:`plugins.refiners.pae_rpr.TransformerRPR`),
 but the reference latents are the stored teacher latents of the *training

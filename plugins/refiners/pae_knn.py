@@ -1,4 +1,4 @@
-"""Test-time position refinement from PAE-encoded *training* poses (DESIGN.md §1, the paper's second PAE use).
+"""Test-time position refinement from PAE-encoded *training* poses (the paper's second PAE use).
 
 For every query (all frames of a split at once, one batched problem):
 

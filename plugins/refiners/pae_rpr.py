@@ -1,4 +1,4 @@
-"""PAE-based relative pose regressor (iAPR, DESIGN.md §1).
+"""PAE-based relative pose regressor (iAPR).
 
 A Transformer encoder over six tokens::
 

@@ -1,4 +1,4 @@
-"""Camera pose auto-encoders (PAEs): poses to the latents of their teacher (DESIGN.md §1).
+"""Camera pose auto-encoders (PAEs): poses to the latents of their teacher.
 
     pose (B, 7) -> t (B, 3), q (B, 4)
     single-scene:  ex = PE(t) (B, 39)            eq = PE(q) (B, 52)

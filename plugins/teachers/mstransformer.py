@@ -1,4 +1,4 @@
-"""Efficient multi-scene MS-Transformer (DESIGN.md §1), shared regression heads.
+"""Efficient multi-scene MS-Transformer, shared regression heads.
 
     image (B, 3, H, W) -> EfficientNet-B0 feature maps
         stride 16 (112 ch) -> 1x1 conv -> (B, d, h, w) + learned 2-D positions -> transformer_t

@@ -1,4 +1,4 @@
-"""PoseNet teachers: a timm CNN backbone and two 256-d latent heads (DESIGN.md §1).
+"""PoseNet teachers: a timm CNN backbone and two 256-d latent heads.
 
     image (B, 3, H, W) -> backbone, global average pool -> f (B, C)
     latent_x = ReLU(x_latent_fc(f))  (B, 256)   position latent
