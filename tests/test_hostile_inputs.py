@@ -4,6 +4,7 @@ traceback, never a silent wrong number, nothing written outside the work directo
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -204,3 +205,24 @@ def test_corrupt_weights_are_moved_aside_and_retrained_once(finished):
     assert list(weights.parent.glob("weights.pth.corrupt-*")) and weights.is_file()
     again = bench(root / "w", *args, timeout=600)
     assert again.returncode == 0 and "moved aside" not in again.stderr and "2 from the store" in again.stdout
+
+
+def test_workdir_that_cannot_be_created_is_one_line(tmp_path):
+    out = bench(Path("/proc/aprbench-no-such-dir"), "run", "--dataset", TINY, "--teacher", "posenet-mobilenet")
+    assert out.returncode == 2 and "cannot create work directory /proc/aprbench-no-such-dir" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path):
+    args = ["run", "--dataset", TINY, "--scenes", "room", "--teacher", "posenet-mobilenet", "--student", "none", "pae",
+            "--encode", "estimate", "ground_truth", *FAST]
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "--workdir", str(tmp_path / "w"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    deadline = time.monotonic() + 600
+    while not list((tmp_path / "w" / "cells").glob("*.h5")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    assert "saved in" in err or "interrupted" in err

@@ -5,7 +5,7 @@ For every query (all frames of a split at once, one batched problem):
 1. the APR gives the estimate ``p`` (B, 7) and the image latents (B, D);
 2. the ``k`` nearest **training** poses to ``p`` (same predicted scene) by
    ``sqrt(|t - t_i|^2 + (orientation_weight * angle_i)^2)`` (metres; the
-   weight in metres per radian, ``harness.data.pose_distance``);
+   weight in metres per radian, ``harness.poses.pose_distance``);
 3. their PAE encodings, computed once for the whole training split and stored
    with the index (standardised per dimension by the index's own statistics);
 4. weights ``w = softmax(s)`` over the ``k`` neighbours, with scores
@@ -64,7 +64,7 @@ def knn_indices(poses: Tensor, index_pose: Tensor, index_scene: Tensor, scene: T
     Only index poses of the query's ``scene`` are candidates (all of them where ``scene`` is None, or where
     the scene has none); a query with fewer than ``k`` candidates gets ``valid = False`` fill-ins.
     """
-    from harness.data import pose_distance
+    from harness.poses import pose_distance
 
     M = len(index_pose)
     if M == 0:
