@@ -14,11 +14,13 @@ editable install and an installed wheel all read it as package data through
 from __future__ import annotations
 
 import fnmatch
+import inspect
+import sys
 import tomllib
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 _MATCH_KEYS = {"kind", "models", "datasets", "profiles"}
 
@@ -89,16 +91,37 @@ def parse_value(raw: str) -> Any:
     return raw
 
 
-class Variants(dict):
-    """Named default configs of one model family, registered timm-style with a decorator.
+class ModelFamily(dict):
+    """A plugin family's named models, registered timm-style in the family's own file: configuration is data.
 
-    ``variants = Variants()``; ``@variants.register("name")`` on a function
-    returning the variant's config dict; ``variants["name"]`` is that config.
+    ``models = ModelFamily()``; ``@models.register("name")`` on a function returning the variant's default
+    config (``models["name"]``); the family's hook returns ``models.factories(build)``: ``{name: factory}``,
+    where ``factory(**config)`` is ``build(**{**variant, **config})`` and carries ``model_class`` (the class
+    whose named arguments are the recipe's model keys; ``build`` itself when it is a class). Every built-in
+    family registers this way, and so can a third party's.
     """
 
-    def register(self, name: str):
-        def wrap(fn):
-            self[name] = fn()
+    def __init__(self) -> None:
+        super().__init__()
+        # the family's module: its factories report it as theirs (its VERSION enters every fingerprint)
+        self.module = sys._getframe(1).f_globals.get("__name__", __name__)
+
+    def register(self, name: str) -> Callable[[Callable[[], dict]], Callable[[], dict]]:
+        def wrap(fn: Callable[[], dict]) -> Callable[[], dict]:
+            self[name] = dict(fn())
             return fn
 
         return wrap
+
+    def factories(self, build: Callable[..., Any], model_class: type | None = None) -> dict[str, Callable[..., Any]]:
+        """The ``{name: factory}`` a ``bench_*`` hook returns."""
+        def make(name: str) -> Callable[..., Any]:
+            def factory(**config: Any) -> Any:
+                return build(**{**self[name], **config})
+
+            factory.model_class = model_class or (build if inspect.isclass(build) else None)  # type: ignore[attr-defined]
+            factory.__doc__ = f"Build {name} ({self[name] or 'defaults'})."
+            factory.__module__ = self.module
+            return factory
+
+        return {name: make(name) for name in self}

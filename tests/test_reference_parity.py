@@ -362,7 +362,7 @@ def test_paper_profile_builds_the_reference_architectures():
     pytest.importorskip("efficientnet_pytorch")
     from harness.plugins import get_registry
     from harness.recipes import resolve as resolve_in
-    from plugins.refiners.pae_rpr import factory as rpr_factory
+    from plugins.refiners.pae_rpr import MODELS as rpr_models
 
     def resolve_recipe(kind: str, name: str, dataset: str, profile: str):
         return resolve_in(get_registry(), kind, name, dataset, profile)
@@ -373,7 +373,7 @@ def test_paper_profile_builds_the_reference_architectures():
     ref = RefEMSTransPoseNet(scenes=7, d=256, h=8, ffn=256, n_enc=6, n_dec=6).state_dict()
     _import(model, ref)
     assert model.transformer_t.encoder[0].self_attn.num_heads == 8
-    rpr = rpr_factory(latent_dim=256, **resolve_recipe("refiner", "pae-rpr", "sevenscenes", "paper").model)
+    rpr = rpr_models.factories(TransformerRPR)["pae-rpr"](latent_dim=256, **resolve_recipe("refiner", "pae-rpr", "sevenscenes", "paper").model)
     _import(rpr, RefVTRPR(d=256, heads=4, ffn=2048, layers=2).state_dict())
     assert resolve_recipe("student", "pae", "sevenscenes", "paper").task.raw_quaternion is True
     eff = resolve_recipe("teacher", "posenet-efficientnet", "cambridge", "paper")

@@ -8,12 +8,13 @@ Trained with L1 against the resized training image (``harness.stages.decoder``).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from harness.hookspecs import hookimpl
+from harness.registry import ModelFamily
 from harness.interfaces import Decoder
 
 VERSION = "1"
@@ -45,14 +46,14 @@ class MLPDecoder(Decoder):
         return decoder_from_reference(state) if is_reference_decoder(state) else state
 
 
-def factory(latent_dim: int = 256, **config: Any) -> Decoder:
-    """``image-decoder`` (keys: image_size, hidden)."""
-    return MLPDecoder(latent_dim=latent_dim, **config)
+MODELS = ModelFamily()
 
 
-factory.model_class = MLPDecoder  # type: ignore[attr-defined]
+@MODELS.register("image-decoder")
+def _image_decoder() -> dict:
+    return {}
 
 
 @hookimpl
 def bench_decoders() -> dict[str, Callable[..., Decoder]]:
-    return {"image-decoder": factory}
+    return MODELS.factories(MLPDecoder)

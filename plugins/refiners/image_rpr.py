@@ -10,23 +10,24 @@ only the PAE.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from harness.hookspecs import hookimpl
+from harness.registry import ModelFamily
 from harness.interfaces import Refiner
 from plugins.refiners.pae_rpr import TransformerRPR
 
 VERSION = "1"
 
 
-def factory(latent_dim: int = 256, **config: Any) -> Refiner:
-    """``image-rpr``: :class:`TransformerRPR` with retrieved-image neighbours."""
-    return TransformerRPR(latent_dim=latent_dim, neighbours="retrieval", **config)
+MODELS = ModelFamily()
 
 
-factory.model_class = TransformerRPR  # type: ignore[attr-defined]
+@MODELS.register("image-rpr")
+def _image_rpr() -> dict:
+    return {"neighbours": "retrieval"}
 
 
 @hookimpl
 def bench_refiners() -> dict[str, Callable[..., Refiner]]:
-    return {"image-rpr": factory}
+    return MODELS.factories(TransformerRPR)

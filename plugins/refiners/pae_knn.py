@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from harness import poses as P
 from harness.errors import BenchError
 from harness.hookspecs import hookimpl
+from harness.registry import ModelFamily
 from harness.interfaces import PoseIndexRefiner
 
 VERSION = "1"
@@ -249,6 +250,19 @@ class PaeKnn(PoseIndexRefiner):
         raise BenchError("pae-knn regresses no relative pose: the refiner stage calls refine_batch")
 
 
+MODELS = ModelFamily()
+
+
+@MODELS.register("pae-knn")
+def _pae_knn() -> dict:
+    return {}  # its settings are recipes (registry.toml)
+
+
+@MODELS.register("pae-knn-closed")
+def _pae_knn_closed() -> dict:
+    return {}  # the same refiner; its recipe sets steps = 0
+
+
 def factory(latent_dim: int = 256, **config: Any) -> PoseIndexRefiner:
     """``pae-knn``: :class:`PaeKnn`. Its hyper-parameters come from the recipe through ``configure`` (keys of
     ``OPTIONS``); other keys the factory receives (the RPR tables' architecture keys) do not apply to it."""
@@ -259,4 +273,4 @@ def factory(latent_dim: int = 256, **config: Any) -> PoseIndexRefiner:
 
 @hookimpl
 def bench_refiners() -> dict[str, Callable[..., PoseIndexRefiner]]:
-    return {"pae-knn": factory, "pae-knn-closed": factory}
+    return MODELS.factories(factory, PaeKnn)

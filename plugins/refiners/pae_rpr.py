@@ -21,12 +21,13 @@ checkpoints import with ``plugins.reference_checkpoints``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from harness.hookspecs import hookimpl
+from harness.registry import ModelFamily
 from harness.interfaces import Refiner
 
 VERSION = "2"  # 2: virtual-neighbour spread per scene
@@ -137,14 +138,14 @@ class TransformerRPR(Refiner):
             self.head_q.net[-1].bias.copy_(mean_rel[3:])
 
 
-def factory(latent_dim: int = 256, **config: Any) -> Refiner:
-    """``pae-rpr``: :class:`TransformerRPR` with PAE neighbours (keys: d_model, layers, heads, ffn, dropout, head_hidden)."""
-    return TransformerRPR(latent_dim=latent_dim, neighbours="student", **config)
+MODELS = ModelFamily()
 
 
-factory.model_class = TransformerRPR  # type: ignore[attr-defined]
+@MODELS.register("pae-rpr")
+def _pae_rpr() -> dict:
+    return {"neighbours": "student"}
 
 
 @hookimpl
 def bench_refiners() -> dict[str, Callable[..., Refiner]]:
-    return {"pae-rpr": factory}
+    return MODELS.factories(TransformerRPR)

@@ -32,13 +32,13 @@ from torch import Tensor, nn
 
 from harness.errors import BenchError
 from harness.hookspecs import hookimpl
-from harness.registry import Variants
+from harness.registry import ModelFamily
 from harness.interfaces import Student
 from harness.poses import positional_encoding
 
 VERSION = "1"
 
-_VARIANTS = Variants()
+_VARIANTS = ModelFamily()
 register_variant = _VARIANTS.register
 
 
@@ -143,15 +143,6 @@ def create_student(name: str, latent_dim: int = 256, num_scenes: int = 1, multi_
         raise BenchError(f"student {name!r}: bad option ({exc})") from None
 
 
-def _factory(name: str) -> Callable[..., PAE]:
-    def build(latent_dim: int, num_scenes: int = 1, multi_scene: bool = False, **config: Any) -> PAE:
-        return create_student(name, latent_dim=latent_dim, num_scenes=num_scenes, multi_scene=multi_scene, **config)
-
-    build.__doc__ = f"Build {name} ({_VARIANTS[name]}); multi_scene=True for a multi-scene teacher."
-    build.model_class = PAE  # type: ignore[attr-defined]
-    return build
-
-
 @hookimpl
 def bench_students() -> dict[str, Callable[..., Student]]:
-    return {name: _factory(name) for name in _VARIANTS}
+    return _VARIANTS.factories(PAE)

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from harness.errors import BenchError
 from harness.hookspecs import hookimpl
 from harness.interfaces import Latents, Teacher
+from harness.registry import ModelFamily
 
 VERSION = "1"
 
@@ -260,9 +261,14 @@ def _build(**config: Any) -> MSTransformer:
     return MSTransformer(**config)
 
 
-_build.model_class = MSTransformer  # type: ignore[attr-defined]  # its named arguments are the recipe's model keys
+MODELS = ModelFamily()
+
+
+@MODELS.register("mstransformer")
+def _mstransformer() -> dict:
+    return {}  # the quick and paper configurations are recipes (registry.toml)
 
 
 @hookimpl
 def bench_teachers() -> dict[str, Callable[..., Teacher]]:
-    return {"mstransformer": _build}
+    return MODELS.factories(_build, MSTransformer)

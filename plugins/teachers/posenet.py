@@ -28,13 +28,13 @@ from torch import Tensor, nn
 
 from harness.errors import BenchError
 from harness.hookspecs import hookimpl
-from harness.registry import Variants
+from harness.registry import ModelFamily
 from harness.interfaces import Latents, Teacher
 from harness.store import load_state
 
 VERSION = "1"
 
-_VARIANTS = Variants()
+_VARIANTS = ModelFamily()
 register_variant = _VARIANTS.register
 
 
@@ -153,15 +153,6 @@ def create_teacher(name: str, **overrides: Any) -> PoseNet:
     return PoseNet(**{**_VARIANTS[name], **overrides})
 
 
-def _factory(name: str) -> Callable[..., PoseNet]:
-    def build(**config: Any) -> PoseNet:
-        return create_teacher(name, **config)
-
-    build.__doc__ = f"Build {name} ({_VARIANTS[name]})."
-    build.model_class = PoseNet  # type: ignore[attr-defined]
-    return build
-
-
 @hookimpl
 def bench_teachers() -> dict[str, Callable[..., Teacher]]:
-    return {name: _factory(name) for name in _VARIANTS}
+    return _VARIANTS.factories(PoseNet)
