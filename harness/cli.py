@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt as exc:
-        print(f"bench: {exc or 'interrupted; run the same command again to resume'}", file=sys.stderr)
+        print(f"bench: {str(exc) or 'interrupted; run the same command again to resume'}", file=sys.stderr)
         return 130
     except OSError as exc:  # a work directory that is read-only, full, or not a folder
         where = f" {exc.filename}" if exc.filename else ""
