@@ -70,6 +70,7 @@ class MatrixRunner:
         self._contexts: dict[tuple, Context] = {}
         self._hashes: dict[Path, str | None] = {}
         self._commit = git_commit()
+        self._dataset_fp = data.fingerprint()  # the whole dataset (a cell's own subset is in its fingerprint)
         # what the recipes of this run come from (the same for every cell of it, whatever its models and seed):
         # the registry's tables, the profile and the --set overrides
         self._recipe_source = fingerprint("recipes", load_registry().get("recipe", []), profile,
@@ -124,7 +125,7 @@ class MatrixRunner:
         return {
             "profile": self.profile, "overrides": overrides_text(self.overrides),
             "recipe_fingerprint": self._recipe_source, "aprbench_version": harness.__version__,
-            "git_commit": self._commit, "dataset_fingerprint": ctx.data.fingerprint(), "device": str(ctx.device),
+            "git_commit": self._commit, "dataset_fingerprint": self._dataset_fp, "device": str(ctx.device),
             "precision": "fp32", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
