@@ -11,7 +11,12 @@ import os
 import sys
 from pathlib import Path
 
-from harness.errors import BenchError
+# torch's OpenMP threads spin while they wait for work: beside another busy process a training step slows down
+# tens of times. Passive waiting (set before torch loads; a value the user set wins) keeps `bench` and several
+# `--shard` processes on one machine adding up instead of fighting (measured in the README's "Threads" note).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from harness.errors import BenchError  # noqa: E402
 
 COMMAND_MODULES = ["plugins", "recipe", "data", "teacher", "student", "refiner", "decode", "run", "leaderboard", "report",
                    "compare", "export", "logs"]

@@ -33,16 +33,17 @@ from __future__ import annotations
 import platform
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from harness.compat import Incompatible, check_decoder, check_refiner, check_student, uses_student
 from harness.errors import BenchError
-from harness.interfaces import PoseData
 from harness.plugins import Registry
 from harness.recipes import ENCODES, Override, Recipe, resolve
 from harness.stages.chain import split_name
-from harness.stages.context import build_model
 from harness.store import fingerprint
+
+if TYPE_CHECKING:
+    from harness.interfaces import PoseData
 
 NONE = "none"
 
@@ -179,6 +180,8 @@ class _Probe:
     def __call__(self, kind: str, name: str, **fixed: Any) -> Any:
         key = (kind, name, tuple(sorted(fixed.items())))
         if key not in self.built:
+            from harness.stages.context import build_model
+
             self.built[key] = build_model(self.registry, self.recipe(kind, name), **fixed)
         return self.built[key]
 

@@ -2,7 +2,7 @@
 
 A recipe is resolved from ``(kind, name, dataset, profile, overrides)``:
 
-1. the defaults of the kind's dataclasses (:class:`harness.train.TrainConfig`
+1. the defaults of the kind's dataclasses (:class:`TrainConfig`
    and the kind's task config below);
 2. every ``[[recipe]]`` table of ``registry.toml`` matching the kind, model,
    dataset and profile, in file order (later, more specific tables win);
@@ -29,7 +29,6 @@ from typing import Any, Union
 from harness.errors import BenchError
 from harness.registry import matching_tables, parse_value
 from harness.store import fingerprint
-from harness.train import TrainConfig
 
 KINDS = ("teacher", "student", "refiner", "decoder")
 ENCODES = ("estimate", "ground_truth")
@@ -114,7 +113,36 @@ class DecoderConfig:
 
 TASK_CONFIGS: dict[str, type] = {"teacher": TeacherConfig, "student": StudentConfig, "refiner": RefinerConfig,
                                  "decoder": DecoderConfig}
-# TrainConfig's accepted ranges (its fields are declared in harness.train)
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one recipe: Adam, a per-epoch schedule, epochs, batch size.
+
+    ``schedule``: ``step`` (StepLR every ``step_size`` epochs by ``gamma``;
+    ``step_size`` 0 keeps the rate constant) or ``cosine`` (cosine annealing
+    from ``lr`` to ``lr * gamma`` over ``epochs``). ``grad_clip`` > 0 clips
+    the gradient norm. ``eps`` is Adam's (the reference uses 1e-10).
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    step_size: int = 0  # StepLR period in epochs; 0 = constant learning rate
+    gamma: float = 0.1
+    schedule: str = "step"
+    grad_clip: float = 0.0
+    checkpoint_every: int = 1
+    seed: int = 0
+    eps: float = 1e-8  # Adam's epsilon
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any]) -> "TrainConfig":
+        """Pick this class's fields out of a recipe dict (other keys are the model's)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in recipe.items() if k in names})
+
+
+# TrainConfig's accepted ranges (its fields are declared above)
 TRAIN_RULES: dict[str, dict[str, Any]] = {
     "epochs": {"low": 0}, "batch_size": {"low": 1}, "lr": {"low": 0.0, "strict": True}, "eps": {"low": 0.0, "strict": True},
     "weight_decay": {"low": 0.0}, "step_size": {"low": 0}, "gamma": {"low": 0.0, "strict": True},

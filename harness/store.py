@@ -24,17 +24,19 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-import h5py
 import numpy as np
-import torch
 from filelock import FileLock
 
 from harness.errors import BenchError
+
+if TYPE_CHECKING:  # torch and h5py load on first use: `bench --help` and a warm rerun never pay for them
+    import torch
 
 
 def default_workdir() -> Path:
@@ -69,6 +71,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 def write_h5(path: Path, arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> Path:
     """Write arrays (numpy, torch or lists of str) and attributes atomically; ``complete`` is set last."""
+    import h5py
+
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as fh:
             for key, value in arrays.items():
@@ -80,6 +84,8 @@ def write_h5(path: Path, arrays: Mapping[str, Any], attrs: Mapping[str, Any] | N
 
 
 def read_h5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    import h5py
+
     """``(arrays, attrs)``, or None when absent. A corrupt or incomplete file is reported and removed."""
     path = Path(path)
     if not path.exists():
@@ -98,7 +104,9 @@ def read_h5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
 
 
 def _to_h5(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
+    import h5py
+
+    if _is_tensor(value):
         return value.detach().cpu().numpy()
     if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
         return np.array(value, dtype=h5py.string_dtype())
@@ -125,8 +133,16 @@ def _unattr(value: Any) -> Any:
     return value
 
 
+def _is_tensor(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor, without importing torch for a process that never did."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
 def save_state(path: Path, state: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> Path:
     """Save a state dict (tensors and plain values only) atomically, with a JSON sidecar ``meta``."""
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(dict(state), tmp)
     if meta is not None:
@@ -137,6 +153,8 @@ def save_state(path: Path, state: Mapping[str, Any], meta: Mapping[str, Any] | N
 
 def load_state(path: Path) -> dict[str, Any]:
     """Load a state dict with ``weights_only=True``; anything else (pickled code) is refused."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"checkpoint {path} does not exist")
@@ -149,8 +167,10 @@ def load_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_into(module: torch.nn.Module, state: Mapping[str, Any], source: str = "checkpoint") -> None:
+def load_into(module: "torch.nn.Module", state: Mapping[str, Any], source: str = "checkpoint") -> None:
     """``module.load_state_dict(state)`` with an error naming every missing, unexpected or mis-shaped key."""
+    import torch
+
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -32,7 +32,6 @@ import io
 import math
 import os
 import time
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -43,6 +42,7 @@ from tqdm.auto import tqdm
 
 from harness.errors import BenchError
 from harness.losses import PoseLoss
+from harness.recipes import TrainConfig
 from harness.store import atomic_path, load_state, save_state
 
 LOG_NAME = "log.csv"
@@ -50,35 +50,6 @@ LOG_NAME = "log.csv"
 
 class NonFinite(BenchError):
     """Training produced a NaN or infinite loss (the message names the model, epoch and loss parts)."""
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings of one recipe: Adam, a per-epoch schedule, epochs, batch size.
-
-    ``schedule``: ``step`` (StepLR every ``step_size`` epochs by ``gamma``;
-    ``step_size`` 0 keeps the rate constant) or ``cosine`` (cosine annealing
-    from ``lr`` to ``lr * gamma`` over ``epochs``). ``grad_clip`` > 0 clips
-    the gradient norm. ``eps`` is Adam's (the reference uses 1e-10).
-    """
-
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    step_size: int = 0  # StepLR period in epochs; 0 = constant learning rate
-    gamma: float = 0.1
-    schedule: str = "step"
-    grad_clip: float = 0.0
-    checkpoint_every: int = 1
-    seed: int = 0
-    eps: float = 1e-8  # Adam's epsilon
-
-    @classmethod
-    def from_recipe(cls, recipe: dict[str, Any]) -> "TrainConfig":
-        """Pick this class's fields out of a recipe dict (other keys are the model's)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in recipe.items() if k in names})
 
 
 def distributed_env() -> tuple[int, int]:
@@ -93,6 +64,19 @@ def _init_distributed(device: torch.device) -> bool:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return True
+
+
+def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam with the recipe's rate, weight decay and epsilon; its fused kernel (one pass over every parameter,
+    about half the time of the per-parameter loop on a CPU) where the parameters allow it, else ``foreach``."""
+    kwargs = dict(lr=config.lr, weight_decay=config.weight_decay, eps=config.eps)
+    fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda", "mps") for p in params)
+    if fusable and len({p.device for p in params}) <= 1:
+        try:
+            return torch.optim.Adam(params, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):  # a build or dtype without the fused kernel
+            pass
+    return torch.optim.Adam(params, foreach=True, **kwargs)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
@@ -215,7 +199,7 @@ def fit(
     rank, world = distributed_env()
     torch.manual_seed(config.seed + rank)
     params = [p for p in task.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, eps=config.eps)
+    optimizer = make_optimizer(params, config)
     scheduler = make_scheduler(optimizer, config)
     ckpt = Checkpoint(Path(checkpoint_dir) / "last.pth" if checkpoint_dir is not None and rank == 0 else None,
                       task, optimizer, scheduler)

@@ -16,6 +16,7 @@ import sys
 import pytest
 
 os.environ.setdefault("BENCH_PLUGINS", "none")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `bench` does: a shared CI machine does not stall the suite
 
 
 @pytest.fixture

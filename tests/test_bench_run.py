@@ -57,6 +57,19 @@ def test_matrix_runs_caches_and_prints_the_leaderboard(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "3 from the store, 0 computed" in again.stdout
     assert cell_files(tmp_path) == files  # nothing rewritten
+    # nothing it read changed: the rerun replayed the same leaderboard without loading plugins or torch
+    board_of = lambda out: out[out.index("dataset synthetic"):out.index("cell(s) in this run")]  # noqa: E731
+    assert board_of(again.stdout) == board_of(first.stdout)
+    probe = [sys.executable, "-c", "import sys; from harness.cli import main; rc = main(sys.argv[1:]); "
+             "print('torch loaded:', 'torch' in sys.modules); sys.exit(rc)", "--workdir", str(tmp_path), *args]
+    warm = subprocess.run(probe, capture_output=True, text=True, timeout=300)
+    assert warm.returncode == 0 and "torch loaded: False" in warm.stdout, warm.stderr[-2000:]
+    cell = next((tmp_path / "cells").glob("*.h5"))
+    os.utime(cell, ns=(cell.stat().st_atime_ns, cell.stat().st_mtime_ns + 10**9))  # a cell rewritten by another run
+    files = cell_files(tmp_path)
+    checked = subprocess.run(probe, capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0 and "torch loaded: True" in checked.stdout, checked.stderr[-2000:]
+    assert "3 from the store, 0 computed" in checked.stdout and board_of(checked.stdout) == board_of(first.stdout)
 
     board = bench(tmp_path, "leaderboard", "--format", "csv")
     assert board.returncode == 0, board.stderr

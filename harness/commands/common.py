@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from harness.plugins import get_registry
 from harness.recipes import check_overrides, check_profile, parse_sets
-from harness.stages.context import Context
 from harness.store import Store
+
+if TYPE_CHECKING:
+    from harness.stages.context import Context
 
 SET_HELP = ("override a recipe value: KIND.KEY=VALUE for one kind (teacher.epochs=2) or KEY=VALUE for every kind "
             "that has the key (TOML syntax; repeatable; `bench recipe KIND NAME` lists the keys)")
@@ -49,6 +51,7 @@ def make_context(args: argparse.Namespace, used: dict[str, list[str]]) -> Contex
     Options are checked before the dataset is opened (rendered): profile, ``--set`` keys, fraction.
     """
     from harness.data import open_dataset, with_fraction
+    from harness.stages.context import Context
     from harness.errors import BenchError
 
     registry = get_registry(args.plugin)

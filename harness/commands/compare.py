@@ -11,7 +11,6 @@ from tabulate import tabulate
 
 from harness.cells import cell_files, identity
 from harness.errors import BenchError
-from harness.stats import DEFAULT_RESAMPLES, compare_methods
 from harness.store import Store, atomic_path
 
 
@@ -30,7 +29,7 @@ def register(commands) -> None:
                    help="only cells whose column KEY (dataset, teacher_scenes, fraction, seed, profile, …) matches GLOB "
                    "(repeatable)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
-    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (default %(default)s)")
+    p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default: 2000, the leaderboard's)")
     p.add_argument("--out", type=Path, metavar="PNG", help="plot of the sorted per-frame differences "
                    "(default compare.png in the work directory)")
     p.set_defaults(func=run)
@@ -95,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
         cells = [c for c in cells if keep(c)]
     scene_globs = [g for k, g in filters if k == "scene"]
     accept = (lambda s: all(fnmatch.fnmatchcase(s, g) for g in scene_globs)) if scene_globs else None
+    from harness.stats import DEFAULT_RESAMPLES, compare_methods
+
+    args.resamples = args.resamples or DEFAULT_RESAMPLES
+
     table, frames = compare_methods(cells, args.a, args.b, confidence=args.confidence, n_resamples=args.resamples,
                                     scenes=accept)
     table = table.assign(confidence=args.confidence)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import sys
 from pathlib import Path
 
-from harness.plugins import get_manager
+from harness.replay import Replay, options_of
 from harness.store import Store, atomic_path
 
 
@@ -49,21 +52,20 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import leaderboard
-    from harness.matrix import parse_list
-
     store = Store(args.workdir, create=False)
-    iterations = parse_list(args.iterations, int) if args.iterations else None
-    board = leaderboard.build(store, get_manager(args.plugin), filters=selection(args), iterations=iterations)
-    if args.decoders:
-        fmt = args.format
-        if fmt in leaderboard.MACHINE_FORMATS:
-            text = leaderboard.render_machine(board.decoders, fmt, args.sort)
-        else:
-            text = leaderboard.render_table(leaderboard.decoders_table(board, fmt), fmt)
+    replay = Replay(store.root, "leaderboard", options_of(args, ("output",)), args.plugin)
+    recorded = replay.load()
+    if recorded is None:
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):  # a broken hook is named on stderr, on every call
+                recorded = {"text": _text(args, store), "stderr": err.getvalue()}
+        finally:
+            sys.stderr.write(err.getvalue())
+        replay.save(recorded, [store.root / "cells"])
     else:
-        text = leaderboard.text(board, args.view, args.format, sort=args.sort, group_by=args.group_by,
-                                columns=args.columns, thresholds=args.thresholds, published=args.published)
+        sys.stderr.write(recorded["stderr"])
+    text = recorded["text"]
     if args.output:
         with atomic_path(args.output) as tmp:
             tmp.write_text(text + "\n")
@@ -71,3 +73,19 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(text)
     return 0
+
+
+def _text(args: argparse.Namespace, store: Store) -> str:
+    from harness import leaderboard
+    from harness.matrix import parse_list
+    from harness.plugins import get_manager
+
+    iterations = parse_list(args.iterations, int) if args.iterations else None
+    board = leaderboard.build(store, get_manager(args.plugin), filters=selection(args), iterations=iterations)
+    if args.decoders:
+        fmt = args.format
+        if fmt in leaderboard.MACHINE_FORMATS:
+            return leaderboard.render_machine(board.decoders, fmt, args.sort)
+        return leaderboard.render_table(leaderboard.decoders_table(board, fmt), fmt)
+    return leaderboard.text(board, args.view, args.format, sort=args.sort, group_by=args.group_by,
+                            columns=args.columns, thresholds=args.thresholds, published=args.published)

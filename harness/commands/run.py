@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from harness.commands.common import add_recipe_options
 from harness.errors import BenchError
@@ -14,7 +15,10 @@ from harness.matrix import NONE, Axes, TeacherSpec, expand, flatten, parse_list,
 from harness.plugins import get_manager
 from harness.recipes import check_overrides, check_profile, parse_sets, resolve
 from harness.stages.chain import split_name
+from harness.replay import Replay, options_of
 from harness.store import Store
+
+QUIET_OPTIONS = ("no_progress",)  # options that change how a run looks, not what it prints at the end
 
 DEFAULT_MATRIX = {
     "teacher": ["posenet-mobilenet@room", "mstransformer"],
@@ -89,12 +93,49 @@ def axes_from_args(args: argparse.Namespace) -> Axes:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.data import open_dataset
-    from harness import leaderboard
-    from harness.runner import MatrixRunner
+    import time
 
+    start = time.perf_counter()
     # every option is checked before any data is opened or model trained
     axes = axes_from_args(args)
+    store = Store(args.workdir)
+    replay = None if args.shard else Replay(store.root, "run", options_of(args, QUIET_OPTIONS), args.plugin)
+    recorded = replay.load() if replay else None
+    if recorded is not None and (args.no_report or Path(recorded["report"]).is_file()):
+        return _print_run(recorded, store, time.perf_counter() - start, args.no_report, replayed=True)
+    return _run(args, axes, store, replay, start)
+
+
+def _print_run(out: dict, store: Store, seconds: float, no_report: bool, replayed: bool = False) -> int:
+    """What a run prints after its cells are done: refused combinations, the leaderboard, the summary."""
+    if out["refused"]:
+        print(f"refused {len(out['refused'])} combination(s):", file=sys.stderr)
+        for what, why in out["refused"]:
+            print(f"  {what}: {why}", file=sys.stderr)
+    sys.stderr.write(out["board_stderr"])
+    sys.stdout.write(out["board"])
+    cached = out["total"] - out["computed"] if not replayed else out["total"]
+    computed = 0 if replayed else out["computed"]
+    print(f"\n{out['total']} cell(s) in this run: {cached} from the store, {computed} computed, "
+          f"{len(out['failed'])} failed ({seconds:.1f} s); work directory {store.root}")
+    if not no_report and out.get("report"):
+        print(f"report: {out['report']}" + (" (unchanged)" if replayed else ""))
+    if out["failed"]:
+        print(f"\n{len(out['failed'])} cell(s) failed (details in {store.root / 'cells'}/*.failed.json):", file=sys.stderr)
+        for what, why in out["failed"]:
+            print(f"  {what}: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | None, start: float) -> int:
+    import contextlib
+    import io
+
+    from harness import leaderboard
+    from harness.data import open_dataset, parse_dataset_spec
+    from harness.runner import MatrixRunner
+
     if args.format not in leaderboard.FORMATS:
         raise BenchError(f"--format {args.format!r}: expected one of {', '.join(leaderboard.FORMATS)}")
     check_profile(args.profile)
@@ -110,10 +151,10 @@ def run(args: argparse.Namespace) -> int:
     for kind, names in used.items():
         for name in names:
             resolve(registry, kind, name, axes.dataset, args.profile, overrides)
-    store = Store(args.workdir)
     name, data = open_dataset(args.dataset, store, registry, scenes=args.scenes)
     plan = expand(axes, data, registry, args.profile, overrides)
-    if plan.refused:
+    out: dict = {"refused": [list(r) for r in plan.refused]}
+    if plan.refused:  # said before the (long) run as well as with its results
         print(f"refused {len(plan.refused)} combination(s):", file=sys.stderr)
         for what, why in plan.refused:
             print(f"  {what}: {why}", file=sys.stderr)
@@ -121,17 +162,25 @@ def run(args: argparse.Namespace) -> int:
         raise BenchError("no compatible cells to run")
     runner = MatrixRunner(store, manager, data, name, args.profile, overrides, progress=not args.no_progress)
     summary, fps = runner.run(plan, args.shard)
-    leaderboard.show(store, manager, fps, fmt=args.format)
-    print(f"\n{summary.total} cell(s) in this run: {summary.cached} from the store, {summary.computed} computed, "
-          f"{len(summary.failed)} failed ({summary.seconds:.1f} s); work directory {store.root}")
+    board, board_err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stderr(board_err):  # kept, to be said again when the run is replayed
+            leaderboard.show(store, manager, fps, fmt=args.format, file=board)
+    except BaseException:
+        sys.stderr.write(board_err.getvalue())
+        raise
+    out.update(board=board.getvalue(), board_stderr=board_err.getvalue(), total=summary.total,
+               computed=summary.computed, failed=[list(f) for f in summary.failed], report=None)
     if not args.no_report and not args.shard:
         from harness.report import write_report
 
-        index = write_report(store, store.report_dir(), fps, manager=manager)
-        print(f"report: {index}")
-    if summary.failed:
-        print(f"\n{len(summary.failed)} cell(s) failed (details in {store.root / 'cells'}/*.failed.json):", file=sys.stderr)
-        for what, why in summary.failed:
-            print(f"  {what}: {why}", file=sys.stderr)
-        return 1
-    return 0
+        out["report"] = str(write_report(store, store.report_dir(), fps, manager=manager))
+    out["refused"] = []  # printed above
+    status = _print_run(out, store, summary.seconds, args.no_report)
+    if replay is not None and not summary.failed:
+        out["refused"] = [list(r) for r in plan.refused]
+        given = [split_name(v.partition("@")[0])[1] for v in [*axes.teachers, *axes.students, *axes.refiners, *axes.decoders]]
+        paths = [Path(v) for v in parse_dataset_spec(args.dataset)[1].values() if isinstance(v, str) and Path(v).exists()]
+        report = [Path(out["report"])] if out["report"] else []
+        replay.save(out, [data.root, store.root / "cells", *[g for g in given if g], *paths, *report])
+    return status

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from harness.stages.context import Artifact, Context
+if TYPE_CHECKING:  # the chain's types; torch loads only when a model is obtained
+    from harness.stages.context import Artifact, Context
 
 
 def split_name(spec: str) -> tuple[str, Path | None]:
