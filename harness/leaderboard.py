@@ -800,10 +800,16 @@ def text(board: Board, view: str | None = None, fmt: str = "github", sort: str |
         if view == "scenes" and fmt != "latex" and "delta_position_m" in scenes_frame(board, poses):
             out.append(_with_notes(fmt, ["Δ: against the teacher (negative is better); * its 95 % interval "
                                          "excludes zero"]))
+        if view == "scenes" and fmt != "latex":
+            out.append(_with_notes(fmt, [MS_NOTE]))
     if decoders and not board.decoders.empty:
         out.append(_title("decoders", fmt))
         out.append(render_table(decoders_table(board, fmt), fmt))
     return "\n\n".join(out)
+
+
+MS_NOTE = ("ms/frame: median of 5 timed passes after 2 warm-ups at the teacher's evaluation batch (eval_batch_size, "
+           "64 unless set); a student row adds its PAE, a refiner row k steps to the teacher's forward pass")
 
 
 def show(store: Store, manager: Any = None, fingerprints: Iterable[str] | None = None, fmt: str = "github",

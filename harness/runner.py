@@ -232,7 +232,8 @@ class MatrixRunner:
              "per_scene": per_scene(est, gt, scene_id, ctx.data.scenes).to_dict(orient="records")}
             for k, est in enumerate(estimates)
         ]
-        result = {"per_iteration": per_iteration, "stored_bytes": int(stored_bytes), **extra}
+        result = {"per_iteration": per_iteration, "stored_bytes": int(stored_bytes),
+                  "timing_batch": int(chain.teacher.recipe.task.eval_batch_size), **extra}
         if getattr(chain.teacher.model, "multi_scene", False):
             result["scene_accuracy"] = float(np.mean(outs["scene_logp"].argmax(1) == scene_id))
         write_h5(

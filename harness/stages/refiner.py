@@ -40,7 +40,6 @@ of its stored ``scene_logp``) selects the PAE's scene and the retrieval database
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -59,6 +58,7 @@ from harness.batches import Batches
 from harness.recipes import Recipe
 from harness.compat import check_refiner, uses_student
 from harness.stages.context import Artifact, Context, Stage, build_model, obtain, training_paths
+from harness.timing import seconds_per_frame
 from harness.train import fit
 
 def _outputs(ctx: Context, teacher: Artifact, split: str) -> dict[str, np.ndarray]:
@@ -371,8 +371,8 @@ def refine(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact
 
     Returns numpy ``poses (K+1, N, 7)`` (index 0 = teacher estimate),
     ``pose_gt (N, 7)``, ``scene_id (N,)`` (ground truth), ``scene_pred (N,)``
-    (the scene used), ``time_s (K+1,)`` mean seconds per frame, cumulative and
-    including the teacher's stored time, and ``stored_bytes`` (int): what the
+    (the scene used), ``time_s (K+1,)`` seconds per frame, cumulative: the
+    teacher's forward pass plus k times one step's measured cost, and ``stored_bytes`` (int): what the
     refiner keeps at test time besides the teacher (PAE + RPR weights for
     ``pae-rpr``; training image files + their latents and poses + RPR
     weights for ``image-rpr``; the pose index for a pose-index refiner).
@@ -391,13 +391,15 @@ def refine(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact
     qx, qq = _query_latents(ctx, refiner, teacher, split, out, scene_pred if multi else None)
     step, stored = _stepper(ctx, refiner, teacher, student, qx.to(ctx.device), qq.to(ctx.device),
                             scene_pred.to(ctx.device), multi)
-    poses, times = [p.clone()], [float(np.mean(out["time_s"])) if N else 0.0]
+    poses = [p.clone()]
     p = p.to(ctx.device)
+    # one step's cost per frame, warmed up and repeated over every frame (each iteration costs the same)
+    step_s = seconds_per_frame(lambda: step(p), N, ctx.device, warmup=1, repeats=3) if iterations else 0.0
     for _ in range(iterations):
-        t0 = time.perf_counter()
         p = step(p)
-        times.append(times[-1] + (time.perf_counter() - t0) / max(N, 1))
         poses.append(p.detach().cpu().clone())
+    first = float(np.mean(out["time_s"])) if N else 0.0
+    times = [first + k * step_s for k in range(iterations + 1)]
     return {
         "poses": torch.stack(poses).numpy(),
         "pose_gt": np.asarray(out["pose_gt"], dtype=np.float32),

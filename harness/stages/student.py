@@ -42,7 +42,6 @@ configuration); command-line ``--set`` values still win.
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -61,6 +60,7 @@ from harness.batches import Batches
 from harness.compat import check_student
 from harness.recipes import ENCODES, Recipe
 from harness.stages.context import Artifact, Context, Stage, obtain, training_paths
+from harness.timing import seconds_per_frame
 from harness.train import fit
 
 def pose_weight(recipe: Recipe, encode: str) -> float:
@@ -247,8 +247,8 @@ def student_outputs(ctx: Context, student: Artifact, teacher: Artifact, split: s
     ``scene_id (N,)`` int64 (labels), ``scene_pred (N,)`` (the scene the student
     was given), ``latent_mse (N,)`` mean squared difference to the teacher's
     latents over both latents' ``2 D`` elements, ``time_s (N,)`` seconds per
-    frame of encode + decode (batched as the teacher's outputs were, its
-    ``eval_batch_size``).
+    frame of encode + decode at the teacher's ``eval_batch_size`` (warmed up and
+    repeated, :func:`harness.timing.seconds_per_frame`).
     """
     from harness.stages.teacher import teacher_outputs
 
@@ -264,18 +264,20 @@ def student_outputs(ctx: Context, student: Artifact, teacher: Artifact, split: s
     bs = max(1, teacher.recipe.task.eval_batch_size)
     est = torch.zeros(n, 7)
     mse = torch.zeros(n)
-    time_s = np.zeros(n)
     multi = bool(getattr(s_model, "multi_scene", False))
-    for i in range(0, n, bs):
-        t0 = time.perf_counter()
+
+    def encode_decode(i: int) -> tuple[Tensor, Tensor, Tensor]:
         p = poses[i : i + bs].to(dev)
         lx, lq = s_model(p, scenes[i : i + bs].to(dev) if multi else None)
-        e = t_model.decode(lx, lq)
-        e = torch.cat([e[:, :3], normalize_quat(e[:, 3:])], dim=1).float().cpu()
-        time_s[i : i + bs] = (time.perf_counter() - t0) / len(p)
-        est[i : i + bs] = e
+        return lx, lq, t_model.decode(lx, lq)
+
+    for i in range(0, n, bs):
+        lx, lq, e = encode_decode(i)
+        est[i : i + bs] = torch.cat([e[:, :3], normalize_quat(e[:, 3:])], dim=1).float().cpu()
         diff = torch.cat([lx.float().cpu() - tx[i : i + bs], lq.float().cpu() - tq[i : i + bs]], dim=1)
         mse[i : i + bs] = diff.pow(2).mean(dim=1)
+    # encode + decode's cost per frame: warmed up, repeated, on one batch of ``eval_batch_size`` poses
+    time_s = np.full(n, seconds_per_frame(lambda: encode_decode(0), min(n, bs), dev))
     return {
         "pose_est": est.numpy(), "pose_gt": np.asarray(out["pose_gt"], dtype=np.float32),
         "scene_id": np.asarray(out["scene_id"], dtype=np.int64), "scene_pred": scenes.numpy(),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from harness.poses import mean_pose, normalize_quat, pose_errors
 from harness.batches import Batches
 from harness.recipes import Recipe
 from harness.stages.context import Artifact, Context, Stage, obtain, training_paths
+from harness.timing import seconds_per_frame
 from harness.store import fingerprint, read_h5, write_h5
 from harness.train import fit
 
@@ -148,24 +148,25 @@ TEACHER = Stage("teacher", Teacher, _build_args, _check, _train)
 # =========================================================================== outputs
 @torch.inference_mode()
 def predict(model: Teacher, images: Tensor, batch_size: int = 64, device: torch.device | None = None) -> dict[str, np.ndarray]:
-    """Batched teacher outputs over uint8 images ``(N, 3, S, S)``: pose_est, latents, scene_logp, time_s."""
+    """Batched teacher outputs over uint8 images ``(N, 3, S, S)``: pose_est, latents, scene_logp, and time_s
+    (seconds per frame of the forward pass at ``batch_size``, :func:`harness.timing.seconds_per_frame`)."""
     from harness.images import normalize_images
 
     device = device or next(model.parameters()).device
     model.eval()
     out: dict[str, list[np.ndarray]] = {"pose_est": [], "latent_x": [], "latent_q": [], "scene_logp": [], "time_s": []}
     for i in range(0, len(images), batch_size):
-        t0 = time.perf_counter()
         x = normalize_images(images[i : i + batch_size]).to(device)
         est, lat = model(x)
         est = torch.cat([est[:, :3], normalize_quat(est[:, 3:])], dim=1)
         logp = lat.scene_logp if lat.scene_logp is not None else est.new_zeros(len(x), 1)
         parts = [est, lat.x, lat.q, logp]
         parts = [p.float().cpu().numpy() for p in parts]
-        dt = (time.perf_counter() - t0) / len(x)
         for key, value in zip(("pose_est", "latent_x", "latent_q", "scene_logp"), parts):
             out[key].append(value)
-        out["time_s"].append(np.full(len(x), dt))
+    # the forward pass's cost per frame: warmed up, repeated, on one batch of ``batch_size`` frames
+    x = normalize_images(images[:batch_size]).to(device)
+    out["time_s"].append(np.full(len(images), seconds_per_frame(lambda: model(x), len(x), device)))
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
 
 
