@@ -52,6 +52,13 @@ class Batches:
             order = order[torch.argsort(key_rank[keys[order]], stable=True)]
         return order
 
+    def steps_per_epoch(self, world: int = 1) -> int:
+        """Optimisation steps in one epoch (of epoch 0's items) on each of ``world`` ranks."""
+        items = self.data(0) if callable(self.data) else self.data
+        n = len(_first(items)) // world
+        bs = max(1, self.batch_size // world)
+        return n // bs if n > bs else int(n > 0)
+
     def __call__(self, epoch: int, rank: int = 0, world: int = 1) -> Iterator[Items]:
         items = self.data(epoch) if callable(self.data) else self.data
         order = self.order(epoch, items)

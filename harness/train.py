@@ -31,6 +31,7 @@ import csv
 import io
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -213,13 +214,16 @@ def fit(
         log.resume(history)
 
     bar = tqdm(total=config.epochs, initial=start, desc=desc, disable=not progress or rank != 0, unit="ep", leave=False)
+    steps = getattr(batches, "steps_per_epoch", None)
+    pace = Pace(desc, steps(world) * (config.epochs - start), device) if steps is not None and rank == 0 else None
     epoch = start
     saved = start  # the epoch the checkpoint on disk ends with
     try:
         task.train()
         for epoch in range(start, config.epochs):
             t0 = time.perf_counter()
-            means = _epoch(model, batches(epoch, rank, world), optimizer, params, config.grad_clip, f"{desc}, epoch {epoch + 1}")
+            means = _epoch(model, batches(epoch, rank, world), optimizer, params, config.grad_clip, f"{desc}, epoch {epoch + 1}",
+                           pace)
             means.update(loss_weights(task))
             means["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
@@ -244,8 +248,41 @@ def fit(
     return history
 
 
+class Pace:
+    """Says once, after a few measured steps, how long a training will take at this pace, when that is long
+    (a multi-day run on a CPU is not started blind). The first step is a warm-up and is not measured."""
+
+    MEASURED = 3
+    LONG_S = 15 * 60  # say nothing for trainings shorter than this
+
+    def __init__(self, desc: str, total_steps: int, device: torch.device) -> None:
+        self.desc, self.total, self.device = desc, total_steps, torch.device(device)
+        self.count, self.start = 0, 0.0
+
+    def step(self) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.start = time.perf_counter()
+        elif self.count == 1 + self.MEASURED:
+            per_step = (time.perf_counter() - self.start) / self.MEASURED
+            left = per_step * max(self.total - self.count, 0)
+            if left > self.LONG_S:
+                hint = "; a GPU (--device cuda) or the quick profile is much faster" if self.device.type == "cpu" else ""
+                tqdm.write(f"{self.desc}: about {_duration(left)} to train at this pace on {self.device.type} "
+                           f"({self.total} steps, {per_step:.2f} s each over {self.MEASURED} measured steps){hint}",
+                           file=sys.stderr)
+
+
+def _duration(seconds: float) -> str:
+    """``"54 h"``, ``"3.2 h"``, ``"25 min"``, ``"0.7 s"``."""
+    hours = seconds / 3600
+    if hours >= 1:
+        return f"{hours:.0f} h" if hours >= 10 else f"{hours:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
 def _epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Optimizer, params: list,
-           grad_clip: float, where: str) -> dict[str, float]:
+           grad_clip: float, where: str, pace: Pace | None = None) -> dict[str, float]:
     """One pass over ``batches``: the mean of the loss and of every logged value. A non-finite loss stops
     training with :class:`NonFinite` naming ``where`` (model and epoch) and the loss parts."""
     sums: dict[str, float] = {}
@@ -262,6 +299,8 @@ def _epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Opti
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
         count += 1
+        if pace is not None:
+            pace.step()
         for k, v in {"loss": float(loss.detach()), **logs}.items():
             sums[k] = sums.get(k, 0.0) + float(v)
     return {k: v / max(count, 1) for k, v in sums.items()}

@@ -344,3 +344,34 @@ def test_resumed_run_appends_to_the_log_without_repeating_epochs(tmp_path):
     before = (tmp_path / "run" / "log.csv").read_text()
     fit(PoseRegress(), pose_batches()[0], config, tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "log.csv").read_text() == before
+
+
+class Slow(Regress):
+    """``Regress`` with a fixed 20 ms per step, so that the pace is known."""
+
+    def forward(self, batch):
+        time.sleep(0.02)
+        return super().forward(batch)
+
+
+def test_a_long_training_says_how_long_after_a_few_measured_steps(monkeypatch, capsys):
+    from harness.batches import Batches
+    from harness.train import Pace
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    batches = Batches((x, x[:, :2]), batch_size=8, seed=0)
+    assert batches.steps_per_epoch() == 8
+    config = TrainConfig(epochs=5, batch_size=8, lr=1e-2)
+    fit(fresh(), batches, config, desc="teacher slow", progress=False)
+    assert "to train at this pace" not in capsys.readouterr().err  # under Pace.LONG_S: nothing said
+
+    monkeypatch.setattr(Pace, "LONG_S", 0.4)
+    fit(fresh(), batches, config, desc="teacher slow", progress=False)
+    model = Slow()
+    fit(model, batches, config, desc="teacher slow", progress=False)
+    lines = [l for l in capsys.readouterr().err.splitlines() if "to train at this pace" in l]
+    assert len(lines) == 1, lines  # said once per training; the fast one stays under the threshold
+    assert lines[0].startswith("teacher slow: about ") and "on cpu (40 steps" in lines[0]
+    seconds = float(lines[0].split(" s to train")[0].split("about ")[1])
+    assert 0.6 < seconds < 5  # 36 steps left at ~20 ms
