@@ -353,6 +353,16 @@ def stats_frame(board: Board) -> pd.DataFrame:
 
 # -- the scenes view --------------------------------------------------------------------------------------------
 
+def _methods(poses: pd.DataFrame) -> Iterable[tuple[str, list[str], dict[str, Any], pd.DataFrame]]:
+    """Per dataset and method (group keys + recipe, over seeds): ``(dataset, its scenes, the keys, the rows)``."""
+    poses = poses.assign(recipe=recipe_labels(poses))
+    keys = [*GROUP_KEYS, "recipe"]
+    for dataset, part in poses.groupby("dataset", sort=False):
+        scenes = list(dict.fromkeys(part["scene"]))
+        for key, group in part.groupby(keys, sort=False, dropna=False):
+            yield dataset, scenes, dict(zip(keys, key)), group
+
+
 def scenes_frame(board: Board, poses: pd.DataFrame | None = None) -> pd.DataFrame:
     """Tidy numbers of the scenes view: one row per method (over seeds) and scene, plus ``scene = "Average"`` rows
     (per seed: the mean of the per-scene medians over every scene of the dataset; then mean over seeds).
@@ -364,33 +374,28 @@ def scenes_frame(board: Board, poses: pd.DataFrame | None = None) -> pd.DataFram
     poses = board.poses if poses is None else poses
     if poses.empty:
         return pd.DataFrame()
-    poses = poses.assign(recipe=recipe_labels(poses))
-    keys = [*GROUP_KEYS, "recipe"]
     rows = []
-    for dataset, part in poses.groupby("dataset", sort=False):
-        scenes = list(dict.fromkeys(part["scene"]))
-        for key, group in part.groupby(keys, sort=False, dropna=False):
-            base = dict(zip(keys, key))
-            common = {"stored_bytes": int(round(group["stored_bytes"].mean())),
-                      "ms_per_frame": float(group["ms_per_frame"].mean())}
-            for col in board.hook_columns:
-                vals = group[col].dropna().unique()
-                common[col] = vals[0] if len(vals) == 1 else (
-                    float(np.mean(vals)) if len(vals) and all(np.isreal(v) for v in vals) else ", ".join(map(str, vals)))
-            for scene, at in group.groupby("scene", sort=False):
-                m, sm, n = mean_std(at["median_m"])
-                dg, sd, _ = mean_std(at["median_deg"])
-                rows.append({**base, "scene": scene, "n_seeds": n, "median_m": m, "median_m_std": sm,
-                             "median_deg": dg, "median_deg_std": sd, "seeds": ",".join(map(str, sorted(at["seed"]))),
-                             **common})
-            per_seed = group.groupby("seed").filter(lambda s: set(s["scene"]) >= set(scenes))
-            if not per_seed.empty:
-                avg = per_seed.groupby("seed")[["median_m", "median_deg"]].mean()
-                m, sm, n = mean_std(avg["median_m"])
-                dg, sd, _ = mean_std(avg["median_deg"])
-                rows.append({**base, "scene": "Average", "n_seeds": n, "median_m": m, "median_m_std": sm,
-                             "median_deg": dg, "median_deg_std": sd,
-                             "seeds": ",".join(map(str, sorted(avg.index))), **common})
+    for dataset, scenes, base, group in _methods(poses):
+        common = {"stored_bytes": int(round(group["stored_bytes"].mean())),
+                  "ms_per_frame": float(group["ms_per_frame"].mean())}
+        for col in board.hook_columns:
+            vals = group[col].dropna().unique()
+            common[col] = vals[0] if len(vals) == 1 else (
+                float(np.mean(vals)) if len(vals) and all(np.isreal(v) for v in vals) else ", ".join(map(str, vals)))
+        for scene, at in group.groupby("scene", sort=False):
+            m, sm, n = mean_std(at["median_m"])
+            dg, sd, _ = mean_std(at["median_deg"])
+            rows.append({**base, "scene": scene, "n_seeds": n, "median_m": m, "median_m_std": sm,
+                         "median_deg": dg, "median_deg_std": sd, "seeds": ",".join(map(str, sorted(at["seed"]))),
+                         **common})
+        per_seed = group.groupby("seed").filter(lambda s: set(s["scene"]) >= set(scenes))
+        if not per_seed.empty:
+            avg = per_seed.groupby("seed")[["median_m", "median_deg"]].mean()
+            m, sm, n = mean_std(avg["median_m"])
+            dg, sd, _ = mean_std(avg["median_deg"])
+            rows.append({**base, "scene": "Average", "n_seeds": n, "median_m": m, "median_m_std": sm,
+                         "median_deg": dg, "median_deg_std": sd,
+                         "seeds": ",".join(map(str, sorted(avg.index))), **common})
     frame = pd.DataFrame(rows)
     stats = _stats_frame(board)
     if stats is not None:
@@ -603,31 +608,26 @@ def recall_frame(board: Board, thresholds: Sequence[tuple[float, float]] | None 
     poses = board.poses if poses is None else poses
     if poses.empty:
         return pd.DataFrame()
-    poses = poses.assign(recipe=recipe_labels(poses))
-    keys = [*GROUP_KEYS, "recipe"]
     rows = []
-    for dataset, part in poses.groupby("dataset", sort=False):
-        scenes = list(dict.fromkeys(part["scene"]))
+    for dataset, scenes, base, group in _methods(poses):
         per_scene = {s: tuple(thresholds) if thresholds else scene_thresholds(board, dataset, s) for s in scenes}
         shared = per_scene[scenes[0]] if len(set(per_scene.values())) == 1 else None
-        for key, group in part.groupby(keys, sort=False, dropna=False):
-            base = dict(zip(keys, key))
-            by_seed: dict[tuple[float, float], dict[int, list[float]]] = {}
-            for scene, at in group.groupby("scene", sort=False):
-                for m, d in per_scene[scene]:
-                    vals = {int(r["seed"]): recall(board, r, m, d) for _, r in at.iterrows()}
-                    mean, std, n = mean_std(vals.values())
-                    rows.append({**base, "scene": scene, "threshold_m": m, "threshold_deg": d, "recall": mean,
+        by_seed: dict[tuple[float, float], dict[int, list[float]]] = {}
+        for scene, at in group.groupby("scene", sort=False):
+            for m, d in per_scene[scene]:
+                vals = {int(r["seed"]): recall(board, r, m, d) for _, r in at.iterrows()}
+                mean, std, n = mean_std(vals.values())
+                rows.append({**base, "scene": scene, "threshold_m": m, "threshold_deg": d, "recall": mean,
+                             "recall_std": std, "n_seeds": n})
+                for seed, v in vals.items():
+                    by_seed.setdefault((m, d), {}).setdefault(seed, []).append(v)
+        if shared is not None:
+            for (m, d), seeds in by_seed.items():
+                full = [np.mean(v) for v in seeds.values() if len(v) == len(scenes)]
+                if full:
+                    mean, std, n = mean_std(full)
+                    rows.append({**base, "scene": "Average", "threshold_m": m, "threshold_deg": d, "recall": mean,
                                  "recall_std": std, "n_seeds": n})
-                    for seed, v in vals.items():
-                        by_seed.setdefault((m, d), {}).setdefault(seed, []).append(v)
-            if shared is not None:
-                for (m, d), seeds in by_seed.items():
-                    full = [np.mean(v) for v in seeds.values() if len(v) == len(scenes)]
-                    if full:
-                        mean, std, n = mean_std(full)
-                        rows.append({**base, "scene": "Average", "threshold_m": m, "threshold_deg": d, "recall": mean,
-                                     "recall_std": std, "n_seeds": n})
     return pd.DataFrame(rows)
 
 
