@@ -112,6 +112,22 @@ def write_images(root: Path, labels: pd.DataFrame, size: int = 16) -> None:
         Image.fromarray(img).save(path)
 
 
+def labels_dataset_with_teacher(root: Path, name: str = "posenet-mobilenet", n_train: int = 48,
+                                 n_test: int = 16) -> tuple[pd.DataFrame, list[str]]:
+    """A tiny labels dataset under ``root/data`` and a randomly initialised quick ``name`` saved as
+    ``root/teacher.pth``; returns the labels and the ``--dataset`` / ``--teacher`` options that use them."""
+    from harness.stages.context import build_named
+
+    labels = make_labels(n_train=n_train, n_test=n_test)
+    write_images(root / "data", labels)
+    labels[LABEL_COLUMNS].to_csv(root / "data" / "labels.csv", index=False)
+    torch.manual_seed(0)
+    teacher = build_named(get_registry(), "teacher", name, "labels", "quick", num_scenes=1)
+    torch.save(teacher.state_dict(), root / "teacher.pth")
+    return labels, ["--dataset", f"labels:root={root / 'data'},labels={root / 'data' / 'labels.csv'}",
+                    "--teacher", f"{name}={root / 'teacher.pth'}"]
+
+
 def make_data(root: Path, scenes: tuple[str, ...] = ("a",), images: bool = False, **kw) -> PoseData:
     labels = make_labels(scenes=scenes, **kw)
     if images:

@@ -13,11 +13,11 @@ import torch
 
 from harness import poses as P
 from harness.errors import BenchError
-from harness.interfaces import LABEL_COLUMNS, PoseData, PoseIndexRefiner
+from harness.interfaces import PoseData, PoseIndexRefiner
 from harness.stages import refiner as stage
 from plugins.refiners import pae_knn as K
 from refiner_helpers import (
-    make_ctx, make_data, make_labels, make_outputs, one_thread, student_artifact, teacher_artifact, write_images,
+    labels_dataset_with_teacher, make_ctx, make_data, make_outputs, one_thread, student_artifact, teacher_artifact,
 )
 
 single_thread = pytest.fixture(autouse=True)(one_thread)
@@ -235,19 +235,8 @@ def test_matrix_needs_a_student_for_pae_knn():
 
 # --------------------------------------------------------------------------- the CLI, end to end
 def test_bench_run_with_pae_knn(run_bench, tmp_path):
-    from harness.plugins import get_registry
-    from harness.stages.context import build_named
-
-    labels = make_labels(n_train=48, n_test=16)
-    write_images(tmp_path / "data", labels)
-    labels[LABEL_COLUMNS].to_csv(tmp_path / "data" / "labels.csv", index=False)
-    name = "posenet-mobilenet"
-    torch.manual_seed(0)
-    teacher = build_named(get_registry(), "teacher", name, "labels", "quick", num_scenes=1)
-    torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
-    r = run_bench("run", "--workdir", tmp_path / "work",
-                  "--dataset", f"labels:root={tmp_path / 'data'},labels={tmp_path / 'data' / 'labels.csv'}",
-                  "--teacher", f"{name}={tmp_path / 'teacher.pth'}", "--student", "pae",
+    labels, options = labels_dataset_with_teacher(tmp_path)
+    r = run_bench("run", "--workdir", tmp_path / "work", *options, "--student", "pae",
                   "--refiner", "pae-knn", "pae-knn-closed", "--iterations", "0,1", "--no-progress", "--no-report",
                   "--set", "student.epochs=1", timeout=300, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]

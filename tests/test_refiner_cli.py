@@ -11,8 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.interfaces import LABEL_COLUMNS
-from refiner_helpers import make_labels, write_images
+from refiner_helpers import labels_dataset_with_teacher
 
 TINY_RPR = ["--set", "epochs=2", "--set", "d_model=32", "--set", "ffn=64", "--set", "head_hidden=32",
             "--set", "layers=1", "--set", "batch_size=32"]
@@ -22,20 +21,9 @@ TINY_DEC = ["--set", "epochs=2", "--set", "image_size=16", "--set", "hidden=[32,
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from harness.plugins import get_registry
-    from harness.stages.context import build_named
-
     root = tmp_path_factory.mktemp("cli")
-    labels = make_labels(n_train=48, n_test=16)
-    write_images(root / "data", labels)
-    labels[LABEL_COLUMNS].to_csv(root / "data" / "labels.csv", index=False)
-    name = "posenet-mobilenet"
-    torch.manual_seed(0)
-    teacher = build_named(get_registry(), "teacher", name, "labels", "quick", num_scenes=1)
-    torch.save(teacher.state_dict(), root / "teacher.pth")
-    common = ["--workdir", root / "work", "--dataset", f"labels:root={root / 'data'},labels={root / 'data' / 'labels.csv'}",
-              "--teacher", f"{name}={root / 'teacher.pth'}", "--no-progress"]
-    return root, common
+    _, options = labels_dataset_with_teacher(root)
+    return root, ["--workdir", root / "work", *options, "--no-progress"]
 
 
 def test_train_and_eval_refiner(run_bench, setup):
