@@ -222,7 +222,7 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     with frozen(teacher_model), cpu_threads(cfg.num_threads, dev):
         history = fit(task, Batches(tensors, recipe.train.batch_size, recipe.train.seed, device=dev), recipe.train,
                       desc=f"{art.name} <- {teacher.name}", progress=ctx.progress, device=dev,
-                      **training_paths(out_dir))
+                      precision=ctx.precision, **training_paths(out_dir))
     return history, {
         "encode": encode, "pose_weight": weight, "teacher": teacher.name, "latent_dim": int(student.latent_dim),
         "multi_scene": bool(student.multi_scene), "sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach()),
@@ -248,8 +248,10 @@ def student_outputs(ctx: Context, student: Artifact, teacher: Artifact, split: s
     was given), ``latent_mse (N,)`` mean squared difference to the teacher's
     latents over both latents' ``2 D`` elements, ``time_s (N,)`` seconds per
     frame of encode + decode (batched as the teacher's outputs were, its
-    ``eval_batch_size``).
+    ``eval_batch_size``). Forward passes run under ``ctx.precision``'s autocast;
+    outputs are float32.
     """
+    from harness.devices import autocast
     from harness.stages.teacher import teacher_outputs
 
     out = teacher_outputs(ctx, teacher, split)
@@ -269,8 +271,10 @@ def student_outputs(ctx: Context, student: Artifact, teacher: Artifact, split: s
     for i in range(0, n, bs):
         t0 = time.perf_counter()
         p = poses[i : i + bs].to(dev)
-        lx, lq = s_model(p, scenes[i : i + bs].to(dev) if multi else None)
-        e = t_model.decode(lx, lq)
+        with autocast(dev, ctx.precision):
+            lx, lq = s_model(p, scenes[i : i + bs].to(dev) if multi else None)
+            e = t_model.decode(lx, lq)
+        e = e.float()
         e = torch.cat([e[:, :3], normalize_quat(e[:, 3:])], dim=1).float().cpu()
         time_s[i : i + bs] = (time.perf_counter() - t0) / len(p)
         est[i : i + bs] = e
