@@ -309,6 +309,8 @@ def provenance_lines(frame: pd.DataFrame) -> list[str]:
     seeds = ",".join(str(s) for s in sorted(frame["seed"].unique()))
     head = (f"dataset {values('dataset')} · profile {values('profile')} · aprbench {values('aprbench_version')}"
             f" (git {', '.join(v[:10] for v in values('git_commit').split(', '))}) · seeds {seeds}")
+    if values("precision") not in ("fp32", "?"):  # autocast results say so (fp32 is the plain run)
+        head += f" · precision {values('precision')}"
     if dates:
         head += f" · {dates[0][:10]}" + (f" … {dates[-1][:10]}" if dates[-1][:10] != dates[0][:10] else "")
     lines = [head]

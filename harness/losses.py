@@ -13,7 +13,8 @@ class PoseLoss(nn.Module):
 
     ``Lx`` is the mean Euclidean position error (m), ``Lq`` the mean distance
     between normalised quaternions; ``sx``, ``sq`` are learnable unless
-    ``learnable=False``.
+    ``learnable=False``. Computed in float32 whatever dtype ``est`` has (under
+    bf16/fp16 autocast a network's outputs are half precision).
     """
 
     def __init__(self, sx: float = 0.0, sq: float = 0.0, learnable: bool = True) -> None:
@@ -22,6 +23,7 @@ class PoseLoss(nn.Module):
         self.sq = nn.Parameter(torch.tensor(float(sq)), requires_grad=learnable)
 
     def forward(self, est: Tensor, gt: Tensor) -> tuple[Tensor, dict[str, float]]:
+        est, gt = est.float(), gt.float()
         lx = (est[:, :3] - gt[:, :3]).norm(dim=1).mean()
         lq = (normalize_quat(est[:, 3:]) - normalize_quat(gt[:, 3:])).norm(dim=1).mean()
         loss = lx * torch.exp(-self.sx) + self.sx + lq * torch.exp(-self.sq) + self.sq

@@ -270,10 +270,15 @@ def _expand_student(plan: Plan, base: Cell, student: str, axes: Axes, teacher: A
             _add_refiner(plan, cell, refiner, ref, axes, probe, teacher, s_name, stud)
 
 
-def cell_fingerprint(cell: Cell, data_fp: str, recipes: dict[str, str], weights: dict[str, str | None]) -> str:
+def cell_fingerprint(cell: Cell, data_fp: str, recipes: dict[str, str], weights: dict[str, str | None],
+                     precision: str = "fp32") -> str:
     """Stable identity of a cell: its axes, the fingerprints of the recipes it uses (values and plugin
-    versions), the hashes of given weight files and the data it sees."""
-    return fingerprint("cell", cell.identity(), data_fp, recipes, weights)
+    versions), the hashes of given weight files, the data it sees and its autocast precision (fp32, the
+    plain run, adds nothing: ``harness.devices.precision_part``)."""
+    from harness.devices import precision_part
+
+    extra = precision_part(precision)
+    return fingerprint("cell", cell.identity(), data_fp, recipes, weights, *([extra] if extra else []))
 
 
 def shard(cells: list[Cell], fps: list[str], spec: str | None) -> list[int]:

@@ -7,7 +7,16 @@ A recipe is resolved from ``(kind, name, dataset, profile, overrides)``:
 2. every ``[[recipe]]`` table of ``registry.toml`` matching the kind, model,
    dataset and profile, in file order (later, more specific tables win);
 3. for a student, the keys its ``from_teacher`` list copies from its teacher's recipe;
-4. the ``--set [KIND.]KEY=VALUE`` overrides (:func:`parse_sets`), and the seed of the matrix cell.
+4. the ``--set [KIND.]KEY=VALUE`` overrides (:func:`parse_sets`), and the seed of the matrix cell;
+5. pretrained weights (model keys ``pretrained``, ``pretrained_file``), settled
+   through the plugin's ``model_class.pretrained_weights`` (see
+   :meth:`harness.interfaces.Teacher.pretrained_weights`): the weights file's
+   hash enters the fingerprint in place of its path (``Recipe.weights``). A
+   ``pretrained = true`` from ``registry.toml`` (the ``paper`` profile's) is a
+   wish: where no weights are on this machine, the recipe becomes
+   ``pretrained = false`` and one warning line says that results will not be
+   comparable to the paper's. Asked for on the command line (``--set``), or with
+   a ``pretrained_file``, missing weights are an error.
 
 Each value remembers where it came from (``Recipe.sources``). Keys are checked
 here, before any work: an unknown key is refused with the closest known one,
@@ -208,14 +217,19 @@ class Recipe:
     model: dict[str, Any]
     sources: dict[str, str]
     version: str = "0"
+    weights: dict[str, str] = field(default_factory=dict)  # pretrained weights' file hashes (model key -> hash)
 
     def values(self) -> dict[str, Any]:
         """Every value as one flat dict (train, task, model)."""
         return {**_asdict(self.train), **_asdict(self.task), **self.model}
 
     def fingerprint(self) -> str:
-        """Hash of the kind, name, plugin version and every resolved value."""
-        return fingerprint("recipe", self.kind, self.name, self.version, self.values())
+        """Hash of the kind, name, plugin version and every resolved value; with pretrained weights, their file's
+        hash instead of its path (the same weights anywhere are the same recipe)."""
+        if not self.weights:
+            return fingerprint("recipe", self.kind, self.name, self.version, self.values())
+        values = {k: v for k, v in self.values().items() if k != "pretrained_file"}
+        return fingerprint("recipe", self.kind, self.name, self.version, values, self.weights)
 
     @classmethod
     def of(cls, kind: str, name: str, values: dict[str, Any] | None = None) -> "Recipe":
@@ -324,7 +338,50 @@ def resolve(registry: Any, kind: str, name: str, dataset: str, profile: str,
         sources.setdefault(f.name, "default")
     for f in fields(task):
         sources.setdefault(f.name, "default")
-    return Recipe(kind, name, dataset, profile, train, task, model, sources, plugin_version(registry, kind, name))
+    model, weights = _settle_pretrained(registry, kind, name, profile, model, sources)
+    return Recipe(kind, name, dataset, profile, train, task, model, sources, plugin_version(registry, kind, name),
+                  weights)
+
+
+_WARNED: set[str] = set()  # pretrained fall-backs already reported in this process
+
+
+def _settle_pretrained(registry: Any, kind: str, name: str, profile: str, model: dict[str, Any],
+                       sources: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``(model, weights)``: the model keys with pretrained weights settled, and the hash of their file.
+
+    ``sources`` is updated in place (the file found, or the fall-back to random initialisation)."""
+    if not (model.get("pretrained") or model.get("pretrained_file")):
+        return model, {}
+    factory = registry.get(kind, name).factory
+    locate = getattr(getattr(factory, "model_class", None), "pretrained_weights", None)
+    if locate is None:
+        return model, {}
+    from harness.backbones import PretrainedMissing, weights_digest
+
+    try:
+        path = locate({**getattr(factory, "defaults", {}), **model})
+    except PretrainedMissing as exc:
+        wished = sources.get("pretrained", "").startswith("registry.toml") and not model.get("pretrained_file")
+        if not wished:
+            raise BenchError(f"{kind} {name}: {exc}") from None
+        message = (f"bench: warning: {kind} {name}: profile {profile!r} asks for ImageNet-pretrained weights, but "
+                   f"found none ({exc.where}); training from random initialisation, so results "
+                   f"will not be comparable to the paper's (provide weights: --set {kind}.pretrained_file=PATH, or "
+                   "put them in that cache)")
+        if message not in _WARNED:
+            _WARNED.add(message)
+            print(message, file=sys.stderr)
+        sources["pretrained"] += " (no weights on this machine: random initialisation)"
+        return {**model, "pretrained": False}, {}
+    if path is None:
+        return model, {}
+    digest = weights_digest(path)
+    if model.get("pretrained_file"):
+        model = {**model, "pretrained_file": str(path)}
+    key = "pretrained_file" if model.get("pretrained_file") else "pretrained"
+    sources[key] = f"{sources.get(key, 'default')}; weights {path} (sha256 {digest})"
+    return model, {"pretrained": digest}
 
 
 def check_overrides(registry: Any, overrides: list[Override], used: dict[str, list[str]]) -> None:

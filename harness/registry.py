@@ -97,7 +97,8 @@ class ModelFamily(dict):
     ``models = ModelFamily()``; ``@models.register("name")`` on a function returning the variant's default
     config (``models["name"]``); the family's hook returns ``models.factories(build)``: ``{name: factory}``,
     where ``factory(**config)`` is ``build(**{**variant, **config})`` and carries ``model_class`` (the class
-    whose named arguments are the recipe's model keys; ``build`` itself when it is a class). Every built-in
+    whose named arguments are the recipe's model keys; ``build`` itself when it is a class) and ``defaults``
+    (the variant's config). Every built-in
     family registers this way, and so can a third party's.
     """
 
@@ -120,6 +121,7 @@ class ModelFamily(dict):
                 return build(**{**self[name], **config})
 
             factory.model_class = model_class or (build if inspect.isclass(build) else None)  # type: ignore[attr-defined]
+            factory.defaults = dict(self[name])  # type: ignore[attr-defined]  # the variant's config
             factory.__doc__ = f"Build {name} ({self[name] or 'defaults'})."
             factory.__module__ = self.module
             return factory

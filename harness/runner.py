@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from harness.errors import BenchError
 from harness.data import require_frames, subset
+from harness.devices import check_precision, resolve_device
 from harness.interfaces import PoseData
 from harness.matrix import Cell, Plan, cell_fingerprint, shard, software_versions
 from harness.metrics import errors, per_scene
@@ -63,8 +65,13 @@ class MatrixRunner:
     """Evaluates the cells of a plan against one store."""
 
     def __init__(self, store: Store, manager: BenchPluginManager, data: PoseData, dataset: str, profile: str,
-                 overrides: list[Override] | None = None, progress: bool = True) -> None:
+                 overrides: list[Override] | None = None, progress: bool = True, device: torch.device | None = None,
+                 precision: str = "fp32") -> None:
+        """``device`` (default: ``--device auto``) and ``precision`` (``harness.devices``) are those of every
+        cell; a precision other than fp32 is part of every cell's fingerprint."""
         self.store, self.manager, self.data, self.dataset = store, manager, data, dataset
+        self.device = device if device is not None else resolve_device("auto")
+        self.precision = check_precision(precision, self.device)
         self.registry = manager.registry()
         self.profile, self.overrides, self.progress = profile, overrides or [], progress
         self._contexts: dict[tuple, Context] = {}
@@ -84,7 +91,7 @@ class MatrixRunner:
             self._contexts[key] = Context(
                 store=self.store, registry=self.registry, data=subset(self.data, cell.scenes, cell.fraction, cell.seed),
                 dataset=self.dataset, profile=self.profile, progress=self.progress, overrides=self.overrides,
-                seed=cell.seed,
+                seed=cell.seed, device=self.device, precision=self.precision,
             )
         return self._contexts[key]
 
@@ -115,7 +122,8 @@ class MatrixRunner:
             name = getattr(cell, kind)
             if name:
                 weights[kind] = self._hash(split_name(name)[1])
-        return cell_fingerprint(cell, self.context(cell).data.fingerprint(), self.recipes(cell), weights)
+        return cell_fingerprint(cell, self.context(cell).data.fingerprint(), self.recipes(cell), weights,
+                                self.precision)
 
     def provenance(self, cell: Cell) -> dict[str, Any]:
         """What produced a cell (:data:`harness.cells.PROVENANCE_KEYS`)."""
@@ -126,7 +134,7 @@ class MatrixRunner:
             "profile": self.profile, "overrides": overrides_text(self.overrides),
             "recipe_fingerprint": self._recipe_source, "aprbench_version": harness.__version__,
             "git_commit": self._commit, "dataset_fingerprint": self._dataset_fp, "device": str(ctx.device),
-            "precision": "fp32", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "precision": ctx.precision, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
     # -- running ----------------------------------------------------------

@@ -17,6 +17,12 @@ otherwise the interrupted state is saved and its epoch redone on resume. Under
 ``torchrun`` (``WORLD_SIZE > 1``) the task is wrapped in
 DistributedDataParallel (gloo on CPU, nccl on GPU) and only rank 0 writes.
 
+Precision: ``precision`` (``fp32``, ``bf16``, ``fp16``; :mod:`harness.devices`)
+runs each batch's forward pass (the task's loss included) under
+:func:`torch.autocast`; backward and the optimiser step run outside it on the
+float32 weights. fp16 on CUDA scales the loss (``GradScaler``, its state kept
+in the checkpoint); a step whose scaled gradients overflow is skipped.
+
 Learning curves: every epoch adds a row to ``checkpoint_dir/log.csv`` (see
 :class:`EpochLog`): the epoch's mean loss and loss parts, the learned loss
 weights ``sx``/``sq`` of the task's :class:`~harness.losses.PoseLoss`, the
@@ -27,6 +33,7 @@ checkpoint holds and appends from there, so no epoch appears twice.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -188,14 +195,21 @@ def fit(
     device: torch.device | None = None,
     validate: Callable[[], Mapping[str, float]] | None = None,
     log_path: Path | None = None,
+    precision: str = "fp32",
 ) -> list[dict[str, float]]:
     """Train ``task`` for ``config.epochs`` epochs (resuming from a checkpoint); return per-epoch mean logs.
 
     ``validate``, when given, is called after every epoch (task in eval mode, no gradients, RNG state
     restored afterwards so results do not depend on it); its values are logged as ``val_<name>``.
     The per-epoch log goes to ``log_path`` (default ``checkpoint_dir/log.csv``; none without either).
+    ``precision``: autocast of the forward passes (and of ``validate``), see the module note.
     """
+    from harness.devices import autocast, check_precision, grad_scaler
+
     device = device or next(task.parameters()).device
+    check_precision(precision, device)
+    scaler = grad_scaler(device, precision)
+    amp = lambda: autocast(device, precision)  # noqa: E731  a fresh context per use
     distributed = _init_distributed(device)
     rank, world = distributed_env()
     torch.manual_seed(config.seed + rank)
@@ -203,7 +217,7 @@ def fit(
     optimizer = make_optimizer(params, config)
     scheduler = make_scheduler(optimizer, config)
     ckpt = Checkpoint(Path(checkpoint_dir) / "last.pth" if checkpoint_dir is not None and rank == 0 else None,
-                      task, optimizer, scheduler)
+                      task, optimizer, scheduler, scaler)
     history = ckpt.load() if checkpoint_dir is not None else []
     start = len(history)
     model = nn.parallel.DistributedDataParallel(task) if distributed else task
@@ -222,14 +236,14 @@ def fit(
         task.train()
         for epoch in range(start, config.epochs):
             t0 = time.perf_counter()
-            means = _epoch(model, batches(epoch, rank, world), optimizer, params, config.grad_clip, f"{desc}, epoch {epoch + 1}",
-                           pace)
+            means = _epoch(model, batches(epoch, rank, world), optimizer, params, config.grad_clip,
+                           f"{desc}, epoch {epoch + 1}", amp, scaler, pace)
             means.update(loss_weights(task))
             means["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
             means["seconds"] = time.perf_counter() - t0
             if validate is not None and rank == 0:
-                means.update(_validate(task, validate, device))
+                means.update(_validate(task, validate, device, amp))
             history.append(means)
             if log is not None:
                 log.append(epoch + 1, means)
@@ -282,22 +296,29 @@ def _duration(seconds: float) -> str:
 
 
 def _epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Optimizer, params: list,
-           grad_clip: float, where: str, pace: Pace | None = None) -> dict[str, float]:
+           grad_clip: float, where: str, amp: Callable[[], Any] | None = None,
+           scaler: torch.amp.GradScaler | None = None, pace: Pace | None = None) -> dict[str, float]:
     """One pass over ``batches``: the mean of the loss and of every logged value. A non-finite loss stops
-    training with :class:`NonFinite` naming ``where`` (model and epoch) and the loss parts."""
+    training with :class:`NonFinite` naming ``where`` (model and epoch) and the loss parts. ``amp()``: the
+    autocast context of each forward pass; ``scaler``: fp16 loss scaling (disabled: plain steps)."""
+    amp = amp or contextlib.nullcontext
+    scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
     sums: dict[str, float] = {}
     count = 0
     for batch in batches:
-        loss, logs = model(batch)
+        with amp():
+            loss, logs = model(batch)
         if not bool(torch.isfinite(loss.detach())):
             parts = ", ".join(f"{k}={v:.3g}" for k, v in logs.items())
             raise NonFinite(f"{where}: the training loss became {float(loss.detach())} at batch {count + 1} ({parts}); "
                             "lower the learning rate or check the data")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss.float()).backward()
         if grad_clip > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)  # a plain optimizer.step() when disabled
+        scaler.update()
         count += 1
         if pace is not None:
             pace.step()
@@ -308,10 +329,13 @@ def _epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Opti
 
 class Checkpoint:
     """The resumable state of one training (``path``; ``None`` keeps nothing): task, optimiser, schedule, RNG,
-    and the per-epoch history (its length is the number of finished epochs)."""
+    the fp16 loss scaler's state (when one is enabled) and the per-epoch history (its length is the number of
+    finished epochs)."""
 
-    def __init__(self, path: Path | None, task: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    def __init__(self, path: Path | None, task: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 scaler: torch.amp.GradScaler | None = None) -> None:
         self.path, self.task, self.optimizer, self.scheduler = path, task, optimizer, scheduler
+        self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
 
     def load(self) -> list[dict[str, float]]:
         """Restore the saved state (if any) and return its history."""
@@ -322,13 +346,16 @@ class Checkpoint:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         return [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()][: int(state["epoch"])]
 
     def save(self, history: list[dict[str, float]]) -> None:
         if self.path is None:
             return
         keys = sorted({k for h in history for k in h})
-        save_state(self.path, {
+        extra = {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+        save_state(self.path, {**extra,
             "task": self.task.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": len(history),
             "history_keys": keys,
@@ -336,10 +363,12 @@ class Checkpoint:
         })
 
 
-def _validate(task: nn.Module, validate: Callable[[], Mapping[str, float]], device: torch.device) -> dict[str, float]:
-    """Run ``validate`` with ``task`` in eval mode and no gradients, leaving the RNG streams as they were."""
+def _validate(task: nn.Module, validate: Callable[[], Mapping[str, float]], device: torch.device,
+              amp: Callable[[], Any] | None = None) -> dict[str, float]:
+    """Run ``validate`` with ``task`` in eval mode and no gradients (under ``amp()``, the training's autocast),
+    leaving the RNG streams as they were."""
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), (amp or contextlib.nullcontext)():
         task.eval()
         try:
             values = dict(validate())

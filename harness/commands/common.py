@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Callable
 
+if TYPE_CHECKING:
+    import torch
+
 from harness.plugins import get_registry
 from harness.recipes import check_overrides, check_profile, parse_sets
 from harness.store import Store
@@ -31,8 +34,28 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="[KIND.]KEY=VALUE", help=SET_HELP)
 
 
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--precision``, the same in every command that trains or evaluates (``harness.devices``)."""
+    from harness.devices import DEVICES_HELP, PRECISIONS
+
+    parser.add_argument("--device", default="auto", help=f"where models train and run: {DEVICES_HELP} "
+                        "(default auto: the first CUDA GPU when there is one, else the CPU)")
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                        help="autocast precision of training and evaluation: fp32 (default), bf16 (CPU or GPU), "
+                        "fp16 (CUDA only); results of another precision are other cells")
+
+
+def device_from_args(args: argparse.Namespace) -> tuple["torch.device", str]:
+    """The checked ``(device, precision)`` the options name (BenchError when this machine lacks them)."""
+    from harness.devices import check_precision, resolve_device
+
+    device = resolve_device(getattr(args, "device", "auto"))
+    return device, check_precision(getattr(args, "precision", "fp32"), device)
+
+
 def add_data_options(parser: argparse.ArgumentParser) -> None:
-    """``--dataset``, ``--scenes``, ``--fraction``, ``--seed``, ``--profile``, ``--set``, ``--no-progress``."""
+    """``--dataset``, ``--scenes``, ``--fraction``, ``--seed``, ``--profile``, ``--set``, ``--device``,
+    ``--precision``, ``--no-progress``."""
     parser.add_argument(
         "--dataset", default="synthetic",
         help="dataset plugin name with options, e.g. 'synthetic', 'sevenscenes:root=/data/7Scenes', "
@@ -42,26 +65,30 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fraction", type=float, default=1.0, help="fraction of each scene's training frames to use (default 1.0)")
     parser.add_argument("--seed", type=int, default=None, help="training seed of every model (default: each recipe's, 0)")
     add_recipe_options(parser)
+    add_device_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def make_context(args: argparse.Namespace, used: dict[str, list[str]]) -> Context:
     """Open the store, load plugins and the dataset named by ``args``; ``used`` (kind -> names) checks ``--set``.
 
-    Options are checked before the dataset is opened (rendered): profile, ``--set`` keys, fraction.
+    Options are checked before the dataset is opened (rendered): profile, ``--set`` keys, fraction,
+    device and precision.
     """
     from harness.data import open_dataset, with_fraction
     from harness.stages.context import Context
     from harness.errors import BenchError
 
     registry = get_registry(args.plugin)
+    device, precision = device_from_args(args)
     check_profile(args.profile)
     overrides = parse_sets(args.set)
     check_overrides(registry, overrides, used)
     if not 0 < args.fraction <= 1:
         raise BenchError(f"--fraction {args.fraction}: must be in (0, 1]")
     ctx = Context(store=Store(args.workdir), registry=registry, data=None, dataset=args.dataset.split(":", 1)[0],
-                  profile=args.profile, progress=not args.no_progress, overrides=overrides, seed=args.seed)
+                  profile=args.profile, progress=not args.no_progress, overrides=overrides, seed=args.seed,
+                  device=device, precision=precision)
     for kind, names in used.items():  # every recipe resolves (types, ranges, kind-specific keys) before any work
         for name in names:
             ctx.recipe(kind, name)

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.commands.common import add_recipe_options
+from harness.commands.common import add_device_options, add_recipe_options, device_from_args
 from harness.errors import BenchError
 from harness.matrix import NONE, Axes, TeacherSpec, expand, flatten, parse_list, shard, validate
 from harness.plugins import get_manager
@@ -53,6 +53,7 @@ def register(commands) -> None:
     p.add_argument("--decoder", nargs="+", action="extend", metavar="D", help="decoders scored on every teacher x student (the student trained with the first --encode value); "
                    "NAME@TEACHER limits one to that teacher")
     add_recipe_options(p)
+    add_device_options(p)
     p.add_argument("--shard", metavar="i/n", help="run only slice i of n (0 <= i < n) of the cells, e.g. for a Slurm array")
     p.add_argument("--format", default="github", help="leaderboard format: github, latex, html, plain, csv")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML/PNG report")
@@ -139,6 +140,7 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
     if args.format not in leaderboard.FORMATS:
         raise BenchError(f"--format {args.format!r}: expected one of {', '.join(leaderboard.FORMATS)}")
     check_profile(args.profile)
+    device, precision = device_from_args(args)
     overrides = parse_sets(args.set)
     manager = get_manager(args.plugin)
     registry = manager.registry()
@@ -160,7 +162,8 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
             print(f"  {what}: {why}", file=sys.stderr)
     if not plan.cells:
         raise BenchError("no compatible cells to run")
-    runner = MatrixRunner(store, manager, data, name, args.profile, overrides, progress=not args.no_progress)
+    runner = MatrixRunner(store, manager, data, name, args.profile, overrides, progress=not args.no_progress,
+                          device=device, precision=precision)
     summary, fps = runner.run(plan, args.shard)
     board, board_err = io.StringIO(), io.StringIO()
     try:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from harness.devices import precision_part
 from harness.errors import BenchError
 from harness.interfaces import PoseData
 from harness.plugins import Registry
@@ -32,8 +33,10 @@ CHECKPOINTS = "checkpoints"  # resumable training state under an artifact's fold
 
 
 def default_device() -> torch.device:
-    """``cuda`` when present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``cuda:0`` when present, else the CPU (``--device auto``)."""
+    from harness.devices import resolve_device
+
+    return resolve_device("auto")
 
 
 @dataclass
@@ -43,7 +46,10 @@ class Context:
     ``data`` holds every split of the chosen scenes (the training split already
     reduced to the chosen fraction); ``dataset`` is the dataset plugin name
     that recipes match on (``synthetic``, ``sevenscenes``, ``cambridge``, ...);
-    ``seed`` (the matrix cell's) overrides every recipe's seed.
+    ``seed`` (the matrix cell's) overrides every recipe's seed. ``device`` and
+    ``precision`` (``fp32``, ``bf16``, ``fp16``: autocast of every forward pass,
+    :mod:`harness.devices`) are where and how models train and run; a reduced
+    precision enters the fingerprint of every artifact obtained under it.
     """
 
     store: Store
@@ -53,6 +59,7 @@ class Context:
     profile: str = "quick"
     device: torch.device = field(default_factory=default_device)
     progress: bool = True
+    precision: str = "fp32"
     overrides: list[Override] = field(default_factory=list)  # also accepted as {kind: {key: value}}
     seed: int | None = None
     artifacts: dict[str, "Artifact"] = field(default_factory=dict, repr=False)  # obtained in this process, by fingerprint
@@ -176,10 +183,12 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
     ``checkpoint``, or trained with its recipe on ``ctx.data``'s training split.
 
     Fingerprint: the recipe (values + plugin version), the upstream artifacts'
-    fingerprints, the training split's fingerprint, ``options`` and the
-    checkpoint's file hash. Training runs under a store lock (re-checked once
-    taken), so two processes never train the same artifact; an interrupted
-    training resumes from ``<artifact>/checkpoints``.
+    fingerprints, the training split's fingerprint, ``options``, the
+    checkpoint's file hash and ``ctx.precision`` unless it is fp32 (an artifact
+    trained, or given weights evaluated, under autocast is another artifact).
+    Training runs under a store lock (re-checked once taken), so two processes
+    never train the same artifact; an interrupted training resumes from
+    ``<artifact>/checkpoints``.
     """
     upstream = upstream or {}
     teacher = upstream.get("teacher")
@@ -192,6 +201,7 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
         if not checkpoint.is_file():
             raise BenchError(f"{stage.kind} checkpoint {checkpoint} does not exist")
         ids["checkpoint"] = file_hash(checkpoint)
+    options = {**(options or {}), **precision_part(ctx.precision)}
     fp = artifact_fingerprint(recipe, ids, options)
     if fp in ctx.artifacts:  # already built and loaded for an earlier cell of this context
         return ctx.artifacts[fp]
@@ -245,6 +255,7 @@ def _metadata(ctx: Context, art: Artifact, history: list[dict[str, float]], seco
         "train_frames": len(ctx.data.split("train").labels), "upstream": art.upstream, "epochs": len(history),
         "train_seconds": sum(h.get("seconds", 0.0) for h in history), "wall_seconds": seconds,
         "first": history[0] if history else {}, "final": history[-1] if history else {}, "torch": torch.__version__,
+        "device": str(ctx.device), "precision": ctx.precision,
         **extra,
     }
 

@@ -36,12 +36,15 @@ def _check_pairing(name: str, teacher: Artifact, student: Artifact | None) -> No
 
 
 @torch.no_grad()
-def pose_latents(student: Artifact, data: PoseData, device: torch.device) -> tuple[Tensor, Tensor]:
-    """The student's latents ``(N, D)`` x 2 of ``data``'s ground-truth poses (ground-truth scenes)."""
+def pose_latents(student: Artifact, data: PoseData, device: torch.device, precision: str = "fp32") -> tuple[Tensor, Tensor]:
+    """The student's float32 latents ``(N, D)`` x 2 of ``data``'s ground-truth poses (ground-truth scenes),
+    encoded under ``precision``'s autocast."""
+    from harness.devices import autocast
     from harness.stages.refiner import encode_poses
 
     model = student.model.to(device).eval()
-    return encode_poses(model, data.poses().to(device), data.scene_ids().to(device))
+    with autocast(device, precision):
+        return encode_poses(model, data.poses().to(device), data.scene_ids().to(device))
 
 
 # =========================================================================== training
@@ -83,11 +86,11 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     model, config = art.model, art.recipe.train
     train = ctx.data.split("train")
     images = load_images(train, int(model.image_size), ctx.store)  # (N, 3, S, S) uint8
-    lx, lq = pose_latents(upstream["student"], train, ctx.device)
+    lx, lq = pose_latents(upstream["student"], train, ctx.device, ctx.precision)
     task = DecoderTask(model).to(ctx.device)
     batches = Batches((lx.cpu(), lq.cpu(), images), config.batch_size, config.seed, device=ctx.device)
     history = fit(task, batches, config, desc=f"decoder {art.name}", progress=ctx.progress, device=ctx.device,
-                  **training_paths(out_dir))
+                  precision=ctx.precision, **training_paths(out_dir))
     return history, {"student": upstream["student"].fingerprint}
 
 
@@ -98,7 +101,9 @@ DECODER = Stage("decoder", Decoder, _build_args, _check, _train)
 @torch.inference_mode()
 def decode_split(ctx: Context, decoder: Artifact, student: Artifact, split: str,
                  index: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """``(decoded, truth)`` float ``(N, 3, S, S)`` in [0, 1] for ``split``'s ground-truth poses (or ``index`` of them)."""
+    """``(decoded, truth)`` float32 ``(N, 3, S, S)`` in [0, 1] for ``split``'s ground-truth poses (or ``index`` of
+    them), decoded under ``ctx.precision``'s autocast."""
+    from harness.devices import autocast
     from harness.images import load_images
 
     data = ctx.data.split(split)
@@ -106,12 +111,13 @@ def decode_split(ctx: Context, decoder: Artifact, student: Artifact, split: str,
         raise BenchError(f"no {split} frames to decode")
     S = int(decoder.model.image_size)
     images = load_images(data, S, ctx.store)
-    lx, lq = pose_latents(student, data, ctx.device)
+    lx, lq = pose_latents(student, data, ctx.device, ctx.precision)
     if index is not None:
         images, lx, lq = images[index], lx[index], lq[index]
     bs = decoder.recipe.task.eval_batch_size
     model = decoder.model.to(ctx.device).eval()
-    out = torch.cat([model(lx[i : i + bs], lq[i : i + bs]).float().cpu() for i in range(0, len(lx), bs)])
+    with autocast(ctx.device, ctx.precision):
+        out = torch.cat([model(lx[i : i + bs], lq[i : i + bs]).float().cpu() for i in range(0, len(lx), bs)])
     return out, images.float() / 255.0
 
 

@@ -264,7 +264,7 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     task = RPRTask(model, cfg.sx, cfg.sq, cfg.learn_weights).to(ctx.device)
     batches = pair_batches(make, config.batch_size, config.seed, images, cfg.augment, ctx.device)
     history = fit(task, batches, config, desc=f"refiner {name}", progress=ctx.progress, device=ctx.device,
-                  **training_paths(out_dir))
+                  precision=ctx.precision, **training_paths(out_dir))
     present = np.unique(out["scene_id"]).tolist()  # scene ids index the dataset's scenes
     return history, {
         "teacher_train_rms": {ctx.data.scenes[s]: dict(zip(("m_per_axis", "deg_per_axis"), spread[s].tolist())) for s in present},
@@ -376,7 +376,11 @@ def refine(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact
     refiner keeps at test time besides the teacher (PAE + RPR weights for
     ``pae-rpr``; training image files + their latents and poses + RPR
     weights for ``image-rpr``; the pose index for a pose-index refiner).
+    Forward passes (image encoder, PAE, RPR) run under ``ctx.precision``'s
+    autocast; the poses are composed and returned in float32.
     """
+    from harness.devices import autocast
+
     _check_pairing(refiner, teacher, student)
     if iterations < 0:
         raise BenchError(f"iterations must be >= 0, got {iterations}")
@@ -388,16 +392,17 @@ def refine(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact
     multi = bool(getattr(teacher.model, "multi_scene", False))
     logp = np.asarray(out.get("scene_logp", np.zeros((N, 1))))
     scene_pred = torch.as_tensor(logp.argmax(1) if (multi and logp.ndim == 2 and N) else np.zeros(N), dtype=torch.int64)
-    qx, qq = _query_latents(ctx, refiner, teacher, split, out, scene_pred if multi else None)
-    step, stored = _stepper(ctx, refiner, teacher, student, qx.to(ctx.device), qq.to(ctx.device),
-                            scene_pred.to(ctx.device), multi)
-    poses = [p.clone()]
-    p = p.to(ctx.device)
-    # one step's cost per frame, warmed up and repeated over every frame (each iteration costs the same)
-    step_s = seconds_per_frame(lambda: step(p), N, ctx.device, warmup=1, repeats=3) if iterations else 0.0
-    for _ in range(iterations):
-        p = step(p)
-        poses.append(p.detach().cpu().clone())
+    with autocast(ctx.device, ctx.precision):
+        qx, qq = _query_latents(ctx, refiner, teacher, split, out, scene_pred if multi else None)
+        step, stored = _stepper(ctx, refiner, teacher, student, qx.to(ctx.device), qq.to(ctx.device),
+                                scene_pred.to(ctx.device), multi)
+        poses = [p.clone()]
+        p = p.to(ctx.device)
+        # one step's cost per frame, warmed up and repeated over every frame (each iteration costs the same)
+        step_s = seconds_per_frame(lambda: step(p), N, ctx.device, warmup=1, repeats=3) if iterations else 0.0
+        for _ in range(iterations):
+            p = step(p).float()
+            poses.append(p.detach().cpu().clone())
     first = float(np.mean(out["time_s"])) if N else 0.0
     times = [first + k * step_s for k in range(iterations + 1)]
     return {
@@ -431,8 +436,8 @@ def _stepper(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifa
     def step(p: Tensor) -> Tensor:
         ref_pose, rx, rq = neighbours(p)
         N = len(p)
-        rel = torch.cat([model(qx[i: i + bs], qq[i: i + bs], rx[i: i + bs], rq[i: i + bs]) for i in range(0, N, bs)]) \
-            if N else p.new_zeros(0, 7)
+        rel = torch.cat([model(qx[i: i + bs], qq[i: i + bs], rx[i: i + bs], rq[i: i + bs]).float()
+                         for i in range(0, N, bs)]) if N else p.new_zeros(0, 7)
         new = P.compose(ref_pose, P.invert_relative(rel))  # (N, 7)
         return P.join_pose(new[:, :3], align_sign(new[:, 3:], p[:, 3:]))
 

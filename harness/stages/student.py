@@ -222,7 +222,7 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     with frozen(teacher_model), cpu_threads(cfg.num_threads, dev):
         history = fit(task, Batches(tensors, recipe.train.batch_size, recipe.train.seed, device=dev), recipe.train,
                       desc=f"{art.name} <- {teacher.name}", progress=ctx.progress, device=dev,
-                      **training_paths(out_dir))
+                      precision=ctx.precision, **training_paths(out_dir))
     return history, {
         "encode": encode, "pose_weight": weight, "teacher": teacher.name, "latent_dim": int(student.latent_dim),
         "multi_scene": bool(student.multi_scene), "sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach()),
@@ -248,8 +248,10 @@ def student_outputs(ctx: Context, student: Artifact, teacher: Artifact, split: s
     was given), ``latent_mse (N,)`` mean squared difference to the teacher's
     latents over both latents' ``2 D`` elements, ``time_s (N,)`` seconds per
     frame of encode + decode at the teacher's ``eval_batch_size`` (warmed up and
-    repeated, :func:`harness.timing.seconds_per_frame`).
+    repeated, :func:`harness.timing.seconds_per_frame`). Forward passes run under
+    ``ctx.precision``'s autocast; outputs are float32.
     """
+    from harness.devices import autocast
     from harness.stages.teacher import teacher_outputs
 
     out = teacher_outputs(ctx, teacher, split)
@@ -268,8 +270,9 @@ def student_outputs(ctx: Context, student: Artifact, teacher: Artifact, split: s
 
     def encode_decode(i: int) -> tuple[Tensor, Tensor, Tensor]:
         p = poses[i : i + bs].to(dev)
-        lx, lq = s_model(p, scenes[i : i + bs].to(dev) if multi else None)
-        return lx, lq, t_model.decode(lx, lq)
+        with autocast(dev, ctx.precision):
+            lx, lq = s_model(p, scenes[i : i + bs].to(dev) if multi else None)
+            return lx, lq, t_model.decode(lx, lq).float()
 
     for i in range(0, n, bs):
         lx, lq, e = encode_decode(i)

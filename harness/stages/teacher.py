@@ -137,7 +137,7 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
                                 task_cfg.scene_balanced, ctx.device)
         desc = f"{art.name}" + (f" stage {i + 1}/{len(stages)}" if len(stages) > 1 else "")
         history += fit(task, batches, config, desc=desc, progress=ctx.progress, device=ctx.device,
-                       **training_paths(out_dir, i if len(stages) > 1 else None))
+                       precision=ctx.precision, **training_paths(out_dir, i if len(stages) > 1 else None))
     teacher.requires_grad_(True)
     return history, {"sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach())}
 
@@ -147,9 +147,12 @@ TEACHER = Stage("teacher", Teacher, _build_args, _check, _train)
 
 # =========================================================================== outputs
 @torch.inference_mode()
-def predict(model: Teacher, images: Tensor, batch_size: int = 64, device: torch.device | None = None) -> dict[str, np.ndarray]:
-    """Batched teacher outputs over uint8 images ``(N, 3, S, S)``: pose_est, latents, scene_logp, and time_s
+def predict(model: Teacher, images: Tensor, batch_size: int = 64, device: torch.device | None = None,
+            precision: str = "fp32") -> dict[str, np.ndarray]:
+    """Batched teacher outputs over uint8 images ``(N, 3, S, S)``: pose_est, latents, scene_logp (float32
+    whatever ``precision`` the forward passes ran under, :func:`harness.devices.autocast`), and time_s
     (seconds per frame of the forward pass at ``batch_size``, :func:`harness.timing.seconds_per_frame`)."""
+    from harness.devices import autocast
     from harness.images import normalize_images
 
     device = device or next(model.parameters()).device
@@ -157,7 +160,9 @@ def predict(model: Teacher, images: Tensor, batch_size: int = 64, device: torch.
     out: dict[str, list[np.ndarray]] = {"pose_est": [], "latent_x": [], "latent_q": [], "scene_logp": [], "time_s": []}
     for i in range(0, len(images), batch_size):
         x = normalize_images(images[i : i + batch_size]).to(device)
-        est, lat = model(x)
+        with autocast(device, precision):
+            est, lat = model(x)
+        est = est.float()
         est = torch.cat([est[:, :3], normalize_quat(est[:, 3:])], dim=1)
         logp = lat.scene_logp if lat.scene_logp is not None else est.new_zeros(len(x), 1)
         parts = [est, lat.x, lat.q, logp]
@@ -166,13 +171,20 @@ def predict(model: Teacher, images: Tensor, batch_size: int = 64, device: torch.
             out[key].append(value)
     # the forward pass's cost per frame: warmed up, repeated, on one batch of ``batch_size`` frames
     x = normalize_images(images[:batch_size]).to(device)
-    out["time_s"].append(np.full(len(images), seconds_per_frame(lambda: model(x), len(x), device)))
+
+    def forward() -> None:
+        with autocast(device, precision):
+            model(x)
+
+    out["time_s"].append(np.full(len(images), seconds_per_frame(forward, len(x), device)))
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
 
 
 def teacher_outputs(ctx: Context, teacher: Artifact, split: str) -> dict[str, np.ndarray]:
     """The teacher's outputs on ``split`` of ``ctx.data``, from the HDF5 store or computed once.
 
+    Forward passes run under ``ctx.precision`` (whose non-fp32 value is part of
+    the teacher's fingerprint, hence of these outputs'); stored arrays are float32.
     Keys: ``pose_est (N, 7)`` float32 (unit quaternion), ``pose_gt (N, 7)``,
     ``latent_x``/``latent_q (N, D)``, ``scene_id (N,)`` int64, ``scene_logp (N, S)``
     float32 (zeros ``(N, 1)`` for a single-scene teacher), ``time_s (N,)``
@@ -193,7 +205,7 @@ def teacher_outputs(ctx: Context, teacher: Artifact, split: str) -> dict[str, np
         size = teacher.recipe.task.image_size
         images = load_images(data, size, ctx.store)
         model = teacher.model
-        out = predict(model, images, teacher.recipe.task.eval_batch_size, ctx.device)
+        out = predict(model, images, teacher.recipe.task.eval_batch_size, ctx.device, ctx.precision)
         if len(data.labels) == 0:
             out = {"pose_est": np.zeros((0, 7), np.float32), "latent_x": np.zeros((0, model.latent_dim), np.float32),
                    "latent_q": np.zeros((0, model.latent_dim), np.float32),
@@ -204,7 +216,7 @@ def teacher_outputs(ctx: Context, teacher: Artifact, split: str) -> dict[str, np
         out["img_path"] = data.labels["img_path"].astype(str).tolist()
         attrs = {"teacher": teacher.name, "fingerprint": teacher.fingerprint, "config": teacher.recipe.values(),
                  "split": split, "data_fingerprint": data.fingerprint(), "scenes": list(data.scenes),
-                 "image_size": size}
+                 "image_size": size, "device": str(ctx.device), "precision": ctx.precision}
         write_h5(path, out, attrs)
     return read_h5(path)[0]
 

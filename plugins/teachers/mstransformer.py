@@ -15,13 +15,16 @@ is never read), ffn 256 with GELU (``activation``), dropout 0.1, one 2-D
 positional table of 50 rows shared by both branches (``shared_pos_embed``,
 ``max_hw = 50``), ``tf_efficientnet_b0``. ``depth``/``d_model``/``heads``/``ffn``
 make a small one for a CPU; ``backbone`` takes any timm model with
-``features_only`` (the channel counts are read from it). Parameter names follow
+``features_only`` (the channel counts are read from it); ``pretrained`` /
+``pretrained_file`` start it from ImageNet weights, offline
+(``harness.backbones``). Parameter names follow
 the reference (``transformer_t``, ``regressor_head_rot``, ...) so that staged
 fine-tuning patterns such as ``regressor_head_rot.*`` carry over.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import timm
@@ -29,12 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.backbones import create_backbone, find_pretrained
 from harness.errors import BenchError
 from harness.hookspecs import hookimpl
 from harness.interfaces import Latents, Teacher
 from harness.registry import ModelFamily
 
 VERSION = "1"
+DEFAULT_BACKBONE = "efficientnet_b0"
 
 
 def _activation(name: str) -> Callable[[Tensor], Tensor]:
@@ -159,7 +164,7 @@ class MSTransformer(Teacher):
     def __init__(
         self,
         num_scenes: int = 1,
-        backbone: str = "efficientnet_b0",
+        backbone: str = DEFAULT_BACKBONE,
         feature_strides: tuple[int, int] = (16, 8),  # (position branch, orientation branch)
         d_model: int = 256,
         heads: int = 4,
@@ -173,6 +178,8 @@ class MSTransformer(Teacher):
         backbone_weights: str | None = None,
         activation: str = "relu",
         shared_pos_embed: bool = False,
+        pretrained: bool = False,
+        pretrained_file: str | None = None,
     ) -> None:
         super().__init__()
         self.latent_dim = d_model
@@ -182,9 +189,9 @@ class MSTransformer(Teacher):
             probe = timm.create_model(backbone, pretrained=False, features_only=True)
             reductions = list(probe.feature_info.reduction())
             idx = sorted(reductions.index(s) for s in feature_strides)  # timm returns maps in this order
-            self.backbone = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=idx)
         except (ValueError, RuntimeError) as exc:
             raise BenchError(f"timm cannot give {backbone!r} feature maps at strides {list(feature_strides)}: {exc}") from None
+        self.backbone = create_backbone(backbone, pretrained, pretrained_file, features_only=True, out_indices=idx)
         if backbone_weights:
             from plugins.teachers.posenet import load_backbone_weights
 
@@ -237,6 +244,14 @@ class MSTransformer(Teacher):
 
     def heads(self) -> list[nn.Module]:
         return [self.regressor_head_t, self.regressor_head_rot]
+
+    @classmethod
+    def pretrained_weights(cls, config: dict) -> Path | None:
+        """The ImageNet weights file of ``config``'s backbone when it asks for one (``pretrained``,
+        ``pretrained_file``); see :meth:`harness.interfaces.Teacher.pretrained_weights`."""
+        if not (config.get("pretrained") or config.get("pretrained_file")):
+            return None
+        return find_pretrained(config.get("backbone", DEFAULT_BACKBONE), config.get("pretrained_file"))
 
     def from_reference_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """``state`` in this model's names: a reference EMS-Transformer file converted, anything else unchanged."""

@@ -8,8 +8,11 @@
 Variants are registered timm-style with :func:`register_variant`;
 :func:`create_teacher` builds any of them, or ``posenet`` with any timm model
 name as ``backbone=``. Backbones start from random weights unless
-``backbone_weights=PATH`` names a local timm or torchvision state dict: this
-module never downloads anything.
+``pretrained=True`` (timm's ImageNet weights from the local Hugging Face cache)
+or ``pretrained_file=PATH`` (a timm state dict, loaded through timm) asks for
+pretrained ones (``harness.backbones``: never downloaded, a clear error when
+missing), or ``backbone_weights=PATH`` names a local timm or torchvision state
+dict loaded as it is: this module never downloads anything.
 
 Reference quirk (for importing the reference's checkpoints later): in the
 reference weights the layer named ``x_latent_fc`` feeds the *orientation*
@@ -22,10 +25,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-import timm
 import torch
 from torch import Tensor, nn
 
+from harness.backbones import create_backbone, find_pretrained
 from harness.errors import BenchError
 from harness.hookspecs import hookimpl
 from harness.registry import ModelFamily
@@ -33,6 +36,7 @@ from harness.interfaces import Latents, Teacher
 from harness.store import load_state
 
 VERSION = "1"
+DEFAULT_BACKBONE = "mobilenetv2_100"
 
 _VARIANTS = ModelFamily()
 register_variant = _VARIANTS.register
@@ -40,12 +44,12 @@ register_variant = _VARIANTS.register
 
 @register_variant("posenet")
 def _posenet() -> dict[str, Any]:
-    return {"backbone": "mobilenetv2_100"}
+    return {"backbone": DEFAULT_BACKBONE}
 
 
 @register_variant("posenet-mobilenet")
 def _posenet_mobilenet() -> dict[str, Any]:
-    return {"backbone": "mobilenetv2_100"}
+    return {"backbone": DEFAULT_BACKBONE}
 
 
 @register_variant("posenet-resnet50")
@@ -90,21 +94,20 @@ class PoseNet(Teacher):
 
     def __init__(
         self,
-        backbone: str = "mobilenetv2_100",
+        backbone: str = DEFAULT_BACKBONE,
         latent_dim: int = 256,
         dropout: float = 0.1,
         backbone_weights: str | None = None,
         num_scenes: int = 1,
+        pretrained: bool = False,
+        pretrained_file: str | None = None,
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.multi_scene = False
         self.num_scenes = 1  # a PoseNet regresses one coordinate frame; several scenes share it
-        try:
-            self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, **timm_kwargs)
-        except Exception as exc:  # unknown model names, bad kwargs
-            raise BenchError(f"timm cannot build backbone {backbone!r}: {exc}") from None
+        self.backbone = create_backbone(backbone, pretrained, pretrained_file, num_classes=0, **timm_kwargs)
         if backbone_weights:
             load_backbone_weights(self.backbone, backbone_weights)
         dim = self.backbone.num_features
@@ -123,6 +126,14 @@ class PoseNet(Teacher):
 
     def heads(self) -> list[nn.Module]:
         return [self.x_reg, self.q_reg]
+
+    @classmethod
+    def pretrained_weights(cls, config: dict) -> Path | None:
+        """The ImageNet weights file of ``config``'s backbone when it asks for one (``pretrained``,
+        ``pretrained_file``); see :meth:`harness.interfaces.Teacher.pretrained_weights`."""
+        if not (config.get("pretrained") or config.get("pretrained_file")):
+            return None
+        return find_pretrained(config.get("backbone", DEFAULT_BACKBONE), config.get("pretrained_file"))
 
     def from_reference_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """``state`` in this model's names: a reference PoseNet file converted (backbone names for this
