@@ -27,7 +27,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -185,6 +184,8 @@ class MSTransformer(Teacher):
         self.latent_dim = d_model
         self.multi_scene = True
         self.num_scenes = num_scenes
+        import timm  # loaded when a model is built, not when the plugin registers its names
+
         try:
             probe = timm.create_model(backbone, pretrained=False, features_only=True)
             reductions = list(probe.feature_info.reduction())
