@@ -14,19 +14,22 @@ teacher outputs, cells); fp32 adds nothing, so fp32 fingerprints are those of a 
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
-
-import torch
+from typing import TYPE_CHECKING, ContextManager
 
 from harness.errors import BenchError
 
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+if TYPE_CHECKING:  # torch loads when a device is resolved, not when the options are declared
+    import torch
+
+PRECISIONS: dict[str, str | None] = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}  # autocast dtypes
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 
 
 def resolve_device(text: str = "auto") -> torch.device:
     """The device ``text`` names (``auto``: ``cuda:0`` when CUDA is available, else ``cpu``); BenchError when
     this machine does not have it. A bare ``cuda`` becomes the current CUDA device's index."""
+    import torch
+
     text = (text or "auto").strip().lower()
     if text == "auto":
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -53,6 +56,8 @@ def resolve_device(text: str = "auto") -> torch.device:
 
 def check_precision(precision: str, device: torch.device) -> str:
     """``precision`` when ``device`` can run it, else BenchError: fp16 needs CUDA; bf16 needs a GPU that has it."""
+    import torch
+
     if precision not in PRECISIONS:
         raise BenchError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type != "cuda":
@@ -67,14 +72,18 @@ def check_precision(precision: str, device: torch.device) -> str:
 def autocast(device: torch.device, precision: str = "fp32") -> ContextManager:
     """The autocast context of ``precision`` on ``device`` (no context for fp32). Wrap forward passes only:
     backward runs outside it, in the dtypes autocast chose for the forward."""
+    import torch
+
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
 
 
 def grad_scaler(device: torch.device, precision: str = "fp32") -> torch.amp.GradScaler:
     """A loss scaler, enabled only for fp16 on CUDA (bf16 has float32's range and needs none)."""
+    import torch
+
     return torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu",
                                 enabled=precision == "fp16" and device.type == "cuda")
 
