@@ -187,7 +187,7 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
     if not plan.cells:
         raise BenchError("no compatible cells to run")
     runner = MatrixRunner(store, manager, data, name, args.profile, overrides, progress=not args.no_progress,
-                          device=device, precision=precision)
+                          device=device, precision=precision, log=args.log)
     if args.launcher == "none":
         summary, fps = runner.run(plan, args.shard)
     else:
