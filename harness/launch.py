@@ -81,7 +81,10 @@ def make_executor(cluster: str, folder: Path, jobs: int, parameters: dict[str, A
         import submitit
     except ImportError:
         raise BenchError("--launcher needs submitit: pip install 'aprbench[slurm]' (or pip install submitit)") from None
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
+    try:
+        executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
+    except RuntimeError as exc:  # no srun/sbatch on this machine
+        raise BenchError(f"--launcher {cluster}: {str(exc).strip().splitlines()[0]}") from None
     settings = {**DEFAULTS[cluster], "name": "bench", **parameters}
     if cluster == "slurm":
         settings.setdefault("slurm_array_parallelism", jobs)

@@ -63,3 +63,10 @@ def test_launcher_options_are_checked_before_anything_runs(tmp_path, capsys, arg
     rc = main(["--workdir", str(tmp_path), "run", "--dataset", TINY, "--teacher", "posenet-mobilenet", *FAST, *args])
     assert rc == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "launcher").exists()
+
+
+def test_unknown_executor_parameter_is_refused(tmp_path, capsys):
+    rc = main(["--workdir", str(tmp_path), "run", "--dataset", TINY, "--scenes", "room", "--teacher", "posenet-mobilenet",
+               *FAST, "--launcher", "local", "--jobs", "2", "--slurm", "nonsense=3"])
+    assert rc == 2 and "--slurm: Parameter 'nonsense' need to be prefixed by an executor name" in capsys.readouterr().err
+    assert not list((tmp_path / "launcher").glob("[0-9]*"))  # nothing submitted
