@@ -70,3 +70,21 @@ def test_unknown_executor_parameter_is_refused(tmp_path, capsys):
                *FAST, "--launcher", "local", "--jobs", "2", "--slurm", "nonsense=3"])
     assert rc == 2 and "--slurm: Parameter 'nonsense' need to be prefixed by an executor name" in capsys.readouterr().err
     assert not list((tmp_path / "launcher").glob("[0-9]*"))  # nothing submitted
+
+
+def test_slurm_defaults_and_overrides_reach_the_sbatch_script(tmp_path, monkeypatch):
+    """Without a cluster: a stand-in ``srun`` on PATH lets submitit build the Slurm executor and its script."""
+    from harness.launch import make_executor, parse_parameters
+
+    fake = tmp_path / "bin" / "srun"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{__import__('os').environ['PATH']}")
+    params = parse_parameters(["slurm_partition=gpu", "timeout_min=90", "mem_gb=32"])
+    assert params == {"slurm_partition": "gpu", "timeout_min": 90, "mem_gb": 32}
+    executor = make_executor("slurm", tmp_path / "launcher", 3, params)
+    script = executor._executor._make_submission_file_text("bench", "uid")  # the sbatch file submitit would write
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --mem=32GB", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --ntasks-per-node=1", "#SBATCH --job-name=bench"):
+        assert line in script, script
