@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     known, _ = parser.parse_known_args(argv)
     # no command: `bench [run options]` is `bench run [run options]`
     args = parser.parse_args(argv if getattr(known, "command", None) else ["run", *argv])
+    args.argv = list(argv if getattr(known, "command", None) else ["run", *argv])  # what `--launcher` jobs run again
     args.workdir = getattr(args, "workdir", None)
     args.plugin = [*getattr(args, "top_plugin", []), *getattr(args, "plugin", [])]
     try:

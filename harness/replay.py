@@ -144,5 +144,5 @@ class Replay:
 
 def options_of(args: Any, ignore: Iterable[str] = ()) -> dict[str, Any]:
     """A command's parsed options as plain values (``func`` and the names in ``ignore`` left out)."""
-    skip = {"func", *ignore}
+    skip = {"func", "argv", *ignore}
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items()) if k not in skip}

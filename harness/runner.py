@@ -66,14 +66,14 @@ class MatrixRunner:
 
     def __init__(self, store: Store, manager: BenchPluginManager, data: PoseData, dataset: str, profile: str,
                  overrides: list[Override] | None = None, progress: bool = True, device: torch.device | None = None,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", log: str = "csv") -> None:
         """``device`` (default: ``--device auto``) and ``precision`` (``harness.devices``) are those of every
-        cell; a precision other than fp32 is part of every cell's fingerprint."""
+        cell; a precision other than fp32 is part of every cell's fingerprint. ``log``: training logs (csv, tensorboard)."""
         self.store, self.manager, self.data, self.dataset = store, manager, data, dataset
         self.device = device if device is not None else resolve_device("auto")
         self.precision = check_precision(precision, self.device)
         self.registry = manager.registry()
-        self.profile, self.overrides, self.progress = profile, overrides or [], progress
+        self.profile, self.overrides, self.progress, self.log = profile, overrides or [], progress, log
         self._contexts: dict[tuple, Context] = {}
         self._hashes: dict[Path, str | None] = {}
         self._commit = git_commit()
@@ -91,7 +91,7 @@ class MatrixRunner:
             self._contexts[key] = Context(
                 store=self.store, registry=self.registry, data=subset(self.data, cell.scenes, cell.fraction, cell.seed),
                 dataset=self.dataset, profile=self.profile, progress=self.progress, overrides=self.overrides,
-                seed=cell.seed, device=self.device, precision=self.precision,
+                seed=cell.seed, device=self.device, precision=self.precision, log=self.log,
             )
         return self._contexts[key]
 

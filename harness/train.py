@@ -196,6 +196,7 @@ def fit(
     validate: Callable[[], Mapping[str, float]] | None = None,
     log_path: Path | None = None,
     precision: str = "fp32",
+    log_kind: str = "csv",
 ) -> list[dict[str, float]]:
     """Train ``task`` for ``config.epochs`` epochs (resuming from a checkpoint); return per-epoch mean logs.
 
@@ -203,6 +204,7 @@ def fit(
     restored afterwards so results do not depend on it); its values are logged as ``val_<name>``.
     The per-epoch log goes to ``log_path`` (default ``checkpoint_dir/log.csv``; none without either).
     ``precision``: autocast of the forward passes (and of ``validate``), see the module note.
+    ``log_kind="tensorboard"`` also writes each row to a TensorBoard events file beside the CSV (:mod:`harness.tblog`).
     """
     from harness.devices import autocast, check_precision, grad_scaler
 
@@ -226,6 +228,11 @@ def fit(
     log = EpochLog(log_path) if log_path is not None and rank == 0 else None
     if log is not None:
         log.resume(history)
+    board = None
+    if log_path is not None and rank == 0 and log_kind == "tensorboard":
+        from harness.tblog import TensorBoardLog
+
+        board = TensorBoardLog(Path(log_path).parent)
 
     bar = tqdm(total=config.epochs, initial=start, desc=desc, disable=not progress or rank != 0, unit="ep", leave=False)
     steps = getattr(batches, "steps_per_epoch", None)
@@ -247,6 +254,8 @@ def fit(
             history.append(means)
             if log is not None:
                 log.append(epoch + 1, means)
+            if board is not None:
+                board.append(epoch + 1, means)
             bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k != "seconds"})
             bar.update(1)
             if (epoch + 1) % max(config.checkpoint_every, 1) == 0 or epoch + 1 == config.epochs:
@@ -258,6 +267,8 @@ def fit(
         raise
     finally:
         bar.close()
+        if board is not None:
+            board.close()
     task.eval()
     return history
 

@@ -43,12 +43,18 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                         help="autocast precision of training and evaluation: fp32 (default), bf16 (CPU or GPU), "
                         "fp16 (CUDA only); results of another precision are other cells")
+    parser.add_argument("--log", default="csv", choices=["csv", "tensorboard"],
+                        help="per-epoch training logs: csv (default, logs/log.csv beside the weights) or tensorboard "
+                        "(also an events file there; pip install 'aprbench[tensorboard]')")
 
 
 def device_from_args(args: argparse.Namespace) -> tuple["torch.device", str]:
     """The checked ``(device, precision)`` the options name (BenchError when this machine lacks them)."""
     from harness.devices import check_precision, resolve_device
 
+    from harness.tblog import check_log
+
+    check_log(getattr(args, "log", "csv"))
     device = resolve_device(getattr(args, "device", "auto"))
     return device, check_precision(getattr(args, "precision", "fp32"), device)
 
@@ -88,7 +94,7 @@ def make_context(args: argparse.Namespace, used: dict[str, list[str]]) -> Contex
         raise BenchError(f"--fraction {args.fraction}: must be in (0, 1]")
     ctx = Context(store=Store(args.workdir), registry=registry, data=None, dataset=args.dataset.split(":", 1)[0],
                   profile=args.profile, progress=not args.no_progress, overrides=overrides, seed=args.seed,
-                  device=device, precision=precision)
+                  device=device, precision=precision, log=getattr(args, "log", "csv"))
     for kind, names in used.items():  # every recipe resolves (types, ranges, kind-specific keys) before any work
         for name in names:
             ctx.recipe(kind, name)

@@ -55,6 +55,13 @@ def register(commands) -> None:
     add_recipe_options(p)
     add_device_options(p)
     p.add_argument("--shard", metavar="i/n", help="run only slice i of n (0 <= i < n) of the cells, e.g. for a Slurm array")
+    p.add_argument("--launcher", default="none", choices=["none", "local", "slurm"],
+                   help="run the shards as a job array through submitit: slurm (sbatch), local (processes on this "
+                   "machine); none (default) runs here")
+    p.add_argument("--jobs", type=int, default=None, metavar="N", help="number of jobs (shards) for --launcher")
+    p.add_argument("--slurm", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="submitit executor parameters for --launcher, e.g. slurm_partition=gpu timeout_min=120 "
+                   "gpus_per_node=1 cpus_per_task=8 mem_gb=32 (defaults: one GPU, 8 CPUs, 24 h per job)")
     p.add_argument("--format", default="github", help="leaderboard format: github, latex, html, plain, csv")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML/PNG report")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -99,12 +106,29 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     # every option is checked before any data is opened or model trained
     axes = axes_from_args(args)
+    _check_launcher(args)
     store = Store(args.workdir)
     replay = None if args.shard else Replay(store.root, "run", options_of(args, QUIET_OPTIONS), args.plugin)
     recorded = replay.load() if replay else None
     if recorded is not None and (args.no_report or Path(recorded["report"]).is_file()):
         return _print_run(recorded, store, time.perf_counter() - start, args.no_report, replayed=True)
     return _run(args, axes, store, replay, start)
+
+
+def _check_launcher(args: argparse.Namespace) -> None:
+    """Refuse launcher options that do not go together, before anything runs."""
+    if args.launcher == "none":
+        # a launched job runs the launcher's command again with `--launcher none --shard i/N` appended
+        if (args.jobs is not None or args.slurm) and not args.shard:
+            raise BenchError("--jobs and --slurm need --launcher slurm or --launcher local")
+        return
+    if args.shard:
+        raise BenchError(f"--launcher {args.launcher} shards the matrix itself: leave out --shard")
+    if args.jobs is None or args.jobs < 1:
+        raise BenchError(f"--launcher {args.launcher} needs --jobs N (N >= 1), the number of shards to submit")
+    from harness.launch import parse_parameters
+
+    parse_parameters(args.slurm)
 
 
 def _print_run(out: dict, store: Store, seconds: float, no_report: bool, replayed: bool = False) -> int:
@@ -115,7 +139,7 @@ def _print_run(out: dict, store: Store, seconds: float, no_report: bool, replaye
             print(f"  {what}: {why}", file=sys.stderr)
     sys.stderr.write(out["board_stderr"])
     sys.stdout.write(out["board"])
-    cached = out["total"] - out["computed"] if not replayed else out["total"]
+    cached = out["total"] - out["computed"] - len(out["failed"]) if not replayed else out["total"]
     computed = 0 if replayed else out["computed"]
     print(f"\n{out['total']} cell(s) in this run: {cached} from the store, {computed} computed, "
           f"{len(out['failed'])} failed ({seconds:.1f} s); work directory {store.root}")
@@ -163,8 +187,11 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
     if not plan.cells:
         raise BenchError("no compatible cells to run")
     runner = MatrixRunner(store, manager, data, name, args.profile, overrides, progress=not args.no_progress,
-                          device=device, precision=precision)
-    summary, fps = runner.run(plan, args.shard)
+                          device=device, precision=precision, log=args.log)
+    if args.launcher == "none":
+        summary, fps = runner.run(plan, args.shard)
+    else:
+        summary, fps = _launch(args, runner, plan, store)
     board, board_err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stderr(board_err):  # kept, to be said again when the run is replayed
@@ -174,7 +201,7 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
         raise
     out.update(board=board.getvalue(), board_stderr=board_err.getvalue(), total=summary.total,
                computed=summary.computed, failed=[list(f) for f in summary.failed], report=None)
-    if not args.no_report and not args.shard:
+    if not args.no_report and not args.shard and not (args.launcher != "none" and summary.failed):
         from harness.report import write_report
 
         out["report"] = str(write_report(store, store.report_dir(), fps, manager=manager))
@@ -187,3 +214,36 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
         report = [Path(out["report"])] if out["report"] else []
         replay.save(out, [data.root, store.root / "cells", *[g for g in given if g], *paths, *report])
     return status
+
+
+def _launch(args: argparse.Namespace, runner, plan, store: Store):
+    """Submit the plan's shards as jobs (``--launcher``), wait, and sum up what the store holds afterwards."""
+    import json
+    import time
+
+    from harness.launch import launch, parse_parameters
+    from harness.runner import RunSummary
+
+    start = time.perf_counter()
+    fps = [runner.fingerprint(c) for c in plan.cells]
+    before = {fp for fp in fps if store.cell_path(fp).is_file()}
+    outcomes = launch(args.launcher, args.jobs, args.argv, store.root, parse_parameters(args.slurm))
+    summary = RunSummary(total=len(fps))
+    for cell, fp in zip(plan.cells, fps):
+        if store.cell_path(fp).is_file():
+            summary.cached += fp in before
+            summary.computed += fp not in before
+        elif store.failure_path(fp).is_file():
+            error = json.loads(store.failure_path(fp).read_text()).get("error", "failed")
+            summary.failed.append((cell.describe(), str(error).splitlines()[0]))
+        else:
+            summary.failed.append((cell.describe(), "not computed (its job failed, see below)"))
+    bad = [o for o in outcomes if not o.ok]
+    if bad:
+        print(f"\n{len(bad)} of {len(outcomes)} job(s) failed:", file=sys.stderr)
+        for o in bad:
+            print(f"  job {o.job_id} (shard {o.shard}): {o.error}\n    log: {o.stderr} (stdout {o.stdout})", file=sys.stderr)
+        if not summary.failed:
+            summary.failed.append((f"{len(bad)} job(s)", "failed after their cells were stored"))
+    summary.seconds = time.perf_counter() - start
+    return summary, fps

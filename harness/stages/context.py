@@ -60,6 +60,7 @@ class Context:
     device: torch.device = field(default_factory=default_device)
     progress: bool = True
     precision: str = "fp32"
+    log: str = "csv"  # per-epoch logs: csv, or tensorboard as well (harness.tblog)
     overrides: list[Override] = field(default_factory=list)  # also accepted as {kind: {key: value}}
     seed: int | None = None
     artifacts: dict[str, "Artifact"] = field(default_factory=dict, repr=False)  # obtained in this process, by fingerprint

@@ -90,7 +90,7 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     task = DecoderTask(model).to(ctx.device)
     batches = Batches((lx.cpu(), lq.cpu(), images), config.batch_size, config.seed, device=ctx.device)
     history = fit(task, batches, config, desc=f"decoder {art.name}", progress=ctx.progress, device=ctx.device,
-                  precision=ctx.precision, **training_paths(out_dir))
+                  precision=ctx.precision, log_kind=ctx.log, **training_paths(out_dir))
     return history, {"student": upstream["student"].fingerprint}
 
 

@@ -264,7 +264,7 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     task = RPRTask(model, cfg.sx, cfg.sq, cfg.learn_weights).to(ctx.device)
     batches = pair_batches(make, config.batch_size, config.seed, images, cfg.augment, ctx.device)
     history = fit(task, batches, config, desc=f"refiner {name}", progress=ctx.progress, device=ctx.device,
-                  precision=ctx.precision, **training_paths(out_dir))
+                  precision=ctx.precision, log_kind=ctx.log, **training_paths(out_dir))
     present = np.unique(out["scene_id"]).tolist()  # scene ids index the dataset's scenes
     return history, {
         "teacher_train_rms": {ctx.data.scenes[s]: dict(zip(("m_per_axis", "deg_per_axis"), spread[s].tolist())) for s in present},

@@ -222,7 +222,7 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     with frozen(teacher_model), cpu_threads(cfg.num_threads, dev):
         history = fit(task, Batches(tensors, recipe.train.batch_size, recipe.train.seed, device=dev), recipe.train,
                       desc=f"{art.name} <- {teacher.name}", progress=ctx.progress, device=dev,
-                      precision=ctx.precision, **training_paths(out_dir))
+                      precision=ctx.precision, log_kind=ctx.log, **training_paths(out_dir))
     return history, {
         "encode": encode, "pose_weight": weight, "teacher": teacher.name, "latent_dim": int(student.latent_dim),
         "multi_scene": bool(student.multi_scene), "sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach()),

@@ -137,7 +137,7 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
                                 task_cfg.scene_balanced, ctx.device)
         desc = f"{art.name}" + (f" stage {i + 1}/{len(stages)}" if len(stages) > 1 else "")
         history += fit(task, batches, config, desc=desc, progress=ctx.progress, device=ctx.device,
-                       precision=ctx.precision, **training_paths(out_dir, i if len(stages) > 1 else None))
+                       precision=ctx.precision, log_kind=ctx.log, **training_paths(out_dir, i if len(stages) > 1 else None))
     teacher.requires_grad_(True)
     return history, {"sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach())}
 
