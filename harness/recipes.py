@@ -122,6 +122,8 @@ class DecoderConfig:
     """Task settings of an image decoder."""
 
     eval_batch_size: int = _f(256, low=1)
+    resize: int = _f(0, low=0, doc="target images: shorter side resized to this, then CenterCrop(image_size) "
+                                   "(0: image_size; the reference: 72 for 64)")
     description: str = _f("")
 
 

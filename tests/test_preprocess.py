@@ -121,3 +121,17 @@ def test_bad_preprocessing_is_refused(kwargs, message):
 def test_bad_train_crop_is_refused_by_the_recipe():
     with pytest.raises(BenchError, match="train_crop"):
         R.resolve(get_registry(), "teacher", "posenet-mobilenet", "synthetic", "quick", R.parse_sets(["teacher.train_crop=x"]))
+
+
+def test_paper_decoder_target_is_resize_72_centre_crop_64(tmp_path):
+    task = R.resolve(get_registry(), "decoder", "image-decoder", "synthetic", "paper").task
+    assert task.resize == 72
+    assert R.resolve(get_registry(), "decoder", "image-decoder", "synthetic", "quick").task.resize == 0
+    df = labels_frame(2, scenes=("s",))
+    smooth_images(tmp_path, df["img_path"], size=(160, 120))
+    data = D.make_pose_data("x", tmp_path, df)
+    got = I.load_images(data, 64, Store(tmp_path / "work"), resize=task.resize).float() / 255
+    ref = T.Compose([T.Resize(72), T.CenterCrop(64), T.ToTensor()])
+    for i, p in enumerate(df["img_path"]):
+        with Image.open(tmp_path / p) as im:
+            torch.testing.assert_close(got[i], ref(im.convert("RGB")), atol=1e-6, rtol=0)
