@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +137,25 @@ def test_paper_decoder_target_is_resize_72_centre_crop_64(tmp_path):
     for i, p in enumerate(df["img_path"]):
         with Image.open(tmp_path / p) as im:
             torch.testing.assert_close(got[i], ref(im.convert("RGB")), atol=1e-6, rtol=0)
+
+
+def test_paper_renders_the_synthetic_scenes_at_its_recipes_size(tmp_path):
+    from harness.data import open_dataset
+    from harness.registry import dataset_defaults
+
+    assert dataset_defaults("synthetic", "paper") == {"image_size": 256} and dataset_defaults("synthetic", "quick") == {}
+    assert dataset_defaults("sevenscenes", "paper") == {}
+    store, registry = Store(tmp_path / "work"), get_registry()
+    spec = "synthetic:frames_per_sequence=2,train_sequences=1,test_sequences=1"
+    sizes = {}
+    for profile, extra in (("paper", ""), ("quick", ""), ("paper", ",image_size=40x30")):
+        _, data = open_dataset(spec + extra, store, registry, scenes=["room"], profile=profile)
+        with Image.open(Path(data.root) / data.labels["img_path"][0]) as im:
+            sizes[profile + extra] = im.size
+        assert data.options["image_size"] == {"paper": 256, "quick": 64}[profile] if not extra else [40, 30]
+    assert sizes == {"paper": (256, 256), "quick": (64, 64), "paper,image_size=40x30": (40, 30)}
+    # the paper recipe's test images are then centre crops of the render, never an upsampling
+    _, data = open_dataset(spec, store, registry, scenes=["room"], profile="paper")
+    x = I.Preprocess.of(paper_task()).test_images(data)
+    with Image.open(Path(data.root) / data.labels["img_path"][0]) as im:
+        np.testing.assert_array_equal(x[0].permute(1, 2, 0).numpy(), np.asarray(im.convert("RGB"))[16:240, 16:240])
