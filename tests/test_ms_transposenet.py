@@ -83,3 +83,39 @@ def test_a_decode_without_scene_still_works():
     pose, lat = t(x, torch.tensor([0, 1, 0]))
     torch.testing.assert_close(pose, t.head(lat.x + lat.q))
     torch.testing.assert_close(decode_poses(t, lat.x, lat.q, torch.tensor([1, 1, 1])), pose)
+
+
+def test_trains_end_to_end_with_the_references_preprocessing(tmp_path, monkeypatch):
+    """The teacher stage with per-scene heads and Resize + RandomCrop + ColorJitter: every scene's head trains,
+    stored outputs are the forward pass on Resize + CenterCrop images through the classified scene's head."""
+    import numpy as np
+
+    from harness.images import Preprocess, normalize_images
+    from harness.stages import teacher as stage
+    from harness.stages.teacher import obtain_teacher, teacher_outputs
+    from teacher_helpers import TINY_MST, make_ctx, make_tiny_data
+
+    data = make_tiny_data(tmp_path / "data", n_train=64, n_test=16, scenes=("a", "b"))
+    ctx = make_ctx(tmp_path, data, **{**TINY_MST, "epochs": 1, "augment": True, "resize": 40, "train_crop": "random",
+                                      "jitter": [0.5, 0.5, 0.5, 0.2], "init_bias": False})
+    starts = []  # the teacher's weights when training starts
+
+    def spy(task, *args, **kwargs):
+        starts.append({k: v.clone() for k, v in task.teacher.state_dict().items()})
+        return real_fit(task, *args, **kwargs)
+
+    real_fit = stage.fit
+    monkeypatch.setattr(stage, "fit", spy)
+    art = obtain_teacher(ctx, "ms-transposenet")
+    model = art.model.eval()
+    assert model.per_scene_heads and art.recipe.task.resize == 40 and len(starts) == 1
+    for k in ("regressor_head_t.0.fc_o.weight", "regressor_head_t.1.fc_o.weight", "regressor_head_rot.1.fc_h.weight"):
+        assert not torch.equal(model.state_dict()[k], starts[0][k]), k
+    out = teacher_outputs(ctx, art, "test")
+    images = Preprocess.of(art.recipe.task).test_images(ctx.data.split("test"), ctx.store)
+    assert images.shape[-2:] == (32, 32)
+    with torch.no_grad():
+        pose, lat = model(normalize_images(images))
+    np.testing.assert_allclose(out["latent_x"], lat.x.numpy(), atol=1e-5)
+    est = torch.cat([pose[:, :3], torch.nn.functional.normalize(pose[:, 3:], dim=1)], 1)
+    np.testing.assert_allclose(out["pose_est"], est.numpy(), atol=1e-5)
