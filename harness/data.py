@@ -511,15 +511,22 @@ def parse_dataset_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
-def open_dataset(spec: str, store: Store, registry: Any, scenes: Iterable[str] | None = None) -> tuple[str, PoseData]:
+def open_dataset(spec: str, store: Store, registry: Any, scenes: Iterable[str] | None = None,
+                 profile: str | None = None) -> tuple[str, PoseData]:
     """Build the dataset named by ``spec`` (see :func:`parse_dataset_spec`) through its plugin.
 
     ``fraction=F`` (and ``fraction_seed=S``) in the spec is applied here with
     :func:`with_fraction`; every other option goes to the plugin's factory as
-    a keyword argument, with ``store`` and (when given) ``scenes``.
+    a keyword argument, with ``store`` and (when given) ``scenes``. With a
+    ``profile``, the options ``registry.toml``'s ``[[dataset]]`` tables give
+    that profile come first (:func:`harness.registry.dataset_defaults`), the spec's win.
     Returns ``(NAME, data)``.
     """
+    from harness.registry import dataset_defaults
+
     name, options = parse_dataset_spec(spec)
+    if profile is not None:
+        options = {**dataset_defaults(name, profile), **options}
     fraction = options.pop("fraction", 1.0)
     fraction_seed = options.pop("fraction_seed", 0)
     if scenes is not None:

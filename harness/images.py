@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from harness.errors import BenchError
 from harness.data import _where, check_image_files, data_error
 from harness.interfaces import PoseData
 from harness.store import Store, atomic_path
@@ -56,31 +57,53 @@ def image_stamp(data: PoseData) -> str:
     return h.hexdigest()
 
 
-def image_cache_path(data: PoseData, size: int, store: Store) -> Path:
+def _load_resized(path: Path, resize: int, crop: int | None) -> np.ndarray:
+    """The reference's decoding: torchvision.transforms.v2 ``Resize(resize)`` (shorter side, bilinear, on the
+    PIL image, as the reference applies it) then ``CenterCrop(crop)`` (none: the whole resized image)."""
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    with Image.open(path) as im:
+        im = v2.Resize(resize)(im.convert("RGB"))
+        if crop is not None:
+            im = v2.CenterCrop(crop)(im)
+        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def image_cache_path(data: PoseData, size: int, store: Store, resize: int = 0) -> Path:
     """Where :func:`load_images` caches ``data``'s images.
 
-    Keyed by the labels, scene list, dataset root, image size and the images'
-    contents as seen on disk (:func:`image_stamp`: size and mtime of each file).
+    Keyed by the labels, scene list, dataset root, image size, ``resize`` and the
+    images' contents as seen on disk (:func:`image_stamp`: size and mtime of each file).
     """
-    parts = f"{data.fingerprint()}|{Path(data.root).resolve()}|{size}|{image_stamp(data)}"
+    tag = f"{size}" if not resize else f"{size}-r{resize}"
+    parts = f"{data.fingerprint()}|{Path(data.root).resolve()}|{tag}|{image_stamp(data)}"
     key = hashlib.sha256(parts.encode()).hexdigest()[:16]
-    return store.image_cache_dir() / f"images-{key}-{size}.npy"
+    return store.image_cache_dir() / f"images-{key}-{tag}.npy"
 
 
-def load_images(data: PoseData, size: int, store: Store | None = None, workers: int | None = None) -> Tensor:
+def load_images(data: PoseData, size: int, store: Store | None = None, workers: int | None = None,
+                resize: int = 0) -> Tensor:
     """All images of ``data`` as uint8 ``(N, 3, size, size)`` in label order.
 
-    Shorter side resized to ``size`` (bilinear), then centre-cropped. Decoded
+    ``resize`` 0: shorter side resized to ``size`` (PIL bilinear, rounded), then
+    centre-cropped. ``resize`` > 0: the reference's torchvision.transforms.v2
+    ``Resize(resize)`` + ``CenterCrop(size)`` on the PIL image; ``size`` 0 then
+    keeps the whole resized image (``(N, 3, H, W)``, every image must resize to
+    the same shape), for random crops at training time. Decoded
     in a thread pool; with a ``store`` the tensor is cached under
     ``store.root/cache`` (atomic write) and the next call only reads it back
     (the key covers each image's size and mtime: a changed image is re-read).
     A missing image file is a :class:`DataError` naming the file and label row.
     """
-    cache = image_cache_path(data, size, store) if store is not None else None
+    if size <= 0 and resize <= 0:
+        raise BenchError(f"load_images: size {size} needs resize > 0")
+    cache = image_cache_path(data, size, store, resize) if store is not None else None
     if cache is not None and cache.is_file():
         try:
             arr = np.load(cache)
-            if arr.shape == (len(data.labels), 3, size, size) and arr.dtype == np.uint8:
+            ok_shape = arr.shape == (len(data.labels), 3, size, size) if size > 0 else arr.shape[:2] == (len(data.labels), 3)
+            if ok_shape and arr.dtype == np.uint8:
                 return torch.from_numpy(arr)
         except (ValueError, OSError, EOFError):
             pass
@@ -88,13 +111,26 @@ def load_images(data: PoseData, size: int, store: Store | None = None, workers: 
     root = Path(data.root)
     paths = [root / p for p in data.labels["img_path"].tolist()]
     check_image_files(data.labels, root, source=f"dataset {data.name!r} labels")
-    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
 
-    def load(i: int) -> None:
+    def decode(i: int) -> np.ndarray:
         try:
-            out[i] = _load_one(paths[i], size)
+            return _load_resized(paths[i], resize, size or None) if resize else _load_one(paths[i], size)
         except OSError as exc:
             raise data_error([f"{_where(f'dataset {data.name!r} labels', i, 'img_path')}: cannot read image {paths[i]} ({exc})"]) from None
+
+    if size > 0:
+        shape: tuple[int, ...] = (3, size, size)
+    else:
+        shape = decode(0).shape if paths else (3, resize, resize)
+    out = np.empty((len(paths), *shape), dtype=np.uint8)
+
+    def load(i: int) -> None:
+        arr = decode(i)
+        if arr.shape != shape:
+            raise data_error([f"{_where(f'dataset {data.name!r} labels', i, 'img_path')}: image {paths[i]} resizes to "
+                              f"{arr.shape[2]}x{arr.shape[1]}, the first to {shape[2]}x{shape[1]}: random crops need "
+                              f"one aspect ratio (use train_crop = \"center\")"])
+        out[i] = arr
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(load, range(len(paths)), chunksize=64))
@@ -151,6 +187,85 @@ def augment_images(
         b = torch.arange(B, device=dev)[:, None, None]
         y = padded.permute(0, 2, 3, 1)[b, iy[:, :, None], ix[:, None, :]].permute(0, 3, 1, 2)
     return y.round().to(torch.uint8)
+
+
+TRAIN_CROPS = ("shift", "random", "center")
+
+
+def augment_v2(x: Tensor, size: int, generator: torch.Generator | None = None, crop: str = "random",
+               jitter: tuple[float, float, float, float] | list[float] = (0.5, 0.5, 0.5, 0.2)) -> Tensor:
+    """The reference's training augmentation of uint8 ``(B, 3, H, W)`` images, per image, returns uint8 ``(B, 3, size, size)``.
+
+    torchvision.transforms.v2 ``RandomCrop(size)`` (``crop = "random"``) or
+    ``CenterCrop(size)`` (``"center"``), then ``ColorJitter(brightness, contrast,
+    saturation, hue)`` with its own factors and random order for every image.
+    Random draws come from ``generator`` (one seed drawn from it per batch, the
+    global RNG untouched), so a seeded epoch is reproducible.
+    """
+    from torchvision.transforms import v2
+
+    steps: list[Any] = [v2.RandomCrop(size) if crop == "random" else v2.CenterCrop(size)]
+    if any(jitter):
+        b, c, s, h = (list(jitter) + [0.0] * 4)[:4]
+        steps.append(v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h))
+    transform = v2.Compose(steps)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([transform(img) for img in x])
+
+
+class Preprocess:
+    """A teacher recipe's image preprocessing: which cached images to load and how a training batch is augmented.
+
+    ``image_size`` the square crop (pixels); ``resize`` the shorter side the
+    images are resized to before cropping (0: to ``image_size``, aprbench's
+    original loader; the reference: 256 for 224 crops); ``train_crop``
+    ``"shift"`` (aprbench's original: a shift of up to ``image_size // 16``
+    pixels with edge replication, jitter without hue), ``"random"``
+    (``RandomCrop`` of the resized image, the reference) or ``"center"``;
+    ``jitter`` (brightness, contrast, saturation, hue); ``augment`` false: none.
+    Test images are always ``Resize(resize)`` + ``CenterCrop(image_size)``.
+    """
+
+    def __init__(self, image_size: int, resize: int = 0, train_crop: str = "shift",
+                 jitter: tuple[float, ...] | list[float] = (0.2, 0.2, 0.2, 0.0), augment: bool = True) -> None:
+        if train_crop not in TRAIN_CROPS:
+            raise BenchError(f"train_crop must be one of {', '.join(TRAIN_CROPS)}, got {train_crop!r}")
+        jitter = [float(v) for v in jitter]
+        if len(jitter) not in (3, 4) or min(jitter) < 0 or (len(jitter) == 4 and jitter[3] > 0.5):
+            raise BenchError(f"jitter must be [brightness, contrast, saturation(, hue <= 0.5)], all >= 0, got {jitter}")
+        if resize and resize < image_size:
+            raise BenchError(f"resize {resize} is smaller than image_size {image_size}")
+        if train_crop == "shift" and len(jitter) == 4 and jitter[3]:
+            raise BenchError("train_crop = \"shift\" jitters without hue: set jitter's hue to 0 or train_crop = \"random\"")
+        self.image_size, self.resize, self.train_crop, self.augment = image_size, resize, train_crop, augment
+        self.jitter = (jitter + [0.0])[:4]
+
+    @classmethod
+    def of(cls, task: Any) -> "Preprocess":
+        """From a :class:`harness.recipes.TeacherConfig` (or anything with its attributes)."""
+        return cls(task.image_size, getattr(task, "resize", 0), getattr(task, "train_crop", "shift"),
+                   getattr(task, "jitter", (0.2, 0.2, 0.2, 0.0)), getattr(task, "augment", True))
+
+    def test_images(self, data: PoseData, store: Store | None = None) -> Tensor:
+        """uint8 ``(N, 3, S, S)``: ``Resize(resize)`` + ``CenterCrop(image_size)``, cached."""
+        return load_images(data, self.image_size, store, resize=self.resize)
+
+    def train_images(self, data: PoseData, store: Store | None = None) -> Tensor:
+        """The cached uint8 images :meth:`augment` crops from: the whole resized image for random crops."""
+        whole = self.augment and self.train_crop == "random" and self.resize > self.image_size
+        return load_images(data, 0 if whole else self.image_size, store, resize=self.resize)
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One training batch, uint8 in, uint8 ``(B, 3, S, S)`` out (augmented per image when ``augment``)."""
+        S = self.image_size
+        if not self.augment:
+            return x if x.shape[-2:] == (S, S) else augment_v2(x, S, generator, "center", (0, 0, 0, 0))
+        if self.train_crop == "shift":
+            b, c, s, _ = self.jitter
+            return augment_images(x, generator, b, c, s)
+        return augment_v2(x, S, generator, self.train_crop, self.jitter)
 
 
 class PoseImageDataset(torch.utils.data.Dataset):

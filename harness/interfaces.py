@@ -89,14 +89,22 @@ class Teacher(nn.Module):
         """Images ``(B, 3, H, W)`` (ImageNet-normalised) to latents."""
         raise NotImplementedError
 
-    def decode(self, latent_x: Tensor, latent_q: Tensor) -> Tensor:
-        """The regression heads: latents ``(B, D)`` each to poses ``(B, 7)`` (quaternion not normalised)."""
+    def decode(self, latent_x: Tensor, latent_q: Tensor, scene: Tensor | None = None) -> Tensor:
+        """The regression heads: latents ``(B, D)`` each to poses ``(B, 7)`` (quaternion not normalised).
+
+        ``scene`` ``(B,)`` int64: the scene whose head decodes each row, for
+        teachers with one head per scene. Optional: a ``decode(latent_x,
+        latent_q)`` without it still works; the harness calls :func:`decode_poses`,
+        which passes ``scene`` only to a ``decode`` that takes it.
+        """
         raise NotImplementedError
 
     def forward(self, images: Tensor, scene: Tensor | None = None) -> tuple[Tensor, Latents]:
-        """``(pose (B, 7), latents)``."""
+        """``(pose (B, 7), latents)``; decoded with ``scene`` (or, without, the scene the latents were selected by)."""
         lat = self.encode(images, scene)
-        return self.decode(lat.x, lat.q), lat
+        if scene is None and lat.scene_logp is not None and self.multi_scene:
+            scene = lat.scene_logp.argmax(dim=-1)
+        return decode_poses(self, lat.x, lat.q, scene), lat
 
     def heads(self) -> list[nn.Module]:
         """The modules :meth:`decode` uses (frozen and shared with students)."""
@@ -111,6 +119,23 @@ class Teacher(nn.Module):
         weights (recipe key ``pretrained`` from ``registry.toml``) falls back to random initialisation with a
         warning where none are available (``harness.recipes``). Timm backbones: ``harness.backbones``."""
         return None
+
+
+def decode_accepts_scene(teacher: nn.Module) -> bool:
+    """Whether ``teacher.decode`` takes a ``scene`` argument (per-scene heads; older plugins' do not)."""
+    import inspect
+
+    try:
+        return "scene" in inspect.signature(teacher.decode).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def decode_poses(teacher: nn.Module, latent_x: Tensor, latent_q: Tensor, scene: Tensor | None = None) -> Tensor:
+    """``teacher.decode(latent_x, latent_q[, scene])``: ``scene`` (B,) int64 is passed only to a ``decode`` that takes it."""
+    if scene is not None and decode_accepts_scene(teacher):
+        return teacher.decode(latent_x, latent_q, scene=scene)
+    return teacher.decode(latent_x, latent_q)
 
 
 # --------------------------------------------------------------------------- student

@@ -63,6 +63,11 @@ class TeacherConfig:
     nll_weight: float = _f(1.0, low=0.0, doc="weight of the scene-classification NLL (multi-scene teachers)")
     image_size: int = _f(64, low=8, doc="square input size in pixels")
     augment: bool = _f(True, doc="colour jitter and shifts while training")
+    resize: int = _f(0, low=0, doc="shorter side resized to this before the crop (0: image_size; the reference: 256)")
+    train_crop: str = _f("shift", choices=("shift", "random", "center"),
+                         doc="training crop: shift (+-image_size/16 px, edge replicated), random (RandomCrop of the "
+                             "resized image, the reference) or center")
+    jitter: list = _f([0.2, 0.2, 0.2, 0.0], doc="ColorJitter brightness, contrast, saturation, hue while training")
     scene_balanced: bool = _f(False, doc="draw scenes uniformly, then frames")
     stages: list = _f([], doc="fine-tuning stages after the first: [{train = GLOB, epochs = N, ...}]")
     eval_batch_size: int = _f(64, low=1, doc="frames per forward pass when evaluating")
@@ -117,6 +122,8 @@ class DecoderConfig:
     """Task settings of an image decoder."""
 
     eval_batch_size: int = _f(256, low=1)
+    resize: int = _f(0, low=0, doc="target images: shorter side resized to this, then CenterCrop(image_size) "
+                                   "(0: image_size; the reference: 72 for 64)")
     description: str = _f("")
 
 

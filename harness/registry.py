@@ -73,6 +73,16 @@ def matching_tables(kind: str, model: str, dataset: str | None = None, profile: 
     return out
 
 
+def dataset_defaults(dataset: str, profile: str) -> dict[str, Any]:
+    """Dataset options that ``profile`` gives ``dataset`` (``[[dataset]]`` tables matching its ``datasets`` and
+    ``profiles`` globs, later tables winning); options in the ``--dataset`` spec win over these."""
+    out: dict[str, Any] = {}
+    for table in load_registry().get("dataset", []):
+        if _matches(dataset, table.get("datasets", ["*"])) and _matches(profile, table.get("profiles", ["*"])):
+            out.update({k: v for k, v in table.items() if k not in ("datasets", "profiles")})
+    return out
+
+
 def _matches(value: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(value, p) for p in patterns)
 

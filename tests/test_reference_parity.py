@@ -235,6 +235,51 @@ def test_mstransformer_reference_import(shared):
     assert worst < TOL
 
 
+class RefMSTransPoseNet(RefEMSTransPoseNet):
+    """The reference MSTransPoseNet: one head pair per scene (``regressor_head_t.<i>``), chosen frame by frame."""
+
+    def __init__(self, scenes=3, d=32):
+        super().__init__(scenes, d)
+        self.regressor_head_t = nn.Sequential(*[RefHead(d, 3) for _ in range(scenes)])
+        self.regressor_head_rot = nn.Sequential(*[RefHead(d, 4) for _ in range(scenes)])
+
+    def forward(self, img, scene=None):
+        ends = self.backbone[0].body.extract_endpoints(img)
+        f_t, f_rot = ends["reduction_4"], ends["reduction_3"]
+        pos = self.backbone[1]
+        lt = self.transformer_t(self.input_proj_t(f_t), self.query_embed_t.weight, pos(f_t))
+        lr = self.transformer_rot(self.input_proj_rot(f_rot), self.query_embed_rot.weight, pos(f_rot))
+        logp = F.log_softmax(self.scene_embed(torch.cat([lt, lr], 2)), dim=1).squeeze(2)
+        idx = logp.argmax(1) if scene is None else scene
+        rows = []
+        for i, k in enumerate(idx.tolist()):
+            rows.append(torch.cat([self.regressor_head_t[k](lt[i, k][None]), self.regressor_head_rot[k](lr[i, k][None])], 1))
+        return torch.cat(rows), logp
+
+
+def test_ms_transposenet_reference_import_selects_each_frames_scene_head():
+    pytest.importorskip("efficientnet_pytorch")
+    torch.manual_seed(0)
+    ref = _randomise(RefMSTransPoseNet())
+    model = MSTransformer(num_scenes=3, backbone="tf_efficientnet_b0", d_model=32, heads=8, ffn=32, enc_layers=1,
+                          dec_layers=1, head_hidden=1024, max_hw=50, activation="gelu", shared_pos_embed=True,
+                          per_scene_heads=True).eval()
+    assert any(k.startswith("regressor_head_t.2.") for k in ref.state_dict())
+    _import(model, ref.state_dict())
+    img = torch.randn(4, 3, 64, 64)
+    scene = torch.tensor([2, 0, 1, 2])
+    with torch.no_grad():
+        pose, logp = ref(img)
+        got, lat = model(img)
+        pose_gt, _ = ref(img, scene)
+        got_gt, _ = model(img, scene)
+        other, _ = model(img, (scene + 1) % 3)
+    worst = max((got - pose).abs().max().item(), (got_gt - pose_gt).abs().max().item(),
+                (lat.scene_logp - logp).abs().max().item())
+    assert worst < TOL
+    assert (other - got_gt).abs().max() > 1e-2  # another scene's head gives another pose
+
+
 # ------------------------------------------------------------------------------------------ PAE
 class RefPAE(nn.Module):
     def __init__(self, multi: bool):

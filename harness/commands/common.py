@@ -98,6 +98,7 @@ def make_context(args: argparse.Namespace, used: dict[str, list[str]]) -> Contex
     for kind, names in used.items():  # every recipe resolves (types, ranges, kind-specific keys) before any work
         for name in names:
             ctx.recipe(kind, name)
-    ctx.dataset, data = open_dataset(args.dataset, ctx.store, registry, scenes=args.scenes)
+    ctx.dataset, data = open_dataset(args.dataset, ctx.store, registry, scenes=args.scenes,
+                                    profile=args.profile)
     ctx.data = with_fraction(data, args.fraction, args.seed or 0) if args.fraction != 1.0 else data
     return ctx

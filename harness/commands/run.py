@@ -177,7 +177,7 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
     for kind, names in used.items():
         for name in names:
             resolve(registry, kind, name, axes.dataset, args.profile, overrides)
-    name, data = open_dataset(args.dataset, store, registry, scenes=args.scenes)
+    name, data = open_dataset(args.dataset, store, registry, scenes=args.scenes, profile=args.profile)
     plan = expand(axes, data, registry, args.profile, overrides)
     out: dict = {"refused": [list(r) for r in plan.refused]}
     if plan.refused:  # said before the (long) run as well as with its results

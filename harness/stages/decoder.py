@@ -85,7 +85,7 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
 
     model, config = art.model, art.recipe.train
     train = ctx.data.split("train")
-    images = load_images(train, int(model.image_size), ctx.store)  # (N, 3, S, S) uint8
+    images = load_images(train, int(model.image_size), ctx.store, resize=art.recipe.task.resize)  # (N, 3, S, S) uint8
     lx, lq = pose_latents(upstream["student"], train, ctx.device, ctx.precision)
     task = DecoderTask(model).to(ctx.device)
     batches = Batches((lx.cpu(), lq.cpu(), images), config.batch_size, config.seed, device=ctx.device)
@@ -110,7 +110,7 @@ def decode_split(ctx: Context, decoder: Artifact, student: Artifact, split: str,
     if len(data.labels) == 0:
         raise BenchError(f"no {split} frames to decode")
     S = int(decoder.model.image_size)
-    images = load_images(data, S, ctx.store)
+    images = load_images(data, S, ctx.store, resize=decoder.recipe.task.resize)
     lx, lq = pose_latents(student, data, ctx.device, ctx.precision)
     if index is not None:
         images, lx, lq = images[index], lx[index], lq[index]

@@ -250,9 +250,9 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     make, spread, std = _pair_maker(out, cfg, config.seed, pae)
     images = None
     if cfg.finetune:
-        from harness.images import load_images
+        from harness.images import Preprocess
 
-        images = load_images(ctx.data.split("train"), teacher.recipe.task.image_size, ctx.store)  # (N, 3, S, S) uint8
+        images = Preprocess.of(teacher.recipe.task).test_images(ctx.data.split("train"), ctx.store)  # (N, 3, S, S) uint8
         if len(images) != len(out["pose_gt"]):
             raise BenchError(f"refiner {name!r}: {len(images)} training images but {len(out['pose_gt'])} stored teacher outputs")
         model.image_encoder.requires_grad_(True)
@@ -340,9 +340,9 @@ def _query_latents(ctx: Context, refiner: Artifact, teacher: Artifact, split: st
     if enc is None:
         return (torch.as_tensor(np.asarray(out["latent_x"]), dtype=torch.float32),
                 torch.as_tensor(np.asarray(out["latent_q"]), dtype=torch.float32))
-    from harness.images import load_images, normalize_images
+    from harness.images import Preprocess, normalize_images
 
-    images = load_images(ctx.data.split(split), teacher.recipe.task.image_size, ctx.store)
+    images = Preprocess.of(teacher.recipe.task).test_images(ctx.data.split(split), ctx.store)
     xs, qs = [], []
     bs = teacher.recipe.task.eval_batch_size
     with torch.inference_mode():

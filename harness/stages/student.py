@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.errors import BenchError
-from harness.interfaces import Student, Teacher
+from harness.interfaces import Student, Teacher, decode_poses
 from harness.losses import PoseLoss
 from harness.metrics import errors, per_scene
 from harness.poses import normalize_quat
@@ -105,13 +105,14 @@ def student_inputs(out: dict[str, np.ndarray], teacher: Teacher, source: str,
         raise BenchError(f"encode must be one of {', '.join(ENCODES)}, got {source!r}")
     if source == "estimate" and raw_quaternion:
         dev = next(iter(teacher.parameters()), torch.empty(0)).device
+        scenes = predicted_scene(out, bool(getattr(teacher, "multi_scene", False)))
+        sid = torch.as_tensor(np.asarray(scenes), dtype=torch.int64, device=dev)
         with torch.no_grad(), frozen(teacher):
             lx = torch.as_tensor(np.asarray(out["latent_x"]), dtype=torch.float32, device=dev)
             lq = torch.as_tensor(np.asarray(out["latent_q"]), dtype=torch.float32, device=dev)
-            poses = torch.cat([teacher.decode(lx[i : i + 4096], lq[i : i + 4096]) for i in range(0, len(lx), 4096)]
-                              or [torch.zeros(0, 7)]).float().cpu()
+            poses = torch.cat([decode_poses(teacher, lx[i : i + 4096], lq[i : i + 4096], sid[i : i + 4096])
+                               for i in range(0, len(lx), 4096)] or [torch.zeros(0, 7)]).float().cpu()
         poses = poses.numpy()
-        scenes = predicted_scene(out, bool(getattr(teacher, "multi_scene", False)))
     elif source == "estimate":
         poses = out["pose_est"]
         scenes = predicted_scene(out, bool(getattr(teacher, "multi_scene", False)))
@@ -177,7 +178,7 @@ class StudentTask(nn.Module):
         poses, scenes, tx, tq, gt = batch  # (B, 7), (B,), (B, D), (B, D), (B, 7)
         lx, lq = self.student(poses, scenes if self.student.multi_scene else None)
         mse = F.mse_loss(lx, tx) + F.mse_loss(lq, tq)
-        est = self.teacher.decode(lx, lq)  # (B, 7), gradients flow through the frozen heads
+        est = decode_poses(self.teacher, lx, lq, scenes)  # (B, 7), gradients flow through the frozen heads
         pose_loss, logs = self.loss(est, gt)
         logs["mse"] = float(mse.detach())
         return self.latent_weight * mse + self.pose_weight * pose_loss, logs
@@ -272,7 +273,7 @@ def student_outputs(ctx: Context, student: Artifact, teacher: Artifact, split: s
         p = poses[i : i + bs].to(dev)
         with autocast(dev, ctx.precision):
             lx, lq = s_model(p, scenes[i : i + bs].to(dev) if multi else None)
-            return lx, lq, t_model.decode(lx, lq).float()
+            return lx, lq, decode_poses(t_model, lx, lq, scenes[i : i + bs].to(dev)).float()
 
     for i in range(0, n, bs):
         lx, lq, e = encode_decode(i)

@@ -96,13 +96,17 @@ def _trainable(names: list[str], patterns: str | list[str]) -> set[str]:
 
 
 def image_batches(images: Tensor, poses: Tensor, scenes: Tensor, batch_size: int, seed: int = 0,
-                  augment: bool = True, scene_balanced: bool = False, device: torch.device | None = None) -> Batches:
+                  augment: bool = True, scene_balanced: bool = False, device: torch.device | None = None,
+                  preprocess: Any = None) -> Batches:
     """Teacher training batches ``(images float (B, 3, S, S), poses (B, 7), scenes (B,))`` from uint8 images,
-    augmented and normalised per batch; ``scene_balanced`` draws scenes uniformly, then frames."""
+    augmented and normalised per batch; ``scene_balanced`` draws scenes uniformly, then frames.
+    ``preprocess`` (a :class:`harness.images.Preprocess`) replaces the default augmentation."""
     from harness.images import augment_images, normalize_images
 
     def pixels(batch: tuple[Tensor, Tensor, Tensor], generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         u8, p, s = batch
+        if preprocess is not None:
+            return normalize_images(preprocess(u8, generator)), p, s
         return normalize_images(augment_images(u8, generator=generator) if augment else u8), p, s
 
     scenes = scenes.long()
@@ -111,11 +115,12 @@ def image_batches(images: Tensor, poses: Tensor, scenes: Tensor, batch_size: int
 
 
 def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: Path) -> tuple[list, dict]:
-    from harness.images import load_images
+    from harness.images import Preprocess
 
     teacher, recipe, task_cfg = art.model, art.recipe, art.recipe.task
     train = ctx.data.split("train")
-    images = load_images(train, task_cfg.image_size, ctx.store)  # (N, 3, S, S) uint8
+    prep = Preprocess.of(task_cfg)
+    images = prep.train_images(train, ctx.store)  # (N, 3, S, S) uint8 (whole resized images for random crops)
     poses, scenes = train.poses(), train.scene_ids()
     if task_cfg.init_bias and hasattr(teacher, "init_output_bias"):
         teacher.init_output_bias(mean_pose(poses))
@@ -134,7 +139,7 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
         else:
             teacher.requires_grad_(True)
         batches = image_batches(images, poses, scenes, config.batch_size, config.seed + i, task_cfg.augment,
-                                task_cfg.scene_balanced, ctx.device)
+                                task_cfg.scene_balanced, ctx.device, preprocess=prep)
         desc = f"{art.name}" + (f" stage {i + 1}/{len(stages)}" if len(stages) > 1 else "")
         history += fit(task, batches, config, desc=desc, progress=ctx.progress, device=ctx.device,
                        precision=ctx.precision, log_kind=ctx.log, **training_paths(out_dir, i if len(stages) > 1 else None))
@@ -190,7 +195,7 @@ def teacher_outputs(ctx: Context, teacher: Artifact, split: str) -> dict[str, np
     float32 (zeros ``(N, 1)`` for a single-scene teacher), ``time_s (N,)``
     seconds per frame, ``img_path (N,)`` strings; frames in label order.
     """
-    from harness.images import load_images
+    from harness.images import Preprocess
 
     data = ctx.data.split(split)
     fp = fingerprint(teacher.fingerprint, data.fingerprint())
@@ -203,7 +208,7 @@ def teacher_outputs(ctx: Context, teacher: Artifact, split: str) -> dict[str, np
         if cached is not None:
             return cached[0]
         size = teacher.recipe.task.image_size
-        images = load_images(data, size, ctx.store)
+        images = Preprocess.of(teacher.recipe.task).test_images(data, ctx.store)
         model = teacher.model
         out = predict(model, images, teacher.recipe.task.eval_batch_size, ctx.device, ctx.precision)
         if len(data.labels) == 0:

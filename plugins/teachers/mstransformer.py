@@ -1,4 +1,5 @@
-"""Efficient multi-scene MS-Transformer, shared regression heads.
+"""Multi-scene MS-Transformer: shared regression heads (``mstransformer``, the reference's EMS-TransPoseNet) or one
+pair of heads per scene (``ms-transposenet``, the reference's MSTransPoseNet, ``per_scene_heads``).
 
     image (B, 3, H, W) -> EfficientNet-B0 feature maps
         stride 16 (112 ch) -> 1x1 conv -> (B, d, h, w) + learned 2-D positions -> transformer_t
@@ -8,6 +9,7 @@
     latent_x / latent_q = the decoder outputs of the selected scene (B, d)
         (ground-truth scene in training, argmax of scene_logp at test)
     pose = [regressor_head_t(latent_x) (B, 3), regressor_head_rot(latent_q) (B, 4)]
+        (per_scene_heads: regressor_head_t[scene], regressor_head_rot[scene] of each frame's selected scene)
 
 Paper configuration (``registry.toml`` profile ``paper``, the reference
 *code*): d 256, 6 + 6 layers, 8 heads (the reference config's ``nheads: 4``
@@ -179,6 +181,7 @@ class MSTransformer(Teacher):
         shared_pos_embed: bool = False,
         pretrained: bool = False,
         pretrained_file: str | None = None,
+        per_scene_heads: bool = False,
     ) -> None:
         super().__init__()
         self.latent_dim = d_model
@@ -216,8 +219,13 @@ class MSTransformer(Teacher):
         self.query_embed_t = nn.Embedding(num_scenes, d_model)
         self.query_embed_rot = nn.Embedding(num_scenes, d_model)
         self.scene_embed = nn.Linear(2 * d_model, 1)
-        self.regressor_head_t = PoseRegressor(d_model, 3, head_hidden)
-        self.regressor_head_rot = PoseRegressor(d_model, 4, head_hidden)
+        self.per_scene_heads = bool(per_scene_heads)
+        if self.per_scene_heads:  # the reference's MSTransPoseNet: keys regressor_head_t.<scene>.fc_h.weight, ...
+            self.regressor_head_t: nn.Module = nn.ModuleList(PoseRegressor(d_model, 3, head_hidden) for _ in range(num_scenes))
+            self.regressor_head_rot: nn.Module = nn.ModuleList(PoseRegressor(d_model, 4, head_hidden) for _ in range(num_scenes))
+        else:
+            self.regressor_head_t = PoseRegressor(d_model, 3, head_hidden)
+            self.regressor_head_rot = PoseRegressor(d_model, 4, head_hidden)
 
     def _branch(self, feat: Tensor, proj: nn.Conv2d, pos_embed: PositionEmbeddingLearned, transformer: Transformer, query: nn.Embedding) -> Tensor:
         src = proj(feat)  # (B, d, h, w)
@@ -240,8 +248,22 @@ class MSTransformer(Teacher):
         sel = scene.view(-1, 1, 1).expand(-1, 1, out_t.shape[-1])  # (B, 1, d)
         return Latents(out_t.gather(1, sel).squeeze(1), out_rot.gather(1, sel).squeeze(1), scene_logp)
 
-    def decode(self, latent_x: Tensor, latent_q: Tensor) -> Tensor:
-        return torch.cat([self.regressor_head_t(latent_x), self.regressor_head_rot(latent_q)], dim=-1)
+    def decode(self, latent_x: Tensor, latent_q: Tensor, scene: Tensor | None = None) -> Tensor:
+        """Latents ``(B, d)`` to poses ``(B, 7)``; with per-scene heads each row goes through the heads of its
+        ``scene`` ``(B,)`` (required then; the shared heads ignore it)."""
+        if not self.per_scene_heads:
+            return torch.cat([self.regressor_head_t(latent_x), self.regressor_head_rot(latent_q)], dim=-1)
+        if scene is None:
+            raise BenchError("ms-transposenet has one pose head per scene: decode needs each frame's scene")
+        scene = scene.to(latent_x.device).long().view(-1)
+        if len(scene) != len(latent_x) or (len(scene) and (scene.min() < 0 or scene.max() >= self.num_scenes)):
+            raise BenchError(f"decode: scene must be (B,) indices in [0, {self.num_scenes}), got {scene.tolist()}")
+        out = latent_x.new_empty(len(latent_x), 7)
+        for s in scene.unique().tolist():  # one batched pass per scene present
+            rows = (scene == s).nonzero(as_tuple=True)[0]
+            out[rows] = torch.cat([self.regressor_head_t[s](latent_x[rows]), self.regressor_head_rot[s](latent_q[rows])],
+                                  dim=-1).to(out.dtype)
+        return out
 
     def heads(self) -> list[nn.Module]:
         return [self.regressor_head_t, self.regressor_head_rot]
@@ -265,10 +287,11 @@ class MSTransformer(Teacher):
 
     @torch.no_grad()
     def init_output_bias(self, mean_pose: Tensor) -> None:
-        """Start the shared regressors at ``mean_pose`` (7,)."""
-        for head, value in ((self.regressor_head_t, mean_pose[:3]), (self.regressor_head_rot, mean_pose[3:])):
-            head.fc_o.bias.copy_(value)
-            head.fc_o.weight.mul_(0.1)
+        """Start the regressors (every scene's, with per-scene heads) at ``mean_pose`` (7,)."""
+        for heads, value in ((self.regressor_head_t, mean_pose[:3]), (self.regressor_head_rot, mean_pose[3:])):
+            for head in (heads if self.per_scene_heads else [heads]):
+                head.fc_o.bias.copy_(value)
+                head.fc_o.weight.mul_(0.1)
 
 
 def _build(**config: Any) -> MSTransformer:
@@ -283,6 +306,11 @@ MODELS = ModelFamily()
 @MODELS.register("mstransformer")
 def _mstransformer() -> dict:
     return {}  # the quick and paper configurations are recipes (registry.toml)
+
+
+@MODELS.register("ms-transposenet")
+def _ms_transposenet() -> dict:
+    return {"per_scene_heads": True}  # the reference's MSTransPoseNet: one pose head pair per scene
 
 
 @hookimpl
