@@ -187,3 +187,59 @@ def test_pair_list_reads_back_and_swaps_half(tmp_path):
     pd.read_csv(f).drop(columns=["q4_ab"]).to_csv(bad, index=False)
     with pytest.raises(BenchError, match="missing columns q4_ab"):
         read_pair_list(bad, paths)
+
+
+# ----------------------------------------------------------------------------- end to end
+TINY_MST = ["--set", "teacher.backbone='tf_efficientnet_b0'", "--set", "teacher.pretrained=false",
+            "--set", "teacher.d_model=32", "--set", "teacher.heads=8", "--set", "teacher.ffn=32",
+            "--set", "teacher.enc_layers=1", "--set", "teacher.dec_layers=1", "--set", "teacher.head_hidden=1024",
+            "--set", "teacher.max_hw=50", "--set", "teacher.activation='gelu'", "--set", "teacher.shared_pos_embed=true",
+            "--set", "teacher.image_size=64"]
+REFERENCE_RPR = ["--set", "refiner.protocol='reference'", "--set", "refiner.reference_layout=true",
+                 "--set", "refiner.d_model=32", "--set", "refiner.ffn=64", "--set", "refiner.heads=4",
+                 "--set", "refiner.layers=2", "--set", "refiner.head_hidden=1024"]
+
+
+def test_bench_run_with_reference_files_gives_the_reference_estimates_per_frame(tmp_path):
+    """``bench run --teacher mstransformer=APR --student pae=PAE --refiner pae-rpr=IAPR`` with the reference
+    protocol, then ``bench export``: after 3 iterations every frame's estimate is the reference loop's."""
+    pytest.importorskip("efficientnet_pytorch")
+    from PIL import Image
+
+    from harness.cli import main
+    from harness.images import normalize_images
+    from harness.interfaces import LABEL_COLUMNS
+    from refiner_helpers import make_labels, write_images
+    from test_reference_parity import RefPAE
+
+    labels = make_labels(n_train=2, n_test=2, scenes=("a", "b", "c"))
+    data = tmp_path / "data"
+    write_images(data, labels, size=64)
+    labels[LABEL_COLUMNS].to_csv(data / "labels.csv", index=False)
+    state, apr, mst_ft, vtrpr = reference_iapr_state(seed=3)
+    pae = _randomise(RefPAE(True), 9)  # the student's PAE: not the file's fine-tuned one, which the loop must use
+    torch.save(apr.state_dict(), tmp_path / "apr.pth")
+    torch.save(pae.state_dict(), tmp_path / "pae.pth")
+    torch.save(state, tmp_path / "iapr.pth")
+    work = tmp_path / "work"
+    common = ["--workdir", str(work), "--no-progress"]
+    code = main(["run", *common, "--dataset", f"labels:root={data},labels={data / 'labels.csv'}",
+                 "--teacher", f"mstransformer={tmp_path / 'apr.pth'}", "--student", f"pae={tmp_path / 'pae.pth'}",
+                 "--refiner", f"pae-rpr={tmp_path / 'iapr.pth'}", "--iterations", "0,3", "--no-report",
+                 *TINY_MST, *REFERENCE_RPR])
+    assert code in (0, None)
+    out = tmp_path / "frames.csv"
+    assert main(["export", "--workdir", str(work), "--filter", "refiner=pae-rpr*", "--out", str(out)]) in (0, None)
+    rows = pd.read_csv(out)
+    rows = rows[rows["iteration"] == 3].set_index("img_path")
+    test = labels[labels["split"] == "test"]
+    images = torch.stack([torch.from_numpy(np.array(Image.open(data / p).convert("RGB"))).permute(2, 0, 1)
+                          for p in test["img_path"]])
+    expected = reference_test_loop(apr, mst_ft, vtrpr, normalize_images(images), 3)
+    got = rows.loc[test["img_path"].tolist(), [f"est_{c}" for c in ("t1", "t2", "t3", "q1", "q2", "q3", "q4")]].to_numpy()
+    pos = np.abs(got[:, :3] - expected[:, :3]).max()
+    q1, q2 = got[:, 3:] / np.linalg.norm(got[:, 3:], axis=1, keepdims=True), expected[:, 3:]
+    vec = q1[:, :1] * q2[:, 1:] - q2[:, :1] * q1[:, 1:] - np.cross(q1[:, 1:], q2[:, 1:])  # vector part of q1^-1 q2
+    ang = np.degrees(2 * np.arcsin(np.clip(np.linalg.norm(vec, axis=1), 0, 1))).max()  # precise at small angles
+    print(f"bench run + export vs the reference loop: {len(got)} frames, max {pos:.2e} m, {ang:.2e} deg")
+    assert len(got) == 6 and pos < 1e-3 and ang < 1e-2 and (got[:, 3] >= 0).all()

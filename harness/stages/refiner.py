@@ -469,7 +469,7 @@ def _stepper(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifa
         def neighbours(p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             return (p, *encode_poses(pae, p, scene_pred))  # the estimate itself, encoded by the PAE
 
-        stored = module_bytes(pae) + module_bytes(model)
+        stored = module_bytes(model) + (0 if own is not None else module_bytes(pae))  # own copies: inside the model
     else:
         neighbours, stored = _retrieval(ctx, refiner, teacher, scene_pred if multi else None)
 
