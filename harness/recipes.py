@@ -42,6 +42,7 @@ from harness.store import fingerprint
 KINDS = ("teacher", "student", "refiner", "decoder")
 ENCODES = ("estimate", "ground_truth")
 PAIRS = ("nearest", "virtual", "both")
+PROTOCOLS = ("aprbench", "reference")
 
 
 def _f(default: Any, *, low: float | None = None, high: float | None = None, strict: bool = False,
@@ -114,6 +115,9 @@ class RefinerConfig:
     eval_batch_size: int = _f(1024, low=1)
     init_bias: bool = _f(True)
     standardize: bool = _f(True, doc="standardise input latents with the teacher's training statistics")
+    protocol: str = _f("aprbench", choices=PROTOCOLS,
+                       doc="reference: the reference's iAPR (RPR + encoder + PAE fine-tuned on pairs, w >= 0 updates)")
+    pairs_file: str = _f("", doc="the reference's pair list (CSV: img_path_a, ..., q4_ab) for protocol = reference")
     description: str = _f("")
 
 

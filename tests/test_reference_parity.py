@@ -338,7 +338,7 @@ def test_pae_rpr_reference_import_and_split():
     parts = rc.split_pae_rpr(state)
     assert set(parts["student"]) == set(ref.pae.state_dict())
     model = TransformerRPR(latent_dim=32, d_model=32, layers=2, heads=4, ffn=64, reference_layout=True).eval()
-    n = _import(model, state)
+    n = _import(model, {k: v for k, v in state.items() if not k.startswith("pae.")})  # the RPR part (whole file: tests/test_iapr_protocol.py)
     pae = PAE(latent_dim=32, num_scenes=3, multi_scene=True).eval()
     load_into(pae, parts["student"])
     lat = [torch.randn(4, 32) for _ in range(2)]
@@ -419,7 +419,9 @@ def test_paper_profile_builds_the_reference_architectures():
     _import(model, ref)
     assert model.transformer_t.encoder[0].self_attn.num_heads == 8
     rpr = rpr_models.factories(TransformerRPR)["pae-rpr"](latent_dim=256, **resolve_recipe("refiner", "pae-rpr", "sevenscenes", "paper").model)
-    _import(rpr, RefVTRPR(d=256, heads=4, ffn=2048, layers=2).state_dict())
+    _import(rpr, {k: v for k, v in RefVTRPR(d=256, heads=4, ffn=2048, layers=2).state_dict().items()
+                  if not k.startswith("pae.")})
+    assert resolve_recipe("refiner", "pae-rpr", "sevenscenes", "paper").task.protocol == "reference"
     assert resolve_recipe("student", "pae", "sevenscenes", "paper").task.raw_quaternion is True
     eff = resolve_recipe("teacher", "posenet-efficientnet", "cambridge", "paper")
     assert eff.model["backbone"] == "tf_efficientnet_b0"

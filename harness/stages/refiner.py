@@ -154,7 +154,10 @@ class RPRTask(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         qx, qq = self.query_latents(batch)
-        if "ref_images" in batch:  # image-rpr fine-tuning: the reference image goes through the encoder too
+        if "ref_pose" in batch:  # the reference protocol: the refiner's own PAE encodes the reference pose (trained)
+            pae = self.refiner.pae
+            rx, rq = pae(batch["ref_pose"], batch["scene"] if pae.multi_scene else None)
+        elif "ref_images" in batch:  # image-rpr fine-tuning: the reference image goes through the encoder too
             enc = self.refiner.image_encoder
             lat = enc.encode(batch["ref_images"], batch["scene"] if enc.multi_scene else None)
             rx, rq = lat.x, lat.q
@@ -214,8 +217,13 @@ def _prepare(ctx: Context, recipe: Recipe, model: Refiner, upstream: dict[str, A
     if isinstance(model, PoseIndexRefiner):
         model.configure(recipe.values())
         model.reserve_index(len(ctx.data.split("train").labels))
-    if recipe.task.finetune:
+    reference = recipe.task.protocol == "reference"
+    if recipe.task.finetune or reference:
         model.add_module("image_encoder", copy.deepcopy(upstream["teacher"].model))
+    if reference:  # the reference's iAPR: the refiner keeps a fine-tuned copy of the PAE too
+        if upstream.get("student") is None:
+            raise BenchError(f"refiner {recipe.name!r}: protocol = reference needs a PAE (--student)")
+        model.add_module("pae", copy.deepcopy(upstream["student"].model))
 
 
 def obtain_refiner(ctx: Context, name: str, teacher: Artifact, student: Artifact | None = None,
@@ -247,9 +255,17 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     if len(out["pose_gt"]) < 2:
         raise BenchError(f"refiner {name!r}: the teacher's training split has {len(out['pose_gt'])} frame(s); need at least 2")
     pae = student.model.to(ctx.device).eval() if student is not None else None
-    make, spread, std = _pair_maker(out, cfg, config.seed, pae)
+    reference = cfg.protocol == "reference"
+    if reference:
+        make = _reference_pairs(ctx, out, cfg, config.seed)
+        spread = teacher_spread(out)
+        std = torch.zeros_like(spread)
+    else:
+        make, spread, std = _pair_maker(out, cfg, config.seed, pae)
     images = None
-    if cfg.finetune:
+    if reference:
+        model.pae.requires_grad_(True)
+    if cfg.finetune or reference:
         from harness.images import Preprocess
 
         images = Preprocess.of(teacher.recipe.task).test_images(ctx.data.split("train"), ctx.store)  # (N, 3, S, S) uint8
@@ -271,6 +287,29 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
         "virtual_std": {ctx.data.scenes[s]: dict(zip(("m", "deg"), std[s].tolist())) for s in present},
         "sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach()),
     }
+
+
+def _reference_pairs(ctx: Context, out: dict[str, np.ndarray], cfg: Any, seed: int) -> Callable[[int], dict[str, Tensor]]:
+    """``make(epoch)`` of the reference protocol: the pairs of ``cfg.pairs_file`` (or, without one, every training
+    frame with its ``k`` nearest frames of the same scene), half of them swapped anew each epoch; query image,
+    ground-truth scene, the reference frame's ground-truth pose and the target ``rel(query -> reference)``."""
+    from harness.pair_lists import read_pair_list, swap_half
+
+    gt = torch.as_tensor(np.asarray(out["pose_gt"]), dtype=torch.float32)
+    gt = P.join_pose(gt[:, :3], P.normalize_quat(gt[:, 3:]))
+    scene = torch.as_tensor(np.asarray(out["scene_id"]), dtype=torch.int64)
+    if cfg.pairs_file:
+        a, b, rel = read_pair_list(cfg.pairs_file, ctx.data.split("train").labels["img_path"].astype(str).tolist())
+    else:
+        a, b = nearest_pairs(gt, scene, cfg.k, cfg.orientation_weight)
+        rel = relative_target(gt[a], gt[b])
+
+    def make(epoch: int) -> dict[str, Tensor]:
+        g = torch.Generator().manual_seed(seed * 7919 + epoch)
+        qa, rb, target = swap_half(a, b, rel, g)
+        return {"images": qa, "scene": scene[rb], "ref_pose": gt[rb], "rel": target}
+
+    return make
 
 
 def _pair_maker(out: dict[str, np.ndarray], cfg: Any, seed: int, pae: nn.Module | None
@@ -422,26 +461,39 @@ def _stepper(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifa
     if isinstance(model, PoseIndexRefiner):  # refines from its index of training poses (no RPR, no PAE at test time)
         return (lambda p: model.refine_batch(p, qx, qq, scene_pred if multi else None)), module_bytes(model)
     bs = refiner.recipe.task.eval_batch_size
+    reference = refiner.recipe.task.protocol == "reference"
     if uses_student(model):
-        pae = student.model.to(ctx.device).eval()
+        own = getattr(model, "pae", None) if reference else None  # the reference protocol's fine-tuned PAE
+        pae = (own if own is not None else student.model).to(ctx.device).eval()
 
         def neighbours(p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             return (p, *encode_poses(pae, p, scene_pred))  # the estimate itself, encoded by the PAE
 
-        stored = module_bytes(pae) + module_bytes(model)
+        stored = module_bytes(model) + (0 if own is not None else module_bytes(pae))  # own copies: inside the model
     else:
         neighbours, stored = _retrieval(ctx, refiner, teacher, scene_pred if multi else None)
+
+    return make_step(model, neighbours, qx, qq, bs, reference), stored
+
+
+def make_step(model: Refiner, neighbours: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]], qx: Tensor, qq: Tensor,
+              batch_size: int, w_positive: bool = False) -> Callable[[Tensor], Tensor]:
+    """One refinement step ``(N, 7) -> (N, 7)``, batched over frames: ``neighbours(p) -> (ref_pose, rx, rq)``,
+    ``rel = model(qx, qq, rx, rq)`` (``rel(query -> reference)``), ``p' = compose(ref_pose, invert_relative(rel))``.
+    Quaternion sign: ``w_positive`` returns ``w >= 0`` (the reference protocol), else the sign of ``p``."""
 
     @torch.inference_mode()
     def step(p: Tensor) -> Tensor:
         ref_pose, rx, rq = neighbours(p)
-        N = len(p)
+        N, bs = len(p), batch_size
         rel = torch.cat([model(qx[i: i + bs], qq[i: i + bs], rx[i: i + bs], rq[i: i + bs]).float()
                          for i in range(0, N, bs)]) if N else p.new_zeros(0, 7)
         new = P.compose(ref_pose, P.invert_relative(rel))  # (N, 7)
+        if w_positive:  # the reference returns w >= 0, whatever the previous estimate's sign
+            return P.join_pose(new[:, :3], P.canonical_quat(new[:, 3:]))
         return P.join_pose(new[:, :3], align_sign(new[:, 3:], p[:, 3:]))
 
-    return step, stored
+    return step
 
 
 def _retrieval(ctx: Context, refiner: Artifact, teacher: Artifact, scene: Tensor | None) -> tuple[Callable, int]:
@@ -506,5 +558,5 @@ def evaluate_refiner(ctx: Context, refiner: Artifact, teacher: Artifact, student
 
 __all__ = [
     "RPRTask", "REFINER", "pair_batches", "obtain_refiner", "refine", "evaluate_refiner",
-    "encode_poses", "teacher_spread", "nearest_pairs", "module_bytes",
+    "encode_poses", "teacher_spread", "nearest_pairs", "module_bytes", "make_step",
 ]

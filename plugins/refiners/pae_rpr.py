@@ -124,12 +124,27 @@ class TransformerRPR(Refiner):
                 self.latent_std[row] = torch.where(std > eps, std, torch.ones_like(std))
 
     def from_reference_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``state`` in this model's names: the RPR part of a reference VTRPR file (its fine-tuned
-        ``mstransformer.*`` / ``pae.*`` split off: ``plugins.reference_checkpoints.split_pae_rpr``),
-        anything else unchanged."""
+        """``state`` in this model's names: a reference VTRPR file split into its RPR part, its fine-tuned
+        ``mstransformer.*`` (-> ``image_encoder.*``, converted by the encoder's own importer) and ``pae.*``
+        (-> ``pae.*``); anything else unchanged. Parts this model has no place for keep their prefix, so that
+        loading refuses them by name (the reference protocol, ``protocol = "reference"``, holds all three)."""
         from plugins.reference_checkpoints import is_reference_pae_rpr, split_pae_rpr
 
-        return split_pae_rpr(state)["refiner"] if is_reference_pae_rpr(state) else state
+        if not is_reference_pae_rpr(state):
+            return state
+        parts = split_pae_rpr(state)
+        out = dict(parts["refiner"])
+        for part, prefix, source in (("teacher", "image_encoder.", "mstransformer."), ("student", "pae.", "pae.")):
+            sub = parts[part]
+            if not sub:
+                continue
+            own = getattr(self, prefix[:-1], None)
+            convert = getattr(own, "from_reference_state_dict", None)
+            if own is None or convert is None:  # no place for it: kept under its file name (refused on load)
+                out.update({source + k: v for k, v in sub.items()})
+            else:
+                out.update({prefix + k: v for k, v in convert(sub).items()})
+        return out
 
     def init_output_bias(self, mean_rel: Tensor) -> None:
         """Start the heads at a typical relative pose (e.g. identity rotation): bias of the last layers."""
