@@ -191,7 +191,7 @@ def fit(
     config: TrainConfig,
     checkpoint_dir: Path | None = None,
     desc: str = "train",
-    progress: bool = True,
+    progress: bool | str = True,
     device: torch.device | None = None,
     validate: Callable[[], Mapping[str, float]] | None = None,
     log_path: Path | None = None,
@@ -203,6 +203,7 @@ def fit(
     restored afterwards so results do not depend on it); its values are logged as ``val_<name>``.
     The per-epoch log goes to ``log_path`` (default ``checkpoint_dir/log.csv``; none without either).
     ``precision``: autocast of the forward passes (and of ``validate``), see the module note.
+    ``progress``: a mode of :mod:`harness.progress` (bar with loss and samples/s, epoch lines, or quiet).
     """
     from harness.devices import autocast, check_precision, grad_scaler
 
@@ -227,7 +228,9 @@ def fit(
     if log is not None:
         log.resume(history)
 
-    bar = tqdm(total=config.epochs, initial=start, desc=desc, disable=not progress or rank != 0, unit="ep", leave=False)
+    from harness.progress import EpochProgress
+
+    bar = EpochProgress(desc, config.epochs, start, progress if rank == 0 else "quiet")
     steps = getattr(batches, "steps_per_epoch", None)
     pace = Pace(desc, steps(world) * (config.epochs - start), device) if steps is not None and rank == 0 else None
     epoch = start
@@ -236,8 +239,9 @@ def fit(
         task.train()
         for epoch in range(start, config.epochs):
             t0 = time.perf_counter()
+            seen: dict[str, int] = {}
             means = _epoch(model, batches(epoch, rank, world), optimizer, params, config.grad_clip,
-                           f"{desc}, epoch {epoch + 1}", amp, scaler, pace)
+                           f"{desc}, epoch {epoch + 1}", amp, scaler, pace, seen)
             means.update(loss_weights(task))
             means["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
@@ -247,8 +251,7 @@ def fit(
             history.append(means)
             if log is not None:
                 log.append(epoch + 1, means)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k != "seconds"})
-            bar.update(1)
+            bar.epoch(epoch + 1, means, seen.get("samples", 0), means["seconds"])
             if (epoch + 1) % max(config.checkpoint_every, 1) == 0 or epoch + 1 == config.epochs:
                 ckpt.save(history)
                 saved = epoch + 1
@@ -297,8 +300,10 @@ def _duration(seconds: float) -> str:
 
 def _epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Optimizer, params: list,
            grad_clip: float, where: str, amp: Callable[[], Any] | None = None,
-           scaler: torch.amp.GradScaler | None = None, pace: Pace | None = None) -> dict[str, float]:
-    """One pass over ``batches``: the mean of the loss and of every logged value. A non-finite loss stops
+           scaler: torch.amp.GradScaler | None = None, pace: Pace | None = None,
+           seen: dict[str, int] | None = None) -> dict[str, float]:
+    """One pass over ``batches``: the mean of the loss and of every logged value (``seen["samples"]``: the
+    number of samples trained on, when batches hold tensors). A non-finite loss stops
     training with :class:`NonFinite` naming ``where`` (model and epoch) and the loss parts. ``amp()``: the
     autocast context of each forward pass; ``scaler``: fp16 loss scaling (disabled: plain steps)."""
     amp = amp or contextlib.nullcontext
@@ -320,11 +325,25 @@ def _epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Opti
         scaler.step(optimizer)  # a plain optimizer.step() when disabled
         scaler.update()
         count += 1
+        if seen is not None:
+            seen["samples"] = seen.get("samples", 0) + _batch_size(batch)
         if pace is not None:
             pace.step()
         for k, v in {"loss": float(loss.detach()), **logs}.items():
             sums[k] = sums.get(k, 0.0) + float(v)
     return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def _batch_size(batch: Any) -> int:
+    """The leading dimension of a batch's first tensor (0 when it holds none)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 0
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for value in values:
+        size = _batch_size(value)
+        if size:
+            return size
+    return 0
 
 
 class Checkpoint:
