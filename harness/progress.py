@@ -100,7 +100,7 @@ class CellProgress:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total - stored, desc="cells", unit="cell",
-                            bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed}, {postfix}")
+                            bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed}{postfix}")
             self._postfix("")
 
     def _postfix(self, what: str) -> None:

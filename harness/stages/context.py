@@ -236,7 +236,7 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
         TIMES.add(f"{art.kind} {art.name}", took)
         if resolve_mode(ctx.progress) != "quiet":
             say(f"{art.kind} {art.name} ({', '.join(ctx.data.scenes)}) trained in {duration(took)} "
-                f"({len(history)} epochs)")
+                f"({len(history)} epoch{'' if len(history) == 1 else 's'})")
         save_state(art.path, model.state_dict(), meta=_metadata(ctx, art, history, time.perf_counter() - t0, meta))
         shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # complete: resumable state no longer needed
 
