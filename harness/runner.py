@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from harness.errors import BenchError
 from harness.data import require_frames, subset
@@ -30,6 +29,7 @@ from harness.interfaces import PoseData
 from harness.matrix import Cell, Plan, cell_fingerprint, shard, software_versions
 from harness.metrics import errors, per_scene
 from harness.plugins import BenchPluginManager, call_observers
+from harness.progress import TIMES, CellProgress, duration, load_estimates, resolve_mode, say
 from harness.recipes import Override, overrides_text, resolve
 from harness.registry import load_registry
 from harness.stages.chain import Chain, obtain_chain, split_name
@@ -65,10 +65,11 @@ class MatrixRunner:
     """Evaluates the cells of a plan against one store."""
 
     def __init__(self, store: Store, manager: BenchPluginManager, data: PoseData, dataset: str, profile: str,
-                 overrides: list[Override] | None = None, progress: bool = True, device: torch.device | None = None,
+                 overrides: list[Override] | None = None, progress: bool | str = True, device: torch.device | None = None,
                  precision: str = "fp32", log: str = "csv") -> None:
         """``device`` (default: ``--device auto``) and ``precision`` (``harness.devices``) are those of every
-        cell; a precision other than fp32 is part of every cell's fingerprint. ``log``: training logs (csv, tensorboard)."""
+        cell; a precision other than fp32 is part of every cell's fingerprint. ``progress``: a mode of
+        :mod:`harness.progress`. ``log``: training logs (csv, tensorboard)."""
         self.store, self.manager, self.data, self.dataset = store, manager, data, dataset
         self.device = device if device is not None else resolve_device("auto")
         self.precision = check_precision(precision, self.device)
@@ -144,36 +145,72 @@ class MatrixRunner:
         fps = [self.fingerprint(c) for c in plan.cells]
         mine = shard(plan.cells, fps, shard_spec)
         summary = RunSummary(total=len(mine))
-        bar = tqdm(total=len(mine), desc="cells", unit="cell", disable=not self.progress)
-        for k in mine:
+        mode = resolve_mode(self.progress)
+        stored = [self._stored(self.store.cell_path(fps[k]), fps[k]) for k in mine]
+        todo = [plan.cells[k] for k, done in zip(mine, stored) if not done]
+        if todo and mode != "quiet":
+            say(self.plan_text(todo, len(mine) - len(todo)))
+        display = CellProgress(len(mine), len(mine) - len(todo), mode)
+        for k, done in zip(mine, stored):
             cell, fp = plan.cells[k], fps[k]
-            bar.set_postfix_str(cell.describe())
             path = self.store.cell_path(fp)
-            if self._stored(path, fp):
+            if done:
                 summary.cached += 1
-                bar.update(1)
                 continue
             with self.store.lock(f"cell-{fp}"):
                 if self._stored(path, fp):  # another process finished it meanwhile
                     summary.cached += 1
-                    bar.update(1)
+                    display.cached(cell.describe())
                     continue
+                display.start(cell.describe())
+                t0, trained = time.perf_counter(), TIMES.training()
                 try:
                     result = self._compute(cell, fp)
                 except KeyboardInterrupt:
+                    display.close()
                     raise Interrupted(summary, self.store) from None
                 except Exception as exc:
                     message = f"{type(exc).__name__}: {exc}".splitlines()[0]
                     summary.failed.append((cell.describe(), message))
                     self._record_failure(cell, fp, exc)
+                    failed = True
                 else:
                     summary.computed += 1
                     self.failure_path(fp).unlink(missing_ok=True)
                     call_observers(self.manager, "bench_cell_finished", cell=cell.record(), result=result)
-            bar.update(1)
-        bar.close()
+                    failed = False
+                took = time.perf_counter() - t0
+                TIMES.add("evaluation", max(took - (TIMES.training() - trained), 0.0))
+                display.done(cell.describe(), took, failed)
+        display.close()
         summary.seconds = time.perf_counter() - start
         return summary, fps
+
+    def plan_text(self, todo: list[Cell], stored: int) -> str:
+        """What a run with cells ``todo`` to compute will do and, from earlier runs' times, roughly how long."""
+        models: dict[str, list[str]] = {}
+        for cell in todo:
+            names = {"teacher": cell.teacher.name, "student": cell.student, "refiner": cell.refiner,
+                     "decoder": cell.decoder}
+            for kind, name in names.items():
+                if name and name != "none":
+                    name = split_name(name)[0]
+                    if name not in models.setdefault(kind, []):
+                        models[kind].append(name)
+        lines = [f"plan: {len(todo)} cell(s) to compute, {stored} from the store; models they need "
+                 "(trained unless already stored):"]
+        lines += [f"  {kind}: {', '.join(names)}" for kind, names in models.items()]
+        known = load_estimates(self.store.timings_path())
+        per_cell = known.get("evaluation per cell")
+        times = [known.get(f"{kind} {name}") for kind, names in models.items() for name in names]
+        if per_cell is None or any(t is None for t in times):
+            lines.append("  time: no earlier run here to estimate from; the cell bar shows an ETA after the first "
+                         "cell, and a training longer than 15 min says its length after a few steps")
+        else:
+            rough = sum(times) + per_cell * len(todo)
+            lines.append(f"  time: roughly {duration(rough)} (from earlier runs in this work directory; "
+                         "less when models are already stored)")
+        return "\n".join(lines)
 
     @staticmethod
     def _stored(path: Path, fp: str) -> bool:

@@ -10,7 +10,8 @@ Layout under the work directory (default ``./.bench``)::
     cells/<cell-fp>-grid-<split>.png   a decoder cell's image grid
     images/                            decoded, resized training images (cache)
     report/                            ``bench report``'s HTML and figures
-    locks/                             advisory file locks
+    locks/                             advisory file locks (+ <name>.owner: who holds it, since when)
+    timings.json                       stage times of earlier runs (rough estimate of the next)
 
 Every file is written to a temporary name in the same folder and renamed into
 place, so an interrupted run never leaves a half-written file. HDF5 files
@@ -24,14 +25,17 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import sys
 import tempfile
+import time
 import warnings
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from harness.errors import BenchError
 
@@ -252,11 +256,37 @@ class Store:
         folder = self.root / "cells"
         return sorted(folder.glob("*.h5")) if folder.is_dir() else []
 
+    def timings_path(self) -> Path:
+        """The table of stage times of earlier runs (``harness.progress``), the rough estimate of the next."""
+        return self.root / "timings.json"
+
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """An exclusive lock (``filelock.FileLock`` on ``locks/<name>.lock``) shared by every process on this
-        work directory; it blocks until the lock is free and is released when the block ends, also on error."""
+        work directory; it blocks until the lock is free and is released when the block ends, also on error.
+        When another process holds it, one line on stderr says which lock, who holds it and since when; the
+        holder's pid, host and start time are kept beside the lock (``locks/<name>.owner``)."""
         path = self.root / "locks" / f"{name}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(path):
+        lock = FileLock(path)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"bench: waiting for {name} ({lock_holder(path)}) ...", file=sys.stderr, flush=True)
+            lock.acquire()
+        try:
+            owner = path.with_suffix(".owner")
+            owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
             yield
+        finally:
+            lock.release()
+
+
+def lock_holder(path: Path) -> str:
+    """Who holds the lock file ``path`` and since when, from the ``.owner`` note its holder wrote."""
+    try:
+        note = json.loads(path.with_suffix(".owner").read_text())
+        since = datetime.fromtimestamp(float(note["since"])).strftime("%H:%M:%S")
+        return f"locked by process {note.get('pid')} on {note.get('host')} since {since}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "locked by another process"

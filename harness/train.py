@@ -38,7 +38,6 @@ import csv
 import io
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -46,10 +45,10 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
 
 from harness.errors import BenchError
 from harness.losses import PoseLoss
+from harness.progress import duration, say
 from harness.recipes import TrainConfig
 from harness.store import atomic_path, load_state, save_state
 
@@ -191,7 +190,7 @@ def fit(
     config: TrainConfig,
     checkpoint_dir: Path | None = None,
     desc: str = "train",
-    progress: bool = True,
+    progress: bool | str = True,
     device: torch.device | None = None,
     validate: Callable[[], Mapping[str, float]] | None = None,
     log_path: Path | None = None,
@@ -205,6 +204,7 @@ def fit(
     The per-epoch log goes to ``log_path`` (default ``checkpoint_dir/log.csv``; none without either).
     ``precision``: autocast of the forward passes (and of ``validate``), see the module note.
     ``log_kind="tensorboard"`` also writes each row to a TensorBoard events file beside the CSV (:mod:`harness.tblog`).
+    ``progress``: a mode of :mod:`harness.progress` (bar with loss and samples/s, epoch lines, or quiet).
     """
     from harness.devices import autocast, check_precision, grad_scaler
 
@@ -234,7 +234,9 @@ def fit(
 
         board = TensorBoardLog(Path(log_path).parent)
 
-    bar = tqdm(total=config.epochs, initial=start, desc=desc, disable=not progress or rank != 0, unit="ep", leave=False)
+    from harness.progress import EpochProgress
+
+    bar = EpochProgress(desc, config.epochs, start, progress if rank == 0 else "quiet")
     steps = getattr(batches, "steps_per_epoch", None)
     pace = Pace(desc, steps(world) * (config.epochs - start), device) if steps is not None and rank == 0 else None
     epoch = start
@@ -243,8 +245,9 @@ def fit(
         task.train()
         for epoch in range(start, config.epochs):
             t0 = time.perf_counter()
+            seen: dict[str, int] = {}
             means = _epoch(model, batches(epoch, rank, world), optimizer, params, config.grad_clip,
-                           f"{desc}, epoch {epoch + 1}", amp, scaler, pace)
+                           f"{desc}, epoch {epoch + 1}", amp, scaler, pace, seen)
             means.update(loss_weights(task))
             means["lr"] = optimizer.param_groups[0]["lr"]
             scheduler.step()
@@ -256,8 +259,7 @@ def fit(
                 log.append(epoch + 1, means)
             if board is not None:
                 board.append(epoch + 1, means)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k != "seconds"})
-            bar.update(1)
+            bar.epoch(epoch + 1, means, seen.get("samples", 0), means["seconds"])
             if (epoch + 1) % max(config.checkpoint_every, 1) == 0 or epoch + 1 == config.epochs:
                 ckpt.save(history)
                 saved = epoch + 1
@@ -293,23 +295,16 @@ class Pace:
             left = per_step * max(self.total - self.count, 0)
             if left > self.LONG_S:
                 hint = "; a GPU (--device cuda) or the quick profile is much faster" if self.device.type == "cpu" else ""
-                tqdm.write(f"{self.desc}: about {_duration(left)} to train at this pace on {self.device.type} "
-                           f"({self.total} steps, {per_step:.2f} s each over {self.MEASURED} measured steps){hint}",
-                           file=sys.stderr)
-
-
-def _duration(seconds: float) -> str:
-    """``"54 h"``, ``"3.2 h"``, ``"25 min"``, ``"0.7 s"``."""
-    hours = seconds / 3600
-    if hours >= 1:
-        return f"{hours:.0f} h" if hours >= 10 else f"{hours:.1f} h"
-    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.1f} s"
+                say(f"{self.desc}: about {duration(left)} to train at this pace on {self.device.type} "
+                    f"({self.total} steps, {per_step:.2f} s each over {self.MEASURED} measured steps){hint}")
 
 
 def _epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Optimizer, params: list,
            grad_clip: float, where: str, amp: Callable[[], Any] | None = None,
-           scaler: torch.amp.GradScaler | None = None, pace: Pace | None = None) -> dict[str, float]:
-    """One pass over ``batches``: the mean of the loss and of every logged value. A non-finite loss stops
+           scaler: torch.amp.GradScaler | None = None, pace: Pace | None = None,
+           seen: dict[str, int] | None = None) -> dict[str, float]:
+    """One pass over ``batches``: the mean of the loss and of every logged value (``seen["samples"]``: the
+    number of samples trained on, when batches hold tensors). A non-finite loss stops
     training with :class:`NonFinite` naming ``where`` (model and epoch) and the loss parts. ``amp()``: the
     autocast context of each forward pass; ``scaler``: fp16 loss scaling (disabled: plain steps)."""
     amp = amp or contextlib.nullcontext
@@ -331,11 +326,25 @@ def _epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Opti
         scaler.step(optimizer)  # a plain optimizer.step() when disabled
         scaler.update()
         count += 1
+        if seen is not None:
+            seen["samples"] = seen.get("samples", 0) + _batch_size(batch)
         if pace is not None:
             pace.step()
         for k, v in {"loss": float(loss.detach()), **logs}.items():
             sums[k] = sums.get(k, 0.0) + float(v)
     return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def _batch_size(batch: Any) -> int:
+    """The leading dimension of a batch's first tensor (0 when it holds none)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 0
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for value in values:
+        size = _batch_size(value)
+        if size:
+            return size
+    return 0
 
 
 class Checkpoint:

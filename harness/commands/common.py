@@ -61,7 +61,7 @@ def device_from_args(args: argparse.Namespace) -> tuple["torch.device", str]:
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     """``--dataset``, ``--scenes``, ``--fraction``, ``--seed``, ``--profile``, ``--set``, ``--device``,
-    ``--precision``, ``--no-progress``."""
+    ``--precision``, ``--no-progress``, ``--quiet``."""
     parser.add_argument(
         "--dataset", default="synthetic",
         help="dataset plugin name with options, e.g. 'synthetic', 'sevenscenes:root=/data/7Scenes', "
@@ -72,7 +72,14 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="training seed of every model (default: each recipe's, 0)")
     add_recipe_options(parser)
     add_device_options(parser)
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_options(parser)
+
+
+def add_progress_options(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress`` (lines instead of bars) and ``--quiet`` (neither), see :mod:`harness.progress`."""
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars, one line per finished step instead (as when output is not a terminal)")
+    parser.add_argument("--quiet", action="store_true", help="no progress at all: only errors and final results")
 
 
 def make_context(args: argparse.Namespace, used: dict[str, list[str]]) -> Context:
@@ -84,6 +91,7 @@ def make_context(args: argparse.Namespace, used: dict[str, list[str]]) -> Contex
     from harness.data import open_dataset, with_fraction
     from harness.stages.context import Context
     from harness.errors import BenchError
+    from harness.progress import mode_from_args
 
     registry = get_registry(args.plugin)
     device, precision = device_from_args(args)
@@ -93,7 +101,7 @@ def make_context(args: argparse.Namespace, used: dict[str, list[str]]) -> Contex
     if not 0 < args.fraction <= 1:
         raise BenchError(f"--fraction {args.fraction}: must be in (0, 1]")
     ctx = Context(store=Store(args.workdir), registry=registry, data=None, dataset=args.dataset.split(":", 1)[0],
-                  profile=args.profile, progress=not args.no_progress, overrides=overrides, seed=args.seed,
+                  profile=args.profile, progress=mode_from_args(args), overrides=overrides, seed=args.seed,
                   device=device, precision=precision, log=getattr(args, "log", "csv"))
     for kind, names in used.items():  # every recipe resolves (types, ranges, kind-specific keys) before any work
         for name in names:

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.commands.common import add_device_options, add_recipe_options, device_from_args
+from harness.commands.common import add_device_options, add_progress_options, add_recipe_options, device_from_args
 from harness.errors import BenchError
 from harness.matrix import NONE, Axes, TeacherSpec, expand, flatten, parse_list, shard, validate
 from harness.plugins import get_manager
@@ -18,7 +18,7 @@ from harness.stages.chain import split_name
 from harness.replay import Replay, options_of
 from harness.store import Store
 
-QUIET_OPTIONS = ("no_progress",)  # options that change how a run looks, not what it prints at the end
+QUIET_OPTIONS = ("no_progress", "quiet")  # options that change how a run looks, not what it prints at the end
 
 DEFAULT_MATRIX = {
     "teacher": ["posenet-mobilenet@room", "mstransformer"],
@@ -64,7 +64,7 @@ def register(commands) -> None:
                    "gpus_per_node=1 cpus_per_task=8 mem_gb=32 (defaults: one GPU, 8 CPUs, 24 h per job)")
     p.add_argument("--format", default="github", help="leaderboard format: github, latex, html, plain, csv")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML/PNG report")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_options(p)
     p.set_defaults(func=run)
 
 
@@ -153,9 +153,24 @@ def _print_run(out: dict, store: Store, seconds: float, no_report: bool, replaye
     return 0
 
 
+def _keep_times(store: Store) -> None:
+    """Keep this run's stage times as the estimate of the next (a read-only work directory keeps none)."""
+    from harness.progress import TIMES
+
+    try:
+        TIMES.save(store.timings_path())
+    except OSError:
+        pass
+
+
 def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | None, start: float) -> int:
     import contextlib
     import io
+    import time
+
+    from harness.progress import TIMES, StageTimes, mode_from_args
+
+    TIMES.seconds.clear()  # this run's stages only
 
     from harness import leaderboard
     from harness.data import open_dataset, parse_dataset_spec
@@ -177,7 +192,9 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
     for kind, names in used.items():
         for name in names:
             resolve(registry, kind, name, axes.dataset, args.profile, overrides)
+    t0 = time.perf_counter()
     name, data = open_dataset(args.dataset, store, registry, scenes=args.scenes, profile=args.profile)
+    TIMES.add("render/data", time.perf_counter() - t0)
     plan = expand(axes, data, registry, args.profile, overrides)
     out: dict = {"refused": [list(r) for r in plan.refused]}
     if plan.refused:  # said before the (long) run as well as with its results
@@ -186,12 +203,14 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
             print(f"  {what}: {why}", file=sys.stderr)
     if not plan.cells:
         raise BenchError("no compatible cells to run")
-    runner = MatrixRunner(store, manager, data, name, args.profile, overrides, progress=not args.no_progress,
+    mode = mode_from_args(args)
+    runner = MatrixRunner(store, manager, data, name, args.profile, overrides, progress=mode,
                           device=device, precision=precision, log=args.log)
     if args.launcher == "none":
         summary, fps = runner.run(plan, args.shard)
     else:
         summary, fps = _launch(args, runner, plan, store)
+    t0 = time.perf_counter()
     board, board_err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stderr(board_err):  # kept, to be said again when the run is replayed
@@ -205,8 +224,15 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
         from harness.report import write_report
 
         out["report"] = str(write_report(store, store.report_dir(), fps, manager=manager))
+    TIMES.add("leaderboard and report", time.perf_counter() - t0)
+    if summary.computed:
+        TIMES.add("evaluation per cell", TIMES.seconds.get("evaluation", 0.0) / summary.computed)
+        _keep_times(store)
     out["refused"] = []  # printed above
     status = _print_run(out, store, summary.seconds, args.no_report)
+    if summary.computed and mode != "quiet":
+        shown = {k: v for k, v in TIMES.seconds.items() if k != "evaluation per cell"}
+        print("\ntime per stage:\n" + StageTimes.table_of(shown), file=sys.stderr)
     if replay is not None and not summary.failed:
         out["refused"] = [list(r) for r in plan.refused]
         given = [split_name(v.partition("@")[0])[1] for v in [*axes.teachers, *axes.students, *axes.refiners, *axes.decoders]]

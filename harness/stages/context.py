@@ -58,7 +58,7 @@ class Context:
     dataset: str
     profile: str = "quick"
     device: torch.device = field(default_factory=default_device)
-    progress: bool = True
+    progress: bool | str = True  # a mode of harness.progress
     precision: str = "fp32"
     log: str = "csv"  # per-epoch logs: csv, or tensorboard as well (harness.tblog)
     overrides: list[Override] = field(default_factory=list)  # also accepted as {kind: {key: value}}
@@ -227,10 +227,17 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
     def run() -> None:
         from harness.train import distributed_env
 
+        from harness.progress import TIMES, resolve_mode, say, duration
+
         t0 = time.perf_counter()
         history, meta = stage.train(ctx, art, upstream, out_dir)
         if distributed_env()[0] != 0:
             return
+        took = time.perf_counter() - t0
+        TIMES.add(f"{art.kind} {art.name}", took)
+        if resolve_mode(ctx.progress) != "quiet":
+            say(f"{art.kind} {art.name} ({', '.join(ctx.data.scenes)}) trained in {duration(took)} "
+                f"({len(history)} epoch{'' if len(history) == 1 else 's'})")
         save_state(art.path, model.state_dict(), meta=_metadata(ctx, art, history, time.perf_counter() - t0, meta))
         shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # complete: resumable state no longer needed
 
