@@ -279,6 +279,19 @@ PAGE = ("<!doctype html><html><head><meta charset='utf-8'><title>aprbench report
         "img{max-width:100%}</style></head><body>\n{body}\n</body></html>")
 
 
+def learning_curves(store: Store, out: Path) -> list[tuple[str, Path]]:
+    """The per-epoch curves of every model trained in the store (``bench logs``' figure), one PNG each."""
+    from harness.commands.logs import load_curves, plot
+
+    figures = []
+    for folder in sorted((store.root / "artifacts").glob("*/*")):
+        curves = load_curves(folder, store.root)
+        if curves.rows:
+            path = plot(curves, out / f"curves-{folder.parent.name}-{folder.name}.png")
+            figures.append((f"Learning curves of {curves.label} (bench logs {folder.parent.name}/{folder.name}).", path))
+    return figures
+
+
 def write_report(store: Store, out: Path, fingerprints: Iterable[str] | None = None, force: bool = False,
                  manager: Any = None, filters: Iterable[str] = ()) -> Path:
     """Write the figures, ``index.html`` and ``report.md`` into ``out`` for the store's cells (all, or
@@ -300,6 +313,7 @@ def write_report(store: Store, out: Path, fingerprints: Iterable[str] | None = N
         figures += error_curves(board, board.poses, out)
         figures += iteration_curves(board, board.poses, out)
     figures += decoder_grids(board, out)
+    figures += learning_curves(store, out)
     body = ["<h1>aprbench report</h1>", "<h2>Provenance</h2>", _provenance_html(board)]
     md = ["# aprbench report", "", "## Provenance", "", *_provenance_md(board), ""]
     if not board.poses.empty:

@@ -71,3 +71,16 @@ def test_report_cli_covers_the_store(tmp_path, run_bench):
     html = (tmp_path / "r" / "index.html").read_text()
     assert "teacher.epochs=2" not in html and "posenet+pae+pae-rpr@3" in html
     assert all((tmp_path / "r" / ref).is_file() for ref in referenced(html))
+
+
+def test_report_links_each_trained_models_learning_curves(tmp_path):
+    store = write_store(tmp_path / "wd", decoder=False)
+    folder = store.root / "artifacts" / "teacher" / "posenet-mobilenet-0123456789abcdef"
+    (folder / "logs").mkdir(parents=True)
+    (folder / "logs" / "log.csv").write_text("epoch,loss,lr,seconds\n1,2.5,0.001,3.0\n2,1.5,0.001,3.1\n3,1.1,0.0005,3.0\n")
+    (store.root / "artifacts" / "student" / "pae-fedcba9876543210").mkdir(parents=True)  # given weights: no log
+    html = write_report(store, tmp_path / "report").read_text()
+    png = "curves-teacher-posenet-mobilenet-0123456789abcdef.png"
+    assert png in referenced(html) and (tmp_path / "report" / png).stat().st_size > 1000
+    assert "Learning curves of teacher posenet-mobilenet" in html and "fp 0123456789abcdef" in html
+    assert not any(r.startswith("curves-student") for r in referenced(html))
