@@ -190,21 +190,20 @@ def test_pair_list_reads_back_and_swaps_half(tmp_path):
 
 
 # ----------------------------------------------------------------------------- end to end
-TINY_MST = ["--set", "teacher.backbone='tf_efficientnet_b0'", "--set", "teacher.pretrained=false",
-            "--set", "teacher.d_model=32", "--set", "teacher.heads=8", "--set", "teacher.ffn=32",
-            "--set", "teacher.enc_layers=1", "--set", "teacher.dec_layers=1", "--set", "teacher.head_hidden=1024",
-            "--set", "teacher.max_hw=50", "--set", "teacher.activation='gelu'", "--set", "teacher.shared_pos_embed=true",
-            "--set", "teacher.image_size=64"]
-REFERENCE_RPR = ["--set", "refiner.protocol='reference'", "--set", "refiner.reference_layout=true",
-                 "--set", "refiner.d_model=32", "--set", "refiner.ffn=64", "--set", "refiner.heads=4",
-                 "--set", "refiner.layers=2", "--set", "refiner.head_hidden=1024"]
+# `--profile paper` as it is (preprocessing, architecture options, the reference protocol), with the model widths
+# and depths of the small random reference files
+PAPER_SIZES = ["--set", "teacher.d_model=32", "--set", "teacher.ffn=32", "--set", "teacher.enc_layers=1",
+               "--set", "teacher.dec_layers=1", "--set", "refiner.d_model=32", "--set", "refiner.ffn=64",
+               "--set", "refiner.heads=4", "--set", "refiner.layers=2"]
 
 
 def test_bench_run_with_reference_files_gives_the_reference_estimates_per_frame(tmp_path):
-    """``bench run --teacher mstransformer=APR --student pae=PAE --refiner pae-rpr=IAPR`` with the reference
-    protocol, then ``bench export``: after 3 iterations every frame's estimate is the reference loop's."""
+    """``bench run --profile paper --teacher mstransformer=APR --student pae=PAE --refiner pae-rpr=IAPR``, then
+    ``bench export``: after 3 iterations every frame's estimate is the reference test loop's on the reference's
+    test transform (Resize(256) + CenterCrop(224) of the PIL image)."""
     pytest.importorskip("efficientnet_pytorch")
     from PIL import Image
+    from torchvision.transforms import v2
 
     from harness.cli import main
     from harness.images import normalize_images
@@ -223,18 +222,19 @@ def test_bench_run_with_reference_files_gives_the_reference_estimates_per_frame(
     torch.save(state, tmp_path / "iapr.pth")
     work = tmp_path / "work"
     common = ["--workdir", str(work), "--no-progress"]
-    code = main(["run", *common, "--dataset", f"labels:root={data},labels={data / 'labels.csv'}",
+    code = main(["run", *common, "--profile", "paper", "--dataset", f"labels:root={data},labels={data / 'labels.csv'}",
                  "--teacher", f"mstransformer={tmp_path / 'apr.pth'}", "--student", f"pae={tmp_path / 'pae.pth'}",
                  "--refiner", f"pae-rpr={tmp_path / 'iapr.pth'}", "--iterations", "0,3", "--no-report",
-                 *TINY_MST, *REFERENCE_RPR])
+                 *PAPER_SIZES])
     assert code in (0, None)
     out = tmp_path / "frames.csv"
     assert main(["export", "--workdir", str(work), "--filter", "refiner=pae-rpr*", "--out", str(out)]) in (0, None)
+    assert (pd.read_csv(out)["profile"] == "paper").all()
     rows = pd.read_csv(out)
     rows = rows[rows["iteration"] == 3].set_index("img_path")
     test = labels[labels["split"] == "test"]
-    images = torch.stack([torch.from_numpy(np.array(Image.open(data / p).convert("RGB"))).permute(2, 0, 1)
-                          for p in test["img_path"]])
+    reference_transform = v2.Compose([v2.Resize(256), v2.CenterCrop(224), v2.PILToTensor()])
+    images = torch.stack([reference_transform(Image.open(data / p).convert("RGB")) for p in test["img_path"]])
     expected = reference_test_loop(apr, mst_ft, vtrpr, normalize_images(images), 3)
     got = rows.loc[test["img_path"].tolist(), [f"est_{c}" for c in ("t1", "t2", "t3", "q1", "q2", "q3", "q4")]].to_numpy()
     pos = np.abs(got[:, :3] - expected[:, :3]).max()
