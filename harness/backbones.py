@@ -158,5 +158,13 @@ def create_backbone(model_name: str, pretrained: bool = False, pretrained_file: 
         raise BenchError(f"pretrained weights {path} do not fit timm model {model_name!r}: {first}") from None
 
 
-__all__ = ["PretrainedMissing", "create_backbone", "find_pretrained", "hf_cache_dir", "hub_location", "weights_digest",
+__all__ = ["PretrainedMissing", "create_backbone", "find_pretrained", "requested_weights", "hf_cache_dir", "hub_location", "weights_digest",
            "go_offline"]
+
+
+def requested_weights(config: dict[str, Any], default_backbone: str) -> Path | None:
+    """The ImageNet weights file a teacher's model config asks for (``pretrained``, ``pretrained_file``; its
+    ``backbone``, else ``default_backbone``), ``None`` when it asks for none (:func:`find_pretrained`)."""
+    if not (config.get("pretrained") or config.get("pretrained_file")):
+        return None
+    return find_pretrained(config.get("backbone", default_backbone), config.get("pretrained_file"))

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.backbones import create_backbone, find_pretrained
+from harness.backbones import create_backbone, requested_weights
 from harness.errors import BenchError
 from harness.hookspecs import hookimpl
 from harness.interfaces import Latents, Teacher
@@ -272,9 +272,7 @@ class MSTransformer(Teacher):
     def pretrained_weights(cls, config: dict) -> Path | None:
         """The ImageNet weights file of ``config``'s backbone when it asks for one (``pretrained``,
         ``pretrained_file``); see :meth:`harness.interfaces.Teacher.pretrained_weights`."""
-        if not (config.get("pretrained") or config.get("pretrained_file")):
-            return None
-        return find_pretrained(config.get("backbone", DEFAULT_BACKBONE), config.get("pretrained_file"))
+        return requested_weights(config, DEFAULT_BACKBONE)
 
     def from_reference_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """``state`` in this model's names: a reference EMS-Transformer file converted, anything else unchanged."""
