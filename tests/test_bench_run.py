@@ -19,6 +19,16 @@ from harness.store import read_h5
 TINY = "synthetic:frames_per_sequence=24,train_sequences=3,test_sequences=1"
 FAST = ["--set", "epochs=1", "--no-progress", "--no-report"]
 README = Path(__file__).resolve().parents[1] / "README.md"
+BROKEN_TEACHER = (  # a plugin whose teacher fails in every cell
+    "from harness.hookspecs import hookimpl\n"
+    "from plugins.teachers.posenet import PoseNet\n"
+    "class Broken(PoseNet):\n"
+    "    def encode(self, images, scene=None):\n"
+    "        raise RuntimeError('this teacher always fails')\n"
+    "@hookimpl\n"
+    "def bench_teachers():\n"
+    "    return {'broken-apr': lambda **kw: Broken(**{**kw, 'backbone': 'mobilenetv2_050'})}\n"
+)
 
 
 def bench(workdir: Path, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -116,16 +126,7 @@ def test_sigkill_mid_matrix_then_rerun_finishes_without_recomputing(tmp_path):
 
 def test_failing_cell_is_recorded_and_the_rest_goes_on(tmp_path):
     plugin = tmp_path / "broken_apr.py"
-    plugin.write_text(
-        "from harness.hookspecs import hookimpl\n"
-        "from plugins.teachers.posenet import PoseNet\n"
-        "class Broken(PoseNet):\n"
-        "    def encode(self, images, scene=None):\n"
-        "        raise RuntimeError('this teacher always fails')\n"
-        "@hookimpl\n"
-        "def bench_teachers():\n"
-        "    return {'broken-apr': lambda **kw: Broken(**{**kw, 'backbone': 'mobilenetv2_050'})}\n"
-    )
+    plugin.write_text(BROKEN_TEACHER)
     out = bench(tmp_path, "--plugin", str(plugin), "run", "--dataset", TINY, "--scenes", "room",
                 "--teacher", "broken-apr", "posenet-mobilenet", *FAST)
     assert out.returncode == 1

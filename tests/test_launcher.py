@@ -8,18 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from test_bench_run import FAST, TINY, bench, cell_files
-
-BROKEN_TEACHER = (
-    "from harness.hookspecs import hookimpl\n"
-    "from plugins.teachers.posenet import PoseNet\n"
-    "class Broken(PoseNet):\n"
-    "    def encode(self, images, scene=None):\n"
-    "        raise RuntimeError('this teacher always fails')\n"
-    "@hookimpl\n"
-    "def bench_teachers():\n"
-    "    return {'broken-apr': lambda **kw: Broken(**{**kw, 'backbone': 'mobilenetv2_050'})}\n"
-)
+from test_bench_run import BROKEN_TEACHER, FAST, TINY, bench, cell_files
 
 
 def test_local_job_array_fills_the_store_and_reports_the_failed_job(tmp_path):
