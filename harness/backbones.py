@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from harness.errors import BenchError
@@ -149,16 +150,31 @@ def create_backbone(model_name: str, pretrained: bool = False, pretrained_file: 
         model = timm.create_model(model_name, pretrained=False, **kwargs)
     except Exception as exc:  # unknown names, bad keyword arguments
         raise BenchError(f"timm cannot build {model_name!r}: {exc}".splitlines()[0]) from None
-    if path is None:
-        return model
-    try:  # timm adapts the file to the model it builds (classifier dropped, feature extraction)
-        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
-    except Exception as exc:
-        first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        raise BenchError(f"pretrained weights {path} do not fit timm model {model_name!r}: {first}") from None
+    if path is not None:
+        try:  # timm adapts the file to the model it builds (classifier dropped, feature extraction)
+            model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+        except Exception as exc:
+            first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise BenchError(f"pretrained weights {path} do not fit timm model {model_name!r}: {first}") from None
+    return channels_last(model)
 
 
-__all__ = ["PretrainedMissing", "create_backbone", "find_pretrained", "requested_weights", "hf_cache_dir", "hub_location", "weights_digest",
+def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
+    first, *rest = args
+    if isinstance(first, torch.Tensor) and first.dim() == 4:
+        first = first.contiguous(memory_format=torch.channels_last)
+    return (first, *rest)
+
+
+def channels_last(model: nn.Module) -> nn.Module:
+    """``model`` with its 4-d weights and every 4-d input in channels-last (NHWC) memory layout: the values
+    and the state dict's keys and shapes are unchanged, only the strides differ."""
+    model.to(memory_format=torch.channels_last)
+    model.register_forward_pre_hook(_to_channels_last)
+    return model
+
+
+__all__ = ["PretrainedMissing", "channels_last", "create_backbone", "find_pretrained", "requested_weights", "hf_cache_dir", "hub_location", "weights_digest",
            "go_offline"]
 
 
