@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,26 @@ def image_cache_path(data: PoseData, size: int, store: Store, resize: int = 0) -
     return store.image_cache_dir() / f"images-{key}-{tag}.npy"
 
 
+# the last image sets this process decoded without a disk cache (key -> tensor): a chain's stages re-use them
+_RECENT: "OrderedDict[str, Tensor]" = OrderedDict()
+RECENT_SETS = 2
+MMAP_BYTES = 256 * 2**20  # a decoded set larger than this is always cached on disk and memory-mapped
+
+
+def _needs_resizing(path: Path, size: int, resize: int) -> bool:
+    """Whether decoding ``path`` at ``size`` (``resize``) changes its shape (read from the file header only)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except OSError:
+        return True  # decoding names the file
+    if resize:
+        return min(w, h) != resize or (size > 0 and (w, h) != (size, size))
+    return (w, h) != (size, size)
+
+
 def load_images(data: PoseData, size: int, store: Store | None = None, workers: int | None = None,
                 resize: int = 0) -> Tensor:
     """All images of ``data`` as uint8 ``(N, 3, size, size)`` in label order.
@@ -90,18 +111,22 @@ def load_images(data: PoseData, size: int, store: Store | None = None, workers: 
     centre-cropped. ``resize`` > 0: the reference's torchvision.transforms.v2
     ``Resize(resize)`` + ``CenterCrop(size)`` on the PIL image; ``size`` 0 then
     keeps the whole resized image (``(N, 3, H, W)``, every image must resize to
-    the same shape), for random crops at training time. Decoded
-    in a thread pool; with a ``store`` the tensor is cached under
-    ``store.root/cache`` (atomic write) and the next call only reads it back
-    (the key covers each image's size and mtime: a changed image is re-read).
-    A missing image file is a :class:`DataError` naming the file and label row.
+    the same shape), for random crops at training time. Decoded in a thread pool.
+
+    With a ``store``, images that must be resized (or sets over :data:`MMAP_BYTES`) are decoded once into a
+    cache under ``store.root/cache`` (written through a memory map, renamed into place when complete) and
+    served memory-mapped afterwards: pages are read on demand, so a large dataset never has to fit in
+    memory. Images already stored at the size asked for (the synthetic renders) are not cached on disk:
+    decoding a PNG costs about what reading the cache would, and the files would be stored twice; the
+    last :data:`RECENT_SETS` sets stay in memory instead. The key covers each image's size and mtime: a
+    changed image is re-read. A missing image file is a :class:`DataError` naming the file and label row.
     """
     if size <= 0 and resize <= 0:
         raise BenchError(f"load_images: size {size} needs resize > 0")
     cache = image_cache_path(data, size, store, resize) if store is not None else None
     if cache is not None and cache.is_file():
         try:
-            arr = np.load(cache)
+            arr = np.load(cache, mmap_mode="c")
             ok_shape = arr.shape == (len(data.labels), 3, size, size) if size > 0 else arr.shape[:2] == (len(data.labels), 3)
             if ok_shape and arr.dtype == np.uint8:
                 return torch.from_numpy(arr)
@@ -111,6 +136,10 @@ def load_images(data: PoseData, size: int, store: Store | None = None, workers: 
     root = Path(data.root)
     paths = [root / p for p in data.labels["img_path"].tolist()]
     check_image_files(data.labels, root, source=f"dataset {data.name!r} labels")
+    recent = f"{data.fingerprint()}|{root.resolve()}|{size}|{resize}|{image_stamp(data)}"
+    if recent in _RECENT:
+        _RECENT.move_to_end(recent)
+        return _RECENT[recent]
 
     def decode(i: int) -> np.ndarray:
         try:
@@ -122,23 +151,35 @@ def load_images(data: PoseData, size: int, store: Store | None = None, workers: 
         shape: tuple[int, ...] = (3, size, size)
     else:
         shape = decode(0).shape if paths else (3, resize, resize)
-    out = np.empty((len(paths), *shape), dtype=np.uint8)
+    big = len(paths) * int(np.prod(shape)) > MMAP_BYTES
+    to_disk = cache is not None and bool(paths) and (big or _needs_resizing(paths[0], size, resize))
 
-    def load(i: int) -> None:
-        arr = decode(i)
-        if arr.shape != shape:
-            raise data_error([f"{_where(f'dataset {data.name!r} labels', i, 'img_path')}: image {paths[i]} resizes to "
-                              f"{arr.shape[2]}x{arr.shape[1]}, the first to {shape[2]}x{shape[1]}: random crops need "
-                              f"one aspect ratio (use train_crop = \"center\")"])
-        out[i] = arr
+    def load(out: np.ndarray) -> None:
+        def one(i: int) -> None:
+            arr = decode(i)
+            if arr.shape != shape:
+                raise data_error([f"{_where(f'dataset {data.name!r} labels', i, 'img_path')}: image {paths[i]} resizes to "
+                                  f"{arr.shape[2]}x{arr.shape[1]}, the first to {shape[2]}x{shape[1]}: random crops need "
+                                  f"one aspect ratio (use train_crop = \"center\")"])
+            out[i] = arr
 
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(load, range(len(paths)), chunksize=64))
-    if cache is not None:
+        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+            list(pool.map(one, range(len(paths)), chunksize=64))
+
+    if to_disk:
         with atomic_path(cache) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, out)
-    return torch.from_numpy(out)
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *shape))
+            load(out)
+            out.flush()
+            del out
+        return torch.from_numpy(np.load(cache, mmap_mode="c"))
+    out = np.empty((len(paths), *shape), dtype=np.uint8)
+    load(out)
+    images = torch.from_numpy(out)
+    _RECENT[recent] = images
+    while len(_RECENT) > RECENT_SETS:
+        _RECENT.popitem(last=False)
+    return images
 
 
 def normalize_images(x: Tensor) -> Tensor:

@@ -350,6 +350,29 @@ def test_load_images_resize_crop_order_cache(tmp_path, monkeypatch):
         assert "row 1 (line 2), column 'img_path'" in str(e.value) and df["img_path"][0] in str(e.value)
 
 
+def test_images_stored_at_their_size_skip_the_disk_cache_large_sets_are_mapped(tmp_path, monkeypatch):
+    df = labels_frame(3, scenes=("s",))
+    for i, p in enumerate(df["img_path"]):
+        (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 10 * i, dtype=np.uint8)).save(tmp_path / p)
+    data = D.make_pose_data("x", tmp_path, df)
+    store = Store(tmp_path / "work")
+    first = I.load_images(data, 8, store)
+    assert [int(first[i].max()) for i in range(3)] == [0, 10, 20]
+    assert not list(store.image_cache_dir().glob("*"))  # 8-px files at 8 px: decoding is the whole cost, not cached
+    monkeypatch.setattr(I, "_load_one", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
+    assert I.load_images(data, 8, store) is first  # the recent sets stay in memory
+    monkeypatch.undo()
+    monkeypatch.setattr(I, "MMAP_BYTES", 0)  # "too large for memory": decoded once into a memory-mapped cache
+    I._RECENT.clear()
+    mapped = I.load_images(data, 8, store)
+    cache = I.image_cache_path(data, 8, store)
+    assert torch.equal(mapped, first) and cache.is_file() and not list(store.image_cache_dir().glob("*.tmp"))
+    assert isinstance(np.load(cache, mmap_mode="r"), np.memmap)
+    monkeypatch.setattr(I, "_load_one", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
+    assert torch.equal(I.load_images(data, 8, store), first)
+
+
 def test_image_cache_rereads_a_changed_image(tmp_path):
     df = labels_frame(3, scenes=("s",))
     for p in df["img_path"]:
