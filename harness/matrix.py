@@ -104,6 +104,11 @@ class Cell:
         d["shown_iterations"] = list(d.pop("shown"))
         return d
 
+    def chain(self) -> tuple:
+        """The teacher chain the cell belongs to: cells with equal chains share their teacher (and often a
+        student), so a shard keeps them together."""
+        return (self.dataset, self.scenes, self.fraction, self.teacher.label(), str(self.teacher.checkpoint), self.seed)
+
     def identity(self) -> dict[str, Any]:
         """What the fingerprint hashes of the axes (not how the leaderboard shows them)."""
         d = self.record()
@@ -282,7 +287,11 @@ def cell_fingerprint(cell: Cell, data_fp: str, recipes: dict[str, str], weights:
 
 
 def shard(cells: list[Cell], fps: list[str], spec: str | None) -> list[int]:
-    """Indices of the cells this process runs under ``--shard i/n`` (0 <= i < n; by fingerprint, deterministic)."""
+    """Indices of the cells this process runs under ``--shard i/n`` (0 <= i < n; deterministic).
+
+    With at least ``n`` teacher chains (:meth:`Cell.chain`), whole chains go to shards, the largest first to
+    the shard with the fewest cells, so no shard waits for a model another one trains; with fewer, the cells
+    are dealt out one by one in fingerprint order."""
     order = sorted(range(len(cells)), key=lambda k: fps[k])
     if not spec:
         return order
@@ -293,7 +302,17 @@ def shard(cells: list[Cell], fps: list[str], spec: str | None) -> list[int]:
         raise BenchError(f"--shard {spec!r}: expected i/n with integers, e.g. 0/4") from None
     if n < 1 or not 0 <= i < n:
         raise BenchError(f"--shard {spec!r}: need n >= 1 and 0 <= i < n")
-    return [k for pos, k in enumerate(order) if pos % n == i]
+    chains: dict[tuple, list[int]] = {}
+    for k in order:
+        chains.setdefault(cells[k].chain(), []).append(k)
+    if len(chains) < n:
+        return [k for pos, k in enumerate(order) if pos % n == i]
+    load, owner = [0] * n, {}
+    for members in sorted(chains.values(), key=lambda ks: (-len(ks), fps[ks[0]])):
+        j = min(range(n), key=lambda j: (load[j], j))
+        load[j] += len(members)
+        owner.update(dict.fromkeys(members, j))
+    return [k for k in order if owner[k] == i]
 
 
 def software_versions() -> dict[str, str]:

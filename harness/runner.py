@@ -139,8 +139,10 @@ class MatrixRunner:
         }
 
     # -- running ----------------------------------------------------------
-    def run(self, plan: Plan, shard_spec: str | None = None) -> tuple[RunSummary, list[str]]:
-        """Evaluate this shard's cells; return the summary and the fingerprints of every cell of the plan."""
+    def run(self, plan: Plan, shard_spec: str | None = None, announce: bool = True,
+            first_run: str = "") -> tuple[RunSummary, list[str]]:
+        """Evaluate this shard's cells; return the summary and the fingerprints of every cell of the plan.
+        ``announce``: say the plan first (unless quiet; ``first_run``: :meth:`plan_text`'s)."""
         start = time.perf_counter()
         fps = [self.fingerprint(c) for c in plan.cells]
         mine = shard(plan.cells, fps, shard_spec)
@@ -148,8 +150,8 @@ class MatrixRunner:
         mode = resolve_mode(self.progress)
         stored = [self._stored(self.store.cell_path(fps[k]), fps[k]) for k in mine]
         todo = [plan.cells[k] for k, done in zip(mine, stored) if not done]
-        if todo and mode != "quiet":
-            say(self.plan_text(todo, len(mine) - len(todo)))
+        if todo and mode != "quiet" and announce:
+            say(self.plan_text(todo, len(mine) - len(todo), first_run=first_run))
         display = CellProgress(len(mine), len(mine) - len(todo), mode)
         for k, done in zip(mine, stored):
             cell, fp = plan.cells[k], fps[k]
@@ -186,8 +188,9 @@ class MatrixRunner:
         summary.seconds = time.perf_counter() - start
         return summary, fps
 
-    def plan_text(self, todo: list[Cell], stored: int) -> str:
-        """What a run with cells ``todo`` to compute will do and, from earlier runs' times, roughly how long."""
+    def plan_text(self, todo: list[Cell], stored: int, jobs: int = 1, first_run: str = "") -> str:
+        """What a run with cells ``todo`` to compute will do and, from earlier runs' times, roughly how long
+        (shared by ``jobs`` worker processes side by side); ``first_run``: what to say when there are none."""
         models: dict[str, list[str]] = {}
         for cell in todo:
             names = {"teacher": cell.teacher.name, "student": cell.student, "refiner": cell.refiner,
@@ -204,11 +207,12 @@ class MatrixRunner:
         per_cell = known.get("evaluation per cell")
         times = [known.get(f"{kind} {name}") for kind, names in models.items() for name in names]
         if per_cell is None or any(t is None for t in times):
-            lines.append("  time: no earlier run here to estimate from; the cell bar shows an ETA after the first "
-                         "cell, and a training longer than 15 min says its length after a few steps")
+            lines.append(f"  time: {first_run or 'no earlier run here to estimate from'}; the cell bar shows an ETA "
+                         "after the first cell, and a training longer than 15 min says its length after a few steps")
         else:
-            rough = sum(times) + per_cell * len(todo)
-            lines.append(f"  time: roughly {duration(rough)} (from earlier runs in this work directory; "
+            rough = (sum(times) + per_cell * len(todo)) / max(1, jobs)
+            side = f", {jobs} worker processes side by side" if jobs > 1 else ""
+            lines.append(f"  time: roughly {duration(rough)} (from earlier runs in this work directory{side}; "
                          "less when models are already stored)")
         return "\n".join(lines)
 

@@ -17,6 +17,8 @@ import pytest
 
 os.environ.setdefault("BENCH_PLUGINS", "none")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `bench` does: a shared CI machine does not stall the suite
+# one process per `bench run` (in-process test plugins exist only there); tests/test_workers.py unsets it
+os.environ.setdefault("BENCH_JOBS", "1")
 
 
 @pytest.fixture

@@ -45,7 +45,8 @@ def test_local_job_array_fills_the_store_and_reports_the_failed_job(tmp_path):
     (["--launcher", "local"], "needs --jobs N"),
     (["--launcher", "local", "--jobs", "0"], "needs --jobs N"),
     (["--launcher", "local", "--jobs", "2", "--shard", "0/2"], "leave out --shard"),
-    (["--jobs", "2"], "need --launcher"),
+    (["--slurm", "mem_gb=4"], "--slurm needs --launcher"),
+    (["--jobs", "0"], "--jobs 0: need at least 1"),
     (["--launcher", "slurm", "--jobs", "2", "--slurm", "partition"], "expected KEY=VALUE"),
 ])
 def test_launcher_options_are_checked_before_anything_runs(tmp_path, capsys, args, message):

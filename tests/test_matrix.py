@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 from torch import nn
@@ -9,7 +11,7 @@ from torch import nn
 from harness.errors import BenchError
 from harness.interfaces import PoseData
 from harness.leaderboard import render_machine, render_table
-from harness.matrix import Axes, TeacherSpec, expand, shard
+from harness.matrix import Axes, Cell, TeacherSpec, expand, shard
 from harness.recipes import Override, parse_sets
 from harness.plugins import Entry, Registry
 
@@ -103,15 +105,36 @@ def test_teacher_spec_parsing(tmp_path):
         TeacherSpec.parse(f"multi={tmp_path / 'missing.pth'}")
 
 
+def _cells(teachers: dict[str, int]) -> list[Cell]:
+    """``count`` cells (students s0, s1, ...) of each teacher name."""
+    return [Cell("synthetic", ("room",), 1.0, TeacherSpec(t), student=f"s{i}" if i else None, encode="estimate")
+            for t, count in teachers.items() for i in range(count)]
+
+
 def test_shards_partition_the_cells_deterministically():
-    cells = list(range(10))
+    cells = _cells({"a": 10})  # one chain: dealt out cell by cell
     fps = [f"{k:04d}" for k in reversed(range(10))]
     parts = [shard(cells, fps, f"{i}/3") for i in range(3)]
-    assert sorted(sum(parts, [])) == list(range(10))
+    assert sorted(sum(parts, [])) == list(range(10)) and [len(p) for p in parts] == [4, 3, 3]
     assert parts == [shard(cells, fps, f"{i}/3") for i in range(3)]
     for bad in ("3/3", "a/b", "1", "-1/2"):
         with pytest.raises(BenchError, match="--shard"):
             shard(cells, fps, bad)
+
+
+def test_shards_keep_each_teacher_chain_together_and_balance_them():
+    cells = _cells({"a": 6, "b": 5, "c": 2, "d": 1})
+    fps = [f"{k:04d}" for k in range(len(cells))]
+    parts = [shard(cells, fps, f"{i}/2") for i in range(2)]
+    assert sorted(sum(parts, [])) == list(range(len(cells)))
+    teachers = [{cells[k].teacher.name for k in part} for part in parts]
+    assert teachers[0].isdisjoint(teachers[1])  # no teacher is trained by both shards
+    assert sorted(len(p) for p in parts) == [7, 7]  # a(6)+d(1) and b(5)+c(2)
+    # a second seed is another chain
+    seeded = cells + [replace(c, seed=1) for c in cells if c.teacher.name == "a"]
+    parts = [shard(seeded, [f"{k:04d}" for k in range(len(seeded))], f"{i}/2") for i in range(2)]
+    assert {(seeded[k].teacher.name, seeded[k].seed) for k in parts[0]}.isdisjoint(
+        {(seeded[k].teacher.name, seeded[k].seed) for k in parts[1]})
 
 
 def test_parse_sets_kinds_and_values():

@@ -18,6 +18,11 @@ from harness.stages.chain import split_name
 from harness.replay import Replay, options_of
 from harness.store import Store
 
+# measured: `bench` in an empty folder, quick profile, seed 0, synthetic, by worker processes (README)
+DEFAULT_COLD_RUN = {
+    1: "no earlier run here; the default matrix takes about 6 min in one process on an idle 2-core CPU",
+    2: "no earlier run here; the default matrix takes about 4 min with two worker processes on an idle 2-core CPU",
+}
 QUIET_OPTIONS = ("no_progress", "quiet")  # options that change how a run looks, not what it prints at the end
 
 DEFAULT_MATRIX = {
@@ -58,13 +63,18 @@ def register(commands) -> None:
     p.add_argument("--launcher", default="none", choices=["none", "local", "slurm"],
                    help="run the shards as a job array through submitit: slurm (sbatch), local (processes on this "
                    "machine); none (default) runs here")
-    p.add_argument("--jobs", type=int, default=None, metavar="N", help="number of jobs (shards) for --launcher")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="number of jobs (shards) for --launcher; without one, N worker processes on this machine, "
+                   "whole teacher chains each, progress shown here (default on a CPU: one per teacher chain with work "
+                   "left, up to the cores, each with cores/N threads; 1 runs everything in this process; "
+                   "or $BENCH_JOBS)")
     p.add_argument("--slurm", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="submitit executor parameters for --launcher, e.g. slurm_partition=gpu timeout_min=120 "
                    "gpus_per_node=1 cpus_per_task=8 mem_gb=32 (defaults: one GPU, 8 CPUs, 24 h per job)")
     p.add_argument("--format", default="github", help="leaderboard format: github, latex, html, plain, csv")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML/PNG report")
     add_progress_options(p)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of --jobs' processes: cells only
     p.set_defaults(func=run)
 
 
@@ -108,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     axes = axes_from_args(args)
     _check_launcher(args)
     store = Store(args.workdir)
-    replay = None if args.shard else Replay(store.root, "run", options_of(args, QUIET_OPTIONS), args.plugin)
+    replay = None if args.shard or args.worker else Replay(store.root, "run", options_of(args, QUIET_OPTIONS), args.plugin)
     recorded = replay.load() if replay else None
     if recorded is not None and (args.no_report or Path(recorded["report"]).is_file()):
         return _print_run(recorded, store, time.perf_counter() - start, args.no_report, replayed=True)
@@ -119,8 +129,10 @@ def _check_launcher(args: argparse.Namespace) -> None:
     """Refuse launcher options that do not go together, before anything runs."""
     if args.launcher == "none":
         # a launched job runs the launcher's command again with `--launcher none --shard i/N` appended
-        if (args.jobs is not None or args.slurm) and not args.shard:
-            raise BenchError("--jobs and --slurm need --launcher slurm or --launcher local")
+        if args.slurm and not args.shard:
+            raise BenchError("--slurm needs --launcher slurm or --launcher local")
+        if args.jobs is not None and args.jobs < 1:
+            raise BenchError(f"--jobs {args.jobs}: need at least 1 (1 runs every cell in this process)")
         return
     if args.shard:
         raise BenchError(f"--launcher {args.launcher} shards the matrix itself: leave out --shard")
@@ -168,7 +180,7 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
     import io
     import time
 
-    from harness.progress import TIMES, StageTimes, mode_from_args
+    from harness.progress import TIMES, StageTimes, duration, mode_from_args
 
     TIMES.seconds.clear()  # this run's stages only
 
@@ -197,7 +209,7 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
     TIMES.add("render/data", time.perf_counter() - t0)
     plan = expand(axes, data, registry, args.profile, overrides)
     out: dict = {"refused": [list(r) for r in plan.refused]}
-    if plan.refused:  # said before the (long) run as well as with its results
+    if plan.refused and not args.worker:  # said before the (long) run as well as with its results
         print(f"refused {len(plan.refused)} combination(s):", file=sys.stderr)
         for what, why in plan.refused:
             print(f"  {what}: {why}", file=sys.stderr)
@@ -206,15 +218,20 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
     mode = mode_from_args(args)
     runner = MatrixRunner(store, manager, data, name, args.profile, overrides, progress=mode,
                           device=device, precision=precision, log=args.log)
-    if args.launcher == "none":
-        summary, fps = runner.run(plan, args.shard)
-    else:
+    if args.worker:
+        return _work(args, runner, plan)
+    jobs = _jobs(args, runner, plan, device)
+    if args.launcher != "none":
         summary, fps = _launch(args, runner, plan, store)
+    elif jobs > 1:
+        summary, fps = _run_workers(args, runner, plan, store, jobs, mode)
+    else:
+        summary, fps = runner.run(plan, args.shard, first_run=_first_run(args, 1))
     t0 = time.perf_counter()
     board, board_err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stderr(board_err):  # kept, to be said again when the run is replayed
-            leaderboard.show(store, manager, fps, fmt=args.format, file=board)
+            built = leaderboard.show(store, manager, fps, fmt=args.format, file=board)
     except BaseException:
         sys.stderr.write(board_err.getvalue())
         raise
@@ -223,7 +240,7 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
     if not args.no_report and not args.shard and not (args.launcher != "none" and summary.failed):
         from harness.report import write_report
 
-        out["report"] = str(write_report(store, store.report_dir(), fps, manager=manager))
+        out["report"] = str(write_report(store, store.report_dir(), fps, manager=manager, board=built))
     TIMES.add("leaderboard and report", time.perf_counter() - t0)
     if summary.computed:
         TIMES.add("evaluation per cell", TIMES.seconds.get("evaluation", 0.0) / summary.computed)
@@ -233,6 +250,9 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
     if summary.computed and mode != "quiet":
         shown = {k: v for k, v in TIMES.seconds.items() if k != "evaluation per cell"}
         print("\ntime per stage:\n" + StageTimes.table_of(shown), file=sys.stderr)
+        if jobs > 1 and args.launcher == "none":
+            print(f"  ({jobs} worker processes ran side by side: the run took {duration(time.perf_counter() - start)} "
+                  "of wall-clock time)", file=sys.stderr)
     if replay is not None and not summary.failed:
         out["refused"] = [list(r) for r in plan.refused]
         given = [split_name(v.partition("@")[0])[1] for v in [*axes.teachers, *axes.students, *axes.refiners, *axes.decoders]]
@@ -244,26 +264,15 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
 
 def _launch(args: argparse.Namespace, runner, plan, store: Store):
     """Submit the plan's shards as jobs (``--launcher``), wait, and sum up what the store holds afterwards."""
-    import json
     import time
 
     from harness.launch import launch, parse_parameters
-    from harness.runner import RunSummary
 
     start = time.perf_counter()
     fps = [runner.fingerprint(c) for c in plan.cells]
     before = {fp for fp in fps if store.cell_path(fp).is_file()}
     outcomes = launch(args.launcher, args.jobs, args.argv, store.root, parse_parameters(args.slurm))
-    summary = RunSummary(total=len(fps))
-    for cell, fp in zip(plan.cells, fps):
-        if store.cell_path(fp).is_file():
-            summary.cached += fp in before
-            summary.computed += fp not in before
-        elif store.failure_path(fp).is_file():
-            error = json.loads(store.failure_path(fp).read_text()).get("error", "failed")
-            summary.failed.append((cell.describe(), str(error).splitlines()[0]))
-        else:
-            summary.failed.append((cell.describe(), "not computed (its job failed, see below)"))
+    summary = _summary_from_store(plan, fps, store, before, "not computed (its job failed, see below)")
     bad = [o for o in outcomes if not o.ok]
     if bad:
         print(f"\n{len(bad)} of {len(outcomes)} job(s) failed:", file=sys.stderr)
@@ -273,3 +282,89 @@ def _launch(args: argparse.Namespace, runner, plan, store: Store):
             summary.failed.append((f"{len(bad)} job(s)", "failed after their cells were stored"))
     summary.seconds = time.perf_counter() - start
     return summary, fps
+
+
+def _summary_from_store(plan, fps: list[str], store: Store, before: set[str], missing: str):
+    """What other processes did to the plan's cells: stored now (computed unless in ``before``), failed (their
+    recorded error), or neither (``missing``)."""
+    import json
+
+    from harness.runner import RunSummary
+
+    summary = RunSummary(total=len(fps))
+    for cell, fp in zip(plan.cells, fps):
+        if store.cell_path(fp).is_file():
+            summary.cached += fp in before
+            summary.computed += fp not in before
+        elif store.failure_path(fp).is_file():
+            error = json.loads(store.failure_path(fp).read_text()).get("error", "failed")
+            summary.failed.append((cell.describe(), str(error).splitlines()[0]))
+        else:
+            summary.failed.append((cell.describe(), missing))
+    return summary
+
+
+def _first_run(args: argparse.Namespace, jobs: int) -> str:
+    """What the plan says about time when this work directory has no earlier run: the default matrix's
+    measured cold time (README, "Progress, speed and the work directory")."""
+    default = args.teacher is None and args.profile == "quick" and args.dataset == "synthetic" and not args.set
+    return DEFAULT_COLD_RUN[min(jobs, 2)] if default else ""
+
+
+def _jobs(args: argparse.Namespace, runner, plan, device) -> int:
+    """Worker processes for this run (:mod:`harness.workers`): ``--jobs``, else automatic when no shard or
+    launcher is given and the cells to compute span several teacher chains."""
+    if args.launcher != "none" or args.shard:
+        return 1
+    if args.jobs is not None:
+        return args.jobs
+    from harness.workers import auto_jobs
+
+    todo = {cell.chain() for cell in plan.cells if not runner.store.cell_path(runner.fingerprint(cell)).is_file()}
+    return auto_jobs(device.type, len(todo)) if len(todo) > 1 else 1
+
+
+def _run_workers(args: argparse.Namespace, runner, plan, store: Store, jobs: int, mode: str):
+    """Compute the plan's cells in ``jobs`` worker processes (:func:`harness.workers.run_workers`), then sum up
+    what the store holds; their stage times join this process's."""
+    import time
+
+    from harness.progress import TIMES, say
+    from harness.runner import Interrupted
+    from harness.workers import cpu_cores, run_workers
+
+    start = time.perf_counter()
+    fps = [runner.fingerprint(c) for c in plan.cells]
+    before = {fp for fp in fps if store.cell_path(fp).is_file()}
+    todo = [c for c, fp in zip(plan.cells, fps) if fp not in before]
+    shards = [[plan.cells[k] for k in shard(plan.cells, fps, f"{i}/{jobs}")] for i in range(jobs)]
+    labels = [", ".join(dict.fromkeys(c.teacher.label() for c in cells)) or "-" for cells in shards]
+    if mode != "quiet":
+        say(runner.plan_text(todo, len(before), jobs, _first_run(args, jobs)))
+        say(f"  processes: {jobs} workers with {max(1, cpu_cores() // jobs)} CPU thread(s) each, a teacher chain "
+            f"per worker (--jobs 1: one process): " + "; ".join(f"[{lab}] {len(cells)} cell(s)"
+                                                              for lab, cells in zip(labels, shards)))
+    try:
+        outcomes = run_workers(args.argv, str(store.root), labels)
+    except KeyboardInterrupt:
+        raise Interrupted(_summary_from_store(plan, fps, store, before, ""), store) from None
+    for outcome in outcomes:
+        for stage, seconds in outcome.times.items():
+            TIMES.add(stage, seconds)
+    crashed = {o.label: o.status for o in outcomes if o.status not in (0, 1)}
+    summary = _summary_from_store(plan, fps, store, before, "not computed (its worker process "
+                                  f"ended: {', '.join(f'[{k}] status {v}' for k, v in crashed.items()) or 'no status'})")
+    summary.seconds = time.perf_counter() - start
+    return summary, fps
+
+
+def _work(args: argparse.Namespace, runner, plan) -> int:
+    """A worker's part (``--worker``): compute its shard's cells, say progress, end with its stage times."""
+    import json
+
+    from harness.progress import TIMES
+    from harness.workers import TIMES_TAG
+
+    summary, _ = runner.run(plan, args.shard, announce=False)
+    print(TIMES_TAG + json.dumps(TIMES.seconds), flush=True)
+    return 1 if summary.failed else 0
