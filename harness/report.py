@@ -293,13 +293,15 @@ def learning_curves(store: Store, out: Path) -> list[tuple[str, Path]]:
 
 
 def write_report(store: Store, out: Path, fingerprints: Iterable[str] | None = None, force: bool = False,
-                 manager: Any = None, filters: Iterable[str] = ()) -> Path:
+                 manager: Any = None, filters: Iterable[str] = (), board: lb.Board | None = None) -> Path:
     """Write the figures, ``index.html`` and ``report.md`` into ``out`` for the store's cells (all, or
-    ``fingerprints``, narrowed by ``filters``); skipped when the same cells were reported last time."""
+    ``fingerprints``, narrowed by ``filters``); skipped when the same cells were reported last time.
+    ``board``: those cells' board when the caller has built it already (``bench run``'s leaderboard)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     filters = list(filters)
-    board = lb.build(store, manager, list(fingerprints) if fingerprints is not None else None, filters)
+    if board is None:
+        board = lb.build(store, manager, list(fingerprints) if fingerprints is not None else None, filters)
     used = sorted(set(board.poses.get("cell", [])) | set(board.decoders.get("cell", [])))
     stamp = json.dumps({"cells": used, "filters": filters, "hooks": board.hook_columns})
     stamp_path, index = out / ".cells.json", out / "index.html"

@@ -29,7 +29,7 @@ def test_parts_types_and_sources():
     assert r.model == {"backbone": "mobilenetv2_050"}
     assert r.sources["batch_size"].startswith("registry.toml recipe #")
     assert r.sources["grad_clip"] == "default" and r.train.grad_clip == 0.0
-    assert r.train.lr == 2e-3 and isinstance(r.train.lr, float)
+    assert r.train.lr == 3e-3 and isinstance(r.train.lr, float)
 
 
 def test_student_copies_its_teachers_keys_and_set_still_wins():
