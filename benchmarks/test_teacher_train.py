@@ -36,6 +36,18 @@ def _contiguous(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def _setup(case: str) -> tuple:
+    """``case``'s quick recipe, its teacher (random init, seed 0) with the pose loss, and one random batch."""
+    recipe = resolve(get_registry(), "teacher", case, "synthetic", "quick")
+    size, bs, scenes = recipe.task.image_size, recipe.train.batch_size, CASES[case]
+    g = torch.Generator().manual_seed(0)
+    images = normalize_images(torch.randint(0, 256, (bs, 3, size, size), dtype=torch.uint8, generator=g))
+    quats = torch.nn.functional.normalize(torch.randn(bs, 4, generator=g), dim=1)
+    batch = (images, torch.cat([torch.randn(bs, 3, generator=g), quats], 1), torch.arange(bs) % scenes)
+    torch.manual_seed(0)
+    return recipe, TeacherTask(build_model(get_registry(), recipe, num_scenes=scenes)), batch
+
+
 def _steps_per_s(task: TeacherTask, batch: tuple, recipe_train, steps: int = STEPS) -> float:
     opt = make_optimizer(list(task.parameters()), recipe_train)
 
@@ -60,16 +72,9 @@ def test_channels_last_vs_contiguous_training_step(benchmark, case, threads):
     if threads:
         torch.set_num_threads(threads)
     try:
-        recipe = resolve(get_registry(), "teacher", case, "synthetic", "quick")
-        size, bs, scenes = recipe.task.image_size, recipe.train.batch_size, CASES[case]
-        g = torch.Generator().manual_seed(0)
-        images = normalize_images(torch.randint(0, 256, (bs, 3, size, size), dtype=torch.uint8, generator=g))
-        poses = torch.cat([torch.randn(bs, 3, generator=g), torch.nn.functional.normalize(torch.randn(bs, 4, generator=g), dim=1)], 1)
-        batch = (images, poses, torch.arange(bs) % scenes)
-        torch.manual_seed(0)
-        plain = TeacherTask(_contiguous(build_model(get_registry(), recipe, num_scenes=scenes)))
-        torch.manual_seed(0)
-        task = TeacherTask(build_model(get_registry(), recipe, num_scenes=scenes))
+        recipe, task, batch = _setup(case)
+        plain = TeacherTask(_contiguous(_setup(case)[1].teacher))
+        size, bs = recipe.task.image_size, recipe.train.batch_size
         rates: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
         for _ in range(3):  # alternated, so that a busy spell of the machine hits both
             rates["contiguous"].append(_steps_per_s(plain, batch, recipe.train))
@@ -91,14 +96,8 @@ def test_channels_last_vs_contiguous_training_step(benchmark, case, threads):
 def _rate(case: str, threads: int, steps: int = 12) -> float:
     """Samples/s of ``case``'s quick training step with ``threads`` threads (in whatever process calls it)."""
     torch.set_num_threads(threads)
-    recipe = resolve(get_registry(), "teacher", case, "synthetic", "quick")
-    size, bs, scenes = recipe.task.image_size, recipe.train.batch_size, CASES[case]
-    g = torch.Generator().manual_seed(0)
-    images = normalize_images(torch.randint(0, 256, (bs, 3, size, size), dtype=torch.uint8, generator=g))
-    poses = torch.cat([torch.randn(bs, 3, generator=g), torch.nn.functional.normalize(torch.randn(bs, 4, generator=g), dim=1)], 1)
-    torch.manual_seed(0)
-    task = TeacherTask(build_model(get_registry(), recipe, num_scenes=scenes))
-    return _steps_per_s(task, (images, poses, torch.arange(bs) % scenes), recipe.train, steps) * bs
+    recipe, task, batch = _setup(case)
+    return _steps_per_s(task, batch, recipe.train, steps) * recipe.train.batch_size
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two CPU cores")

@@ -141,7 +141,10 @@ def create_backbone(model_name: str, pretrained: bool = False, pretrained_file: 
     """``timm.create_model(model_name, **kwargs)``, with ImageNet weights from :func:`find_pretrained` when
     ``pretrained`` is true or ``pretrained_file`` is given (never downloaded). ``kwargs``: timm's
     (``num_classes=0``, ``features_only=True``, ``out_indices``, ...). BenchError when timm cannot build the
-    model, PretrainedMissing when the weights are not on this machine, BenchError when they do not fit."""
+    model, PretrainedMissing when the weights are not on this machine, BenchError when they do not fit.
+
+    The backbone runs in channels-last memory layout (:func:`channels_last`): the same values, 1.2-1.6x
+    faster teacher training steps on a CPU (``benchmarks/test_teacher_train.py``)."""
     import timm
 
     go_offline()

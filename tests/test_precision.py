@@ -23,12 +23,7 @@ from harness.store import Store, read_h5
 from teacher_helpers import TINY_POSENET, make_ctx, make_tiny_data
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bf16_autocast_trains_and_evaluates_a_teacher_on_the_cpu(tmp_path, monkeypatch):

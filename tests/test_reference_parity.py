@@ -198,14 +198,18 @@ class RefEMSTransPoseNet(nn.Module):
         self.scene_embed = nn.Linear(2 * d, 1)
         self.regressor_head_t, self.regressor_head_rot = RefHead(d, 3), RefHead(d, 4)
 
-    def forward(self, img, scene=None):
+    def latents(self, img, scene=None):
+        """Per-scene latents ``(B, scenes, d)`` of both branches, scene log-probabilities, the chosen scenes."""
         ends = self.backbone[0].body.extract_endpoints(img)
         f_t, f_rot = ends["reduction_4"], ends["reduction_3"]
         pos = self.backbone[1]
         lt = self.transformer_t(self.input_proj_t(f_t), self.query_embed_t.weight, pos(f_t))
         lr = self.transformer_rot(self.input_proj_rot(f_rot), self.query_embed_rot.weight, pos(f_rot))
         logp = F.log_softmax(self.scene_embed(torch.cat([lt, lr], 2)), dim=1).squeeze(2)
-        idx = logp.argmax(1) if scene is None else scene
+        return lt, lr, logp, logp.argmax(1) if scene is None else scene
+
+    def forward(self, img, scene=None):
+        lt, lr, logp, idx = self.latents(img, scene)
         gx, gq = lt[torch.arange(len(idx)), idx], lr[torch.arange(len(idx)), idx]
         return torch.cat([self.regressor_head_t(gx), self.regressor_head_rot(gq)], 1), gx, gq, logp
 
@@ -244,13 +248,7 @@ class RefMSTransPoseNet(RefEMSTransPoseNet):
         self.regressor_head_rot = nn.Sequential(*[RefHead(d, 4) for _ in range(scenes)])
 
     def forward(self, img, scene=None):
-        ends = self.backbone[0].body.extract_endpoints(img)
-        f_t, f_rot = ends["reduction_4"], ends["reduction_3"]
-        pos = self.backbone[1]
-        lt = self.transformer_t(self.input_proj_t(f_t), self.query_embed_t.weight, pos(f_t))
-        lr = self.transformer_rot(self.input_proj_rot(f_rot), self.query_embed_rot.weight, pos(f_rot))
-        logp = F.log_softmax(self.scene_embed(torch.cat([lt, lr], 2)), dim=1).squeeze(2)
-        idx = logp.argmax(1) if scene is None else scene
+        lt, lr, logp, idx = self.latents(img, scene)
         rows = []
         for i, k in enumerate(idx.tolist()):
             rows.append(torch.cat([self.regressor_head_t[k](lt[i, k][None]), self.regressor_head_rot[k](lr[i, k][None])], 1))

@@ -19,13 +19,7 @@ from teacher_helpers import TINY_MST, TINY_POSENET, make_ctx, make_tiny_data
 TEACHERS = ["posenet", "posenet-mobilenet", "posenet-resnet50", "posenet-efficientnet", "mstransformer"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads run 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

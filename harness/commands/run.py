@@ -20,7 +20,7 @@ from harness.store import Store
 
 # measured: `bench` in an empty folder, quick profile, seed 0, synthetic, by worker processes (README)
 DEFAULT_COLD_RUN = {
-    1: "no earlier run here; the default matrix takes about 6 min in one process on an idle 2-core CPU",
+    1: "no earlier run here; the default matrix takes about 5-6 min in one process on an idle 2-core CPU",
     2: "no earlier run here; the default matrix takes about 4 min with two worker processes on an idle 2-core CPU",
 }
 QUIET_OPTIONS = ("no_progress", "quiet")  # options that change how a run looks, not what it prints at the end
