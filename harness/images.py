@@ -71,14 +71,14 @@ def _load_resized(path: Path, resize: int, crop: int | None) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def image_cache_path(data: PoseData, size: int, store: Store, resize: int = 0) -> Path:
+def image_cache_path(data: PoseData, size: int, store: Store, resize: int = 0, stamp: str | None = None) -> Path:
     """Where :func:`load_images` caches ``data``'s images.
 
     Keyed by the labels, scene list, dataset root, image size, ``resize`` and the
-    images' contents as seen on disk (:func:`image_stamp`: size and mtime of each file).
+    images' contents as seen on disk (``stamp``, by default :func:`image_stamp`: size and mtime of each file).
     """
     tag = f"{size}" if not resize else f"{size}-r{resize}"
-    parts = f"{data.fingerprint()}|{Path(data.root).resolve()}|{tag}|{image_stamp(data)}"
+    parts = f"{data.fingerprint()}|{Path(data.root).resolve()}|{tag}|{stamp or image_stamp(data)}"
     key = hashlib.sha256(parts.encode()).hexdigest()[:16]
     return store.image_cache_dir() / f"images-{key}-{tag}.npy"
 
@@ -123,7 +123,8 @@ def load_images(data: PoseData, size: int, store: Store | None = None, workers: 
     """
     if size <= 0 and resize <= 0:
         raise BenchError(f"load_images: size {size} needs resize > 0")
-    cache = image_cache_path(data, size, store, resize) if store is not None else None
+    stamp = image_stamp(data)
+    cache = image_cache_path(data, size, store, resize, stamp) if store is not None else None
     if cache is not None and cache.is_file():
         try:
             arr = np.load(cache, mmap_mode="c")
@@ -136,7 +137,7 @@ def load_images(data: PoseData, size: int, store: Store | None = None, workers: 
     root = Path(data.root)
     paths = [root / p for p in data.labels["img_path"].tolist()]
     check_image_files(data.labels, root, source=f"dataset {data.name!r} labels")
-    recent = f"{data.fingerprint()}|{root.resolve()}|{size}|{resize}|{image_stamp(data)}"
+    recent = f"{data.fingerprint()}|{root.resolve()}|{size}|{resize}|{stamp}"
     if recent in _RECENT:
         _RECENT.move_to_end(recent)
         return _RECENT[recent]

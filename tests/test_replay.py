@@ -76,3 +76,22 @@ def test_inputs_too_large_to_walk_are_not_recorded(tmp_path, monkeypatch):
     r = R.Replay(tmp_path / "wd", "run", {}, ())
     r.save({"board": "x"}, [cells])
     assert not r.path.exists() and r.load() is None
+
+
+def test_bench_plugins_is_replayed_in_a_work_directory_until_a_plugin_file_changes(tmp_path, run_bench):
+    plugin = tmp_path / "extra_apr.py"
+    plugin.write_text("from harness.hookspecs import hookimpl\n\n\n@hookimpl\ndef bench_teachers():\n"
+                      "    return {'extra-apr': lambda **kw: None}\n")
+    work = tmp_path / "wd"
+    args = ["--workdir", work, "--plugin", plugin, "plugins"]
+    outside = run_bench(*args)  # no work directory: listed, nothing recorded, no folder made
+    assert outside.returncode == 0 and "extra-apr" in outside.stdout and not work.exists()
+    work.mkdir()
+    first = run_bench(*args)
+    assert first.stdout == outside.stdout and len(list((work / "replay").glob("plugins-*.json"))) == 1
+    # the replay imports no plugin module, hence not torch
+    again = run_bench(*args, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert again.stdout == first.stdout and "import time:" in again.stderr and " torch" not in again.stderr
+    plugin.write_text(plugin.read_text().replace("extra-apr", "renamed-apr"))
+    changed = run_bench(*args)
+    assert "renamed-apr" in changed.stdout and "extra-apr" not in changed.stdout

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tabulate import tabulate
-
-from harness.plugins import KINDS, get_manager
 
 
 def register(commands) -> None:
@@ -21,15 +20,33 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the table; replayed (without importing a plugin, hence torch) when a work directory holds the record of
+    the same command over the same code, entry points and ``--plugin`` files (:mod:`harness.replay`)."""
+    from harness.replay import Replay, options_of
+    from harness.store import default_workdir
+
+    root = Path(args.workdir) if args.workdir else default_workdir()
+    replay = Replay(root, "plugins", options_of(args), args.plugin) if root.is_dir() else None
+    recorded = replay.load() if replay is not None else None
+    if recorded is None:
+        recorded = {"text": _text(args)}
+        if replay is not None:
+            replay.save(recorded, [])
+    print(recorded["text"])
+    return 0
+
+
+def _text(args: argparse.Namespace) -> str:
+    from harness.plugins import KINDS, get_manager
+
     manager = get_manager(args.plugin, refresh=True, strict=False)
     reg = manager.registry()
     rows = [(kind, name, reg.entries[kind][name].source) for kind in KINDS for name in reg.names(kind)]
-    print(tabulate(rows, headers=["kind", "name", "source"], tablefmt="github"))
+    lines = [tabulate(rows, headers=["kind", "name", "source"], tablefmt="github")]
     if args.hooks:
-        print()
-        print(tabulate([(n, ", ".join(h)) for n, h in manager.plugin_hooks()], headers=["plugin", "hooks"], tablefmt="github"))
+        lines += ["", tabulate([(n, ", ".join(h)) for n, h in manager.plugin_hooks()], headers=["plugin", "hooks"],
+                               tablefmt="github")]
     if reg.broken:
-        print("\nbroken plugins (not loaded):")
-        for source, error in reg.broken.items():
-            print(f"  {source}: {error}")
-    return 0
+        lines.append("\nbroken plugins (not loaded):")
+        lines += [f"  {source}: {error}" for source, error in reg.broken.items()]
+    return "\n".join(lines)
