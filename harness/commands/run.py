@@ -220,11 +220,11 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
                           device=device, precision=precision, log=args.log)
     if args.worker:
         return _work(args, runner, plan)
-    jobs = _jobs(args, runner, plan, device)
+    jobs, fps = _jobs(args, runner, plan, device)
     if args.launcher != "none":
         summary, fps = _launch(args, runner, plan, store)
     elif jobs > 1:
-        summary, fps = _run_workers(args, runner, plan, store, jobs, mode)
+        summary, fps = _run_workers(args, runner, plan, store, jobs, mode, fps)
     else:
         summary, fps = runner.run(plan, args.shard, first_run=_first_run(args, 1))
     t0 = time.perf_counter()
@@ -311,22 +311,26 @@ def _first_run(args: argparse.Namespace, jobs: int) -> str:
     return DEFAULT_COLD_RUN[min(jobs, 2)] if default else ""
 
 
-def _jobs(args: argparse.Namespace, runner, plan, device) -> int:
+def _jobs(args: argparse.Namespace, runner, plan, device) -> tuple[int, list[str] | None]:
     """Worker processes for this run (:mod:`harness.workers`): ``--jobs``, else automatic when no shard or
-    launcher is given and the cells to compute span several teacher chains."""
+    launcher is given and the cells to compute span several teacher chains; with the cells' fingerprints
+    when they were needed to tell (``None`` otherwise)."""
     if args.launcher != "none" or args.shard:
-        return 1
+        return 1, None
     if args.jobs is not None:
-        return args.jobs
+        return args.jobs, None
     from harness.workers import auto_jobs
 
-    todo = {cell.chain() for cell in plan.cells if not runner.store.cell_path(runner.fingerprint(cell)).is_file()}
-    return auto_jobs(device.type, len(todo)) if len(todo) > 1 else 1
+    fps = [runner.fingerprint(cell) for cell in plan.cells]
+    todo = {cell.chain() for cell, fp in zip(plan.cells, fps) if not runner.store.cell_path(fp).is_file()}
+    return (auto_jobs(device.type, len(todo)) if len(todo) > 1 else 1), fps
 
 
-def _run_workers(args: argparse.Namespace, runner, plan, store: Store, jobs: int, mode: str):
-    """Compute the plan's cells in ``jobs`` worker processes (:func:`harness.workers.run_workers`), then sum up
-    what the store holds; their stage times join this process's."""
+def _run_workers(args: argparse.Namespace, runner, plan, store: Store, jobs: int, mode: str,
+                 fps: list[str] | None = None):
+    """Compute the plan's cells (fingerprints ``fps``, computed when not given) in ``jobs`` worker processes
+    (:func:`harness.workers.run_workers`), then sum up what the store holds; their stage times join this
+    process's."""
     import time
 
     from harness.progress import TIMES, say
@@ -334,7 +338,7 @@ def _run_workers(args: argparse.Namespace, runner, plan, store: Store, jobs: int
     from harness.workers import cpu_cores, run_workers
 
     start = time.perf_counter()
-    fps = [runner.fingerprint(c) for c in plan.cells]
+    fps = fps or [runner.fingerprint(c) for c in plan.cells]
     before = {fp for fp in fps if store.cell_path(fp).is_file()}
     todo = [c for c, fp in zip(plan.cells, fps) if fp not in before]
     shards = [[plan.cells[k] for k in shard(plan.cells, fps, f"{i}/{jobs}")] for i in range(jobs)]
