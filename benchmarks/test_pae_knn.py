@@ -22,10 +22,10 @@ os.environ.setdefault("BENCH_PLUGINS", "none")
 
 import torch  # noqa: E402
 
-from harness import poses as P  # noqa: E402
-from harness.plugins import get_registry  # noqa: E402
-from harness.recipes import resolve  # noqa: E402
-from harness.stages.context import build_named  # noqa: E402
+from aprbench.harness import poses as P  # noqa: E402
+from aprbench.harness.api.manager import get_registry  # noqa: E402
+from aprbench.harness.api.recipes import resolve  # noqa: E402
+from aprbench.harness.running.stages.context import build_named  # noqa: E402
 
 FRAMES, INDEX, SIZE, REPEAT = 128, 2000, 64, 5
 

@@ -25,9 +25,9 @@ os.environ.setdefault("BENCH_PLUGINS", "none")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from harness import poses as P  # noqa: E402
-from harness.plugins import get_registry  # noqa: E402
-from harness.stages.context import build_named  # noqa: E402
+from aprbench.harness import poses as P  # noqa: E402
+from aprbench.harness.api.manager import get_registry  # noqa: E402
+from aprbench.harness.running.stages.context import build_named  # noqa: E402
 
 K = 3
 REPEAT = {"paper": 3, "quick": 7}

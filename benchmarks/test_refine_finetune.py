@@ -17,7 +17,7 @@ os.environ.setdefault("BENCH_PLUGINS", "none")
 
 import torch  # noqa: E402
 
-from harness.stages import refiner as refiner_stage  # noqa: E402
+from aprbench.harness.running.stages import refiner as refiner_stage  # noqa: E402
 
 from test_refine_cost import build, interleaved_seconds  # noqa: E402
 

@@ -17,9 +17,9 @@ os.environ.setdefault("BENCH_PLUGINS", "none")
 
 import pytest  # noqa: E402
 
-from plugins.datasets.synthetic import scene_poses  # noqa: E402
-from plugins.datasets.synthetic_render import render  # noqa: E402
-from plugins.datasets.synthetic_scenes import SCENES  # noqa: E402
+from aprbench.plugins.datasets.synthetic import scene_poses  # noqa: E402
+from aprbench.plugins.datasets.synthetic_render import render  # noqa: E402
+from aprbench.plugins.datasets.synthetic_scenes import SCENES  # noqa: E402
 
 FRAMES = 256
 SIZE = 64

@@ -35,18 +35,18 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from harness.data import make_pose_data  # noqa: E402
-from harness.images import PoseImageDataset  # noqa: E402
-from harness.interfaces import LABEL_COLUMNS  # noqa: E402
-from harness.losses import PoseLoss  # noqa: E402
-from harness.plugins import get_registry  # noqa: E402
-from harness.poses import random_quat  # noqa: E402
-from harness.recipes import resolve  # noqa: E402
-from harness.stages.context import build_model  # noqa: E402
-from harness.stages import teacher as teacher_stage  # noqa: E402
-from harness.stages.context import Artifact, Context  # noqa: E402
-from harness.stages.student import obtain_student  # noqa: E402
-from harness.store import Store  # noqa: E402
+from aprbench.harness.data.labels import make_pose_data  # noqa: E402
+from aprbench.harness.data.images import PoseImageDataset  # noqa: E402
+from aprbench.harness.api.interfaces import LABEL_COLUMNS  # noqa: E402
+from aprbench.harness.training.losses import PoseLoss  # noqa: E402
+from aprbench.harness.api.manager import get_registry  # noqa: E402
+from aprbench.harness.poses import random_quat  # noqa: E402
+from aprbench.harness.api.recipes import resolve  # noqa: E402
+from aprbench.harness.running.stages.context import build_model  # noqa: E402
+from aprbench.harness.running.stages import teacher as teacher_stage  # noqa: E402
+from aprbench.harness.running.stages.context import Artifact, Context  # noqa: E402
+from aprbench.harness.running.stages.student import obtain_student  # noqa: E402
+from aprbench.harness.store.hdf5 import Store  # noqa: E402
 
 FRAMES = 256
 SIZES = [224, 64]

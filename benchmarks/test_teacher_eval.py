@@ -18,11 +18,11 @@ os.environ.setdefault("BENCH_PLUGINS", "none")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from harness.images import normalize_images  # noqa: E402
-from harness.plugins import get_registry  # noqa: E402
-from harness.recipes import resolve  # noqa: E402
-from harness.stages.context import build_model  # noqa: E402
-from harness.stages import teacher as teacher_stage  # noqa: E402
+from aprbench.harness.data.images import normalize_images  # noqa: E402
+from aprbench.harness.api.manager import get_registry  # noqa: E402
+from aprbench.harness.api.recipes import resolve  # noqa: E402
+from aprbench.harness.running.stages.context import build_model  # noqa: E402
+from aprbench.harness.running.stages import teacher as teacher_stage  # noqa: E402
 
 FRAMES = 256
 CASES = {  # teacher, profile, scenes

@@ -17,12 +17,12 @@ os.environ.setdefault("BENCH_PLUGINS", "none")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from harness.images import normalize_images  # noqa: E402
-from harness.plugins import get_registry  # noqa: E402
-from harness.recipes import resolve  # noqa: E402
-from harness.stages.context import build_model  # noqa: E402
-from harness.stages.teacher import TeacherTask  # noqa: E402
-from harness.train import make_optimizer  # noqa: E402
+from aprbench.harness.data.images import normalize_images  # noqa: E402
+from aprbench.harness.api.manager import get_registry  # noqa: E402
+from aprbench.harness.api.recipes import resolve  # noqa: E402
+from aprbench.harness.running.stages.context import build_model  # noqa: E402
+from aprbench.harness.running.stages.teacher import TeacherTask  # noqa: E402
+from aprbench.harness.training.loop import make_optimizer  # noqa: E402
 
 CASES = {"posenet-mobilenet": 1, "mstransformer": 2}  # teacher: scenes
 STEPS = 6

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness.errors import BenchError
+from aprbench.harness.errors import BenchError
 
 EPS = 1e-12
 

@@ -34,7 +34,7 @@ from typing import Mapping, Sequence
 
 from torch import Tensor, nn
 
-from harness.errors import BenchError
+from aprbench.harness.errors import BenchError
 
 State = dict[str, Tensor]
 

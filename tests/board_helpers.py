@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from harness.metrics import errors, per_scene
-from harness.store import Store, write_h5
+from aprbench.harness.results.metrics import errors, per_scene
+from aprbench.harness.store.hdf5 import Store, write_h5
 
 SCENES = ["room", "site"]
 N = 20  # test frames per scene

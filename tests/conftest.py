@@ -32,7 +32,7 @@ def run_bench():
     def run(*args: str, env: dict[str, str] | None = None, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
         full_env = {**os.environ, **(env or {})}
         return subprocess.run(
-            [sys.executable, "-m", "harness", *map(str, args)],
+            [sys.executable, "-m", "aprbench.harness", *map(str, args)],
             env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
         )
 

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness import poses as P
-from harness.data import _non_empty, _numeric, _quaternions, _read_csv, _require_columns, _write_csv, data_error
-from harness.interfaces import PoseData
-from harness.poses import nearest_neighbours, virtual_neighbours
+from aprbench.harness import poses as P
+from aprbench.harness.data.labels import _non_empty, _numeric, _quaternions, _read_csv, _require_columns, _write_csv, data_error
+from aprbench.harness.api.interfaces import PoseData
+from aprbench.harness.poses import nearest_neighbours, virtual_neighbours
 
 
 def _pair_columns(suffix: str) -> list[str]:

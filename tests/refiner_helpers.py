@@ -17,11 +17,11 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from harness import poses as P
-from harness.interfaces import LABEL_COLUMNS, Latents, PoseData, Refiner, Student, Teacher
-from harness.plugins import get_registry
-from harness.stages.context import Artifact, Context
-from harness.store import Store
+from aprbench.harness import poses as P
+from aprbench.harness.api.interfaces import LABEL_COLUMNS, Latents, PoseData, Refiner, Student, Teacher
+from aprbench.harness.api.manager import get_registry
+from aprbench.harness.running.stages.context import Artifact, Context
+from aprbench.harness.store.hdf5 import Store
 
 
 def pose_features(poses: Tensor, dim: int, raw: bool = False, scene: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -116,7 +116,7 @@ def labels_dataset_with_teacher(root: Path, name: str = "posenet-mobilenet", n_t
                                  n_test: int = 16) -> tuple[pd.DataFrame, list[str]]:
     """A tiny labels dataset under ``root/data`` and a randomly initialised quick ``name`` saved as
     ``root/teacher.pth``; returns the labels and the ``--dataset`` / ``--teacher`` options that use them."""
-    from harness.stages.context import build_named
+    from aprbench.harness.running.stages.context import build_named
 
     labels = make_labels(n_train=n_train, n_test=n_test)
     write_images(root / "data", labels)

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness.interfaces import LABEL_COLUMNS, PoseData
-from harness.plugins import get_registry
-from harness.stages.context import Context
-from harness.store import Store
+from aprbench.harness.api.interfaces import LABEL_COLUMNS, PoseData
+from aprbench.harness.api.manager import get_registry
+from aprbench.harness.running.stages.context import Context
+from aprbench.harness.store.hdf5 import Store
 
 
 def make_tiny_data(root: Path, n_train: int = 192, n_test: int = 48, size: int = 32, scenes: tuple[str, ...] = ("a",),

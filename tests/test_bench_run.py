@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.store import read_h5
+from aprbench.harness.store.hdf5 import read_h5
 
 TINY = "synthetic:frames_per_sequence=24,train_sequences=3,test_sequences=1"
 FAST = ["--set", "epochs=1", "--no-progress", "--no-report"]
@@ -33,7 +33,7 @@ BROKEN_TEACHER = (  # a plugin whose teacher fails in every cell
 
 def bench(workdir: Path, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "harness", "--workdir", str(workdir), *args],
+        [sys.executable, "-m", "aprbench.harness", "--workdir", str(workdir), *args],
         capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
     )
 
@@ -101,7 +101,7 @@ def test_matrix_runs_caches_and_prints_the_leaderboard(tmp_path):
 def test_sigkill_mid_matrix_then_rerun_finishes_without_recomputing(tmp_path):
     args = ["run", "--dataset", TINY, "--scenes", "room", "--teacher", "posenet-mobilenet", "--student", "pae",
             "--encode", "estimate", "ground_truth", "--refiner", "pae-rpr", "--iterations", "1,2,3", *FAST]
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "--workdir", str(tmp_path), *args],
+    proc = subprocess.Popen([sys.executable, "-m", "aprbench.harness", "--workdir", str(tmp_path), *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     deadline = time.monotonic() + 240
     while not cell_files(tmp_path) and proc.poll() is None and time.monotonic() < deadline:

@@ -13,14 +13,14 @@ import torch
 from PIL import Image
 
 import pairs_helpers as PH
-from harness import data as D
-from harness import images as I
-from harness import poses as P
-from harness.errors import BenchError, DataError
-from harness.interfaces import LABEL_COLUMNS
-from harness.plugins import get_registry
-from harness.poses import relative_pose
-from harness.store import Store
+from aprbench.harness.data import labels as D
+from aprbench.harness.data import images as I
+from aprbench.harness import poses as P
+from aprbench.harness.errors import BenchError, DataError
+from aprbench.harness.api.interfaces import LABEL_COLUMNS
+from aprbench.harness.api.manager import get_registry
+from aprbench.harness.poses import relative_pose
+from aprbench.harness.store.hdf5 import Store
 
 
 # --------------------------------------------------------------------------- independent maths
@@ -460,7 +460,7 @@ def test_virtual_neighbours_spread():
     poses = torch.tensor([[1.0, 2.0, 3.0, 1.0, 0.0, 0.0, 0.0]]).repeat(4000, 1)
     v = P.virtual_neighbours(poses, 0.3, 10.0, generator=torch.Generator().manual_seed(0))
     assert abs(float((v[:, :3] - poses[:, :3]).std()) - 0.3) < 0.02
-    from harness.poses import orientation_error
+    from aprbench.harness.poses import orientation_error
 
     # the angle of a rotation with N(0, s) per axis has RMS s * sqrt(3)
     rms = float(orientation_error(v[:, 3:], poses[:, 3:]).pow(2).mean().sqrt())
@@ -486,7 +486,7 @@ def test_make_pairs_same_scene_and_virtual(tmp_path):
 
 # --------------------------------------------------------------------------- non-square synthetic renders
 def test_render_non_square_images(tmp_path, run_bench):
-    from plugins.datasets.synthetic_render import camera_rays
+    from aprbench.plugins.datasets.synthetic_render import camera_rays
 
     rays = camera_rays((6, 4), hfov_deg=90.0)  # f = 3 px: x = (col + 0.5 - 3) / 3, y = (row + 0.5 - 2) / 3
     assert rays.shape == (24, 3)

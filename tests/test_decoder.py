@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.errors import BenchError
-from harness import metrics
-from harness.stages import decoder as stage
-from plugins.decoders.image_decoder import MLPDecoder
+from aprbench.harness.errors import BenchError
+from aprbench.harness.results import metrics
+from aprbench.harness.running.stages import decoder as stage
+from aprbench.plugins.decoders.image_decoder import MLPDecoder
 from refiner_helpers import one_thread, make_ctx, make_data, student_artifact, teacher_artifact
 
 TINY_DECODER = dict(image_size=16, hidden=[64, 128], epochs=60, batch_size=32, lr=2e-3, checkpoint_every=1000)

@@ -41,7 +41,7 @@ def check(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     before, beside = snapshot(tmp_path, work), sorted(os.listdir(tmp_path.parent))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "BENCH_PLUGINS": "none"}
     proc = subprocess.run(
-        [sys.executable, "-m", "harness", "data", "check", *map(str, args), "--workdir", str(work)],
+        [sys.executable, "-m", "aprbench.harness", "data", "check", *map(str, args), "--workdir", str(work)],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
@@ -250,8 +250,8 @@ def test_cambridge_image_escaping_root(tmp_path):
 
 # --------------------------------------------------------------------------- in-process: subsets and empty splits
 def test_fractions_never_stack_and_require_frames(tmp_path):
-    from harness.data import make_pose_data, require_frames, subset, with_fraction
-    from harness.errors import BenchError, DataError
+    from aprbench.harness.data.labels import make_pose_data, require_frames, subset, with_fraction
+    from aprbench.harness.errors import BenchError, DataError
 
     rows = [[s, "train", "seq-01", f"{s}/{i}.png", i, 0, 0, 1, 0, 0, 0] for s in ("a", "b") for i in range(10)]
     rows += [["a", "test", "seq-02", "a/t.png", 0, 0, 0, 1, 0, 0, 0]]

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.store import read_h5
+from aprbench.harness.store.hdf5 import read_h5
 
 TINY = "synthetic:frames_per_sequence=24,train_sequences=3,test_sequences=1"
 FAST = ["--set", "epochs=1", "--no-progress", "--no-report"]
 
 
 def bench(workdir: Path, *args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness", "--workdir", str(workdir), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "aprbench.harness", "--workdir", str(workdir), *args], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd, env=os.environ.copy())
 
 
@@ -102,7 +102,7 @@ def test_workdir_that_is_a_file_or_missing(tmp_path):
 
 OBSERVER = '''
 import sys
-from harness.hookspecs import hookimpl
+from aprbench.harness.api.hookspecs import hookimpl
 
 @hookimpl
 def bench_cell_finished(cell, result):
@@ -113,8 +113,8 @@ def bench_cell_finished(cell, result):
 
 NAN_TEACHER = '''
 import torch
-from harness.hookspecs import hookimpl
-from plugins.teachers.posenet import PoseNet
+from aprbench.harness.api.hookspecs import hookimpl
+from aprbench.plugins.teachers.posenet import PoseNet
 
 class NaNPoseNet(PoseNet):
     def decode(self, latent_x, latent_q):
@@ -165,8 +165,8 @@ def test_nan_teacher_fails_its_cell_with_the_reason(tmp_path):
 
 
 def test_weights_with_nan_are_refused_naming_the_tensors(tmp_path):
-    from harness.plugins import get_registry
-    from harness.stages.context import build_named
+    from aprbench.harness.api.manager import get_registry
+    from aprbench.harness.running.stages.context import build_named
 
     model = build_named(get_registry(), "teacher", "posenet-mobilenet", num_scenes=1)
     state = model.state_dict()
@@ -216,7 +216,7 @@ def test_workdir_that_cannot_be_created_is_one_line(tmp_path):
 def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path):
     args = ["run", "--dataset", TINY, "--scenes", "room", "--teacher", "posenet-mobilenet", "--student", "none", "pae",
             "--encode", "estimate", "ground_truth", *FAST]
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "--workdir", str(tmp_path / "w"), *args],
+    proc = subprocess.Popen([sys.executable, "-m", "aprbench.harness", "--workdir", str(tmp_path / "w"), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     deadline = time.monotonic() + 600
     while not list((tmp_path / "w" / "cells").glob("*.h5")) and proc.poll() is None and time.monotonic() < deadline:

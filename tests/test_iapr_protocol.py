@@ -15,14 +15,14 @@ import pandas as pd
 import pytest
 import torch
 
-from harness import poses as P
-from harness.errors import BenchError
-from harness.pair_lists import read_pair_list, swap_half, write_pair_list
-from harness.stages import refiner as stage
-from harness.stages.context import Artifact
-from harness.store import load_into
-from plugins.refiners.pae_rpr import TransformerRPR
-from plugins.students.pae import PAE
+from aprbench.harness import poses as P
+from aprbench.harness.errors import BenchError
+from aprbench.harness.data.pair_lists import read_pair_list, swap_half, write_pair_list
+from aprbench.harness.running.stages import refiner as stage
+from aprbench.harness.running.stages.context import Artifact
+from aprbench.harness.store.hdf5 import load_into
+from aprbench.plugins.refiners.pae_rpr import TransformerRPR
+from aprbench.plugins.students.pae import PAE
 from refiner_helpers import ConvTeacher, TINY_RPR, make_ctx, make_data, make_outputs
 from test_reference_parity import RefEMSTransPoseNet, RefVTRPR, _mst, _randomise
 
@@ -205,9 +205,9 @@ def test_bench_run_with_reference_files_gives_the_reference_estimates_per_frame(
     from PIL import Image
     from torchvision.transforms import v2
 
-    from harness.cli import main
-    from harness.images import normalize_images
-    from harness.interfaces import LABEL_COLUMNS
+    from aprbench.harness.cli.main import main
+    from aprbench.harness.data.images import normalize_images
+    from aprbench.harness.api.interfaces import LABEL_COLUMNS
     from refiner_helpers import make_labels, write_images
     from test_reference_parity import RefPAE
 

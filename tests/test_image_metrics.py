@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import metrics
+from aprbench.harness.results import metrics
 
 
 def test_psnr_of_a_known_error():

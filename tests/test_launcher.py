@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
+from aprbench.harness.cli.main import main
 from test_bench_run import BROKEN_TEACHER, FAST, TINY, bench, cell_files
 
 
@@ -64,7 +64,7 @@ def test_unknown_executor_parameter_is_refused(tmp_path, capsys):
 
 def test_slurm_defaults_and_overrides_reach_the_sbatch_script(tmp_path, monkeypatch):
     """Without a cluster: a stand-in ``srun`` on PATH lets submitit build the Slurm executor and its script."""
-    from harness.launch import make_executor, parse_parameters
+    from aprbench.harness.running.launch import make_executor, parse_parameters
 
     fake = tmp_path / "bin" / "srun"
     fake.parent.mkdir()

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from board_helpers import N, write_store
-from harness import leaderboard as lb
-from harness import tables
-from harness.cells import PROVENANCE_KEYS, read_cell
-from harness.cli import main
+from aprbench.harness.results import leaderboard as lb
+from aprbench.harness.results import tables
+from aprbench.harness.store.cells import PROVENANCE_KEYS, read_cell
+from aprbench.harness.cli.main import main
 
 
 def bench_here(capsys, *args) -> tuple[int, str, str]:
@@ -142,8 +142,8 @@ def test_hook_columns_show_in_every_view_and_a_broken_hook_is_named(store, run_b
         assert "broken_columns.py" in out.stderr and "no columns today" in out.stderr
     frame = pd.read_csv(io.StringIO(out.stdout))
     assert np.allclose(frame["cm_score"], (frame["median_m"] * 100).round(1))
-    from harness.plugins import BenchPluginManager
-    from harness.report import write_report
+    from aprbench.harness.api.manager import BenchPluginManager
+    from aprbench.harness.results.report import write_report
 
     manager = BenchPluginManager(extra=[str(plugin)], entry_points=False)
     assert "cm_score" in lb.text(lb.build(store, manager), "cells")
@@ -161,7 +161,7 @@ def test_published_rows_carry_their_source_and_stay_apart(tmp_path, run_bench, c
     assert len(ours) == 8 and ours["source"].isna().all()
     assert len(pub) and set(pub["scene"]) == {"chess", "heads"}
     assert pub["source"].str.len().gt(10).all()
-    table = pd.read_csv(resources.files("harness").joinpath("published_results.csv").open())
+    table = pd.read_csv(resources.files("aprbench.harness.results").joinpath("published_results.csv").open())
     want = table[(table["scene"] == "chess") & (table["method"] == pub["method"].iloc[0])].iloc[0]
     got = pub[(pub["scene"] == "chess") & (pub["method"] == want["method"])].iloc[0]
     assert got["median_m"] == want["median_position_m"] and got["source"] == want["source"]
@@ -242,7 +242,7 @@ def test_latex_is_booktabs_with_units_escapes_and_bold(store):
 
 
 def test_statistics_fill_the_delta_slot(store, monkeypatch):
-    from harness import stats
+    from aprbench.harness.results import stats
 
     def stats_table(cells, iterations=None):
         return pd.DataFrame([{"dataset": "synthetic", "scene": "room", "method": "posenet+pae", "fraction": 1.0,

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from harness.losses import PoseLoss
-from harness.train import TrainConfig, fit
+from aprbench.harness.training.losses import PoseLoss
+from aprbench.harness.training.loop import TrainConfig, fit
 
 REPO = Path(__file__).resolve().parent.parent
 FP_A, FP_B = "0123456789abcdef", "fedcba9876543210"

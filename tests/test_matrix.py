@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 from torch import nn
 
-from harness.errors import BenchError
-from harness.interfaces import PoseData
-from harness.leaderboard import render_machine, render_table
-from harness.matrix import Axes, Cell, TeacherSpec, expand, shard
-from harness.recipes import Override, parse_sets
-from harness.plugins import Entry, Registry
+from aprbench.harness.errors import BenchError
+from aprbench.harness.api.interfaces import PoseData
+from aprbench.harness.results.leaderboard import render_machine, render_table
+from aprbench.harness.running.matrix import Axes, Cell, TeacherSpec, expand, shard
+from aprbench.harness.api.recipes import Override, parse_sets
+from aprbench.harness.api.manager import Entry, Registry
 
 
 class FakeTeacher(nn.Module):

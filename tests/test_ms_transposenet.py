@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from harness import recipes as R
-from harness.errors import BenchError
-from harness.interfaces import Latents, Teacher, decode_accepts_scene, decode_poses
-from harness.plugins import get_registry
+from aprbench.harness.api import recipes as R
+from aprbench.harness.errors import BenchError
+from aprbench.harness.api.interfaces import Latents, Teacher, decode_accepts_scene, decode_poses
+from aprbench.harness.api.manager import get_registry
 
 
 def build(name: str = "ms-transposenet", scenes: int = 2):
@@ -90,9 +90,9 @@ def test_trains_end_to_end_with_the_references_preprocessing(tmp_path, monkeypat
     stored outputs are the forward pass on Resize + CenterCrop images through the classified scene's head."""
     import numpy as np
 
-    from harness.images import Preprocess, normalize_images
-    from harness.stages import teacher as stage
-    from harness.stages.teacher import obtain_teacher, teacher_outputs
+    from aprbench.harness.data.images import Preprocess, normalize_images
+    from aprbench.harness.running.stages import teacher as stage
+    from aprbench.harness.running.stages.teacher import obtain_teacher, teacher_outputs
     from teacher_helpers import TINY_MST, make_ctx, make_tiny_data
 
     data = make_tiny_data(tmp_path / "data", n_train=64, n_test=16, scenes=("a", "b"))

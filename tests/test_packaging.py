@@ -42,16 +42,24 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_contents(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "harness/registry.toml" in names
-    assert {"harness/__init__.py", "harness/cli.py", "harness/commands/plugins.py", "harness/stages/__init__.py",
-            "plugins/__init__.py", "plugins/teachers/__init__.py"} <= names
+    assert "aprbench/harness/registry.toml" in names
+    assert {"aprbench/harness/__init__.py", "aprbench/harness/cli/main.py", "aprbench/harness/cli/commands/plugins.py",
+            "aprbench/harness/running/stages/__init__.py", "aprbench/harness/results/published_results.csv",
+            "aprbench/plugins/__init__.py", "aprbench/plugins/teachers/__init__.py"} <= names
+    # namespaced: no generic top-level import name beside aprbench, and every package of the checkout is inside
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"aprbench"}
+    packages = {"aprbench/" + str(init.parent.relative_to(REPO)) for top in ("harness", "plugins")
+                for init in (REPO / top).rglob("__init__.py")}
+    assert packages <= {n.rpartition("/")[0] for n in names}
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
     # the packaged registry is the top-level file's content, not a link
-    packaged = zipfile.ZipFile(wheel).read("harness/registry.toml")
+    packaged = zipfile.ZipFile(wheel).read("aprbench/harness/registry.toml")
     assert packaged == (REPO / "registry.toml").read_bytes()
     assert tomllib.loads(packaged.decode())["plugins"]["builtin"]
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "bench = harness.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "bench = aprbench.harness.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License" in metadata
 
 
 def test_unpacked_wheel_runs_from_another_folder(wheel, tmp_path):
@@ -67,23 +75,21 @@ def test_unpacked_wheel_runs_from_another_folder(wheel, tmp_path):
         assert out.returncode == 0, out.stdout + out.stderr
         return out.stdout
 
-    text = bench("-m", "harness", "plugins")
+    text = bench("-m", "aprbench.harness", "plugins")
     assert "broken" not in text
     for kind, name in [("dataset", "synthetic"), ("teacher", "posenet-mobilenet"), ("student", "pae"),
                        ("refiner", "pae-rpr")]:
         assert any([c.strip() for c in line.split("|")[1:3]] == [kind, name] for line in text.splitlines()), (kind, name)
-    (where,) = bench("-c", "import harness; print(harness.__file__)").split()
+    (where,) = bench("-c", "import aprbench.harness as h; print(h.__file__)").split()
     assert Path(where).is_relative_to(site)
+    assert "ModuleNotFoundError" in subprocess.run([sys.executable, "-c", "import harness"], cwd=elsewhere, env=env,
+                                                   capture_output=True, text=True, timeout=60).stderr
     # the recipes come from the unpacked wheel's registry
     expected = _quick_epochs(tomllib.loads((REPO / "registry.toml").read_text()))
-    if (REPO / "harness" / "commands" / "recipe.py").is_file():
-        text = bench("-m", "harness", "recipe", "teacher", "posenet-mobilenet")
-        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
-        header = rows[0]
-        epochs = next(r[header.index("value")] for r in rows[2:] if r[header.index("key")] == "epochs")
-    else:  # TODO: drop once `bench recipe` is on every branch
-        epochs = bench("-c", "import harness.registry as r; "
-                             "print(r.resolve_recipe('teacher', 'posenet-mobilenet', 'synthetic', 'quick')['epochs'])")
+    text = bench("-m", "aprbench.harness", "recipe", "teacher", "posenet-mobilenet")
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
+    header = rows[0]
+    epochs = next(r[header.index("value")] for r in rows[2:] if r[header.index("key")] == "epochs")
     assert int(epochs) == expected
 
 
@@ -103,13 +109,13 @@ def _quick_epochs(registry: dict) -> int:
 
 def test_checkout_without_symlinks_reads_the_top_level_registry(tmp_path):
     """git with ``core.symlinks=false`` (Windows) writes the link ``harness/registry.toml`` as a file naming its target."""
-    shutil.copytree(REPO / "harness", tmp_path / "harness", ignore=JUNK)
-    shutil.copy(REPO / "registry.toml", tmp_path / "registry.toml")
-    link = tmp_path / "harness" / "registry.toml"
+    shutil.copytree(REPO / "harness", tmp_path / "aprbench" / "harness", ignore=JUNK)
+    shutil.copy(REPO / "registry.toml", tmp_path / "aprbench" / "registry.toml")
+    link = tmp_path / "aprbench" / "harness" / "registry.toml"
     link.unlink()
     link.write_text("../registry.toml")
     out = subprocess.run(
-        [sys.executable, "-c", "import harness, harness.registry as r; print(harness.__file__); "
+        [sys.executable, "-c", "import aprbench.harness as h, aprbench.harness.api.registry as r; print(h.__file__); "
                                "print(','.join(r.builtin_plugin_modules()))"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, timeout=60,
     )

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from harness import poses as P
-from harness.errors import BenchError
-from harness.interfaces import PoseData, PoseIndexRefiner
-from harness.stages import refiner as stage
-from plugins.refiners import pae_knn as K
+from aprbench.harness import poses as P
+from aprbench.harness.errors import BenchError
+from aprbench.harness.api.interfaces import PoseData, PoseIndexRefiner
+from aprbench.harness.running.stages import refiner as stage
+from aprbench.plugins.refiners import pae_knn as K
 from refiner_helpers import (
     labels_dataset_with_teacher, make_ctx, make_data, make_outputs, one_thread, student_artifact, teacher_artifact,
 )
@@ -219,8 +219,8 @@ def test_index_is_built_once_stored_and_counted(tmp_path, fake_outputs, monkeypa
 
 
 def test_matrix_needs_a_student_for_pae_knn():
-    from harness.matrix import Axes, expand
-    from harness.plugins import get_registry
+    from aprbench.harness.running.matrix import Axes, expand
+    from aprbench.harness.api.manager import get_registry
 
     data = make_data(None, n_train=4, n_test=2)
     data.name = "synthetic"

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-import harness.plugins
-from harness import registry
-from harness.cli import main as bench_main
-from harness.errors import BenchError
-from harness.plugins import BenchPluginManager
+import aprbench.harness.api.manager as plugin_manager
+from aprbench.harness.api import registry
+from aprbench.harness.cli.main import main as bench_main
+from aprbench.harness.errors import BenchError
+from aprbench.harness.api.manager import BenchPluginManager
 
 THIRDPARTY_MODULE = '''
-from harness.hookspecs import hookimpl
+from aprbench.harness.api.hookspecs import hookimpl
 
 
 class TinyAPR:
@@ -34,7 +34,7 @@ def bench_teachers():
 '''
 
 FILE_PLUGIN = '''
-from harness.hookspecs import hookimpl
+from aprbench.harness.api.hookspecs import hookimpl
 
 
 class FileStudent:
@@ -54,7 +54,7 @@ def bench_cell_finished(cell, result):
 '''
 
 DOTTED_PLUGIN = '''
-from harness.hookspecs import hookimpl
+from aprbench.harness.api.hookspecs import hookimpl
 
 
 def make_refiner(latent_dim=256, iterations=1):
@@ -183,11 +183,11 @@ def test_plugin_file_and_dotted_module_in_process(local_plugins):
 
 
 def test_get_registry_with_extra_plugins(local_plugins):
-    reg = harness.plugins.get_registry([local_plugins["dotted"]])
+    reg = plugin_manager.get_registry([local_plugins["dotted"]])
     assert "tp_dotted_refiner" in reg.names("refiner")
     # the process-wide manager is kept until refreshed
-    assert harness.plugins.get_registry() is reg
-    assert "tp_dotted_refiner" not in harness.plugins.get_manager(refresh=True).registry().names("refiner")
+    assert plugin_manager.get_registry() is reg
+    assert "tp_dotted_refiner" not in plugin_manager.get_manager(refresh=True).registry().names("refiner")
 
 
 def test_plugin_package_named_like_a_folder_in_cwd(tmp_path, monkeypatch):
@@ -256,7 +256,7 @@ def test_broken_plugin_in_process_leaves_others_working(local_plugins, capsys):
 
 def test_plugin_whose_hook_raises_is_broken(tmp_path):
     bad = write(tmp_path / "tp_bad_hook.py", '''
-        from harness.hookspecs import hookimpl
+        from aprbench.harness.api.hookspecs import hookimpl
 
         @hookimpl
         def bench_teachers():
@@ -276,14 +276,14 @@ def test_plugin_whose_hook_raises_is_broken(tmp_path):
 
 def test_duplicate_name_names_both_sources(tmp_path, local_plugins):
     a = write(tmp_path / "tp_dup_a.py", '''
-        from harness.hookspecs import hookimpl
+        from aprbench.harness.api.hookspecs import hookimpl
 
         @hookimpl
         def bench_teachers():
             return {"tp_same": object}
     ''')
     b = write(tmp_path / "tp_dup_b.py", '''
-        from harness.hookspecs import hookimpl
+        from aprbench.harness.api.hookspecs import hookimpl
 
         @hookimpl
         def bench_teachers():
@@ -300,7 +300,7 @@ def test_duplicate_name_names_both_sources(tmp_path, local_plugins):
 def test_duplicate_between_entry_point_and_plugin_file(thirdparty, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BENCH_PLUGINS", "thirdapr")
     clash = write(tmp_path / "tp_clash.py", '''
-        from harness.hookspecs import hookimpl
+        from aprbench.harness.api.hookspecs import hookimpl
 
         @hookimpl
         def bench_teachers():
@@ -329,7 +329,7 @@ def test_bench_plugins_hooks(local_plugins, thirdparty, monkeypatch, capsys):
     ep = next(k for k in rows if k.startswith("entrypoint:"))
     assert "bench_teachers" in rows[ep]
 
-    manager = harness.plugins.get_manager()
+    manager = plugin_manager.get_manager()
     hooks = dict(manager.plugin_hooks())
     assert hooks[f"--plugin:{local_plugins['file']}"] == ["bench_cell_finished", "bench_students"]
 
@@ -434,7 +434,7 @@ def test_registry_toml_lists_builtin_modules():
     ],
 )
 def test_set_values_typing(pair, key, value):
-    from harness.recipes import parse_sets
+    from aprbench.harness.api.recipes import parse_sets
 
     (out,) = parse_sets([pair])
     assert (out.kind, out.key, out.value) == (None, key, value)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness import poses as P
+from aprbench.harness import poses as P
 
 # ----------------------------------------------------------------------------- independent references
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from harness import poses
+from aprbench.harness import poses
 
 N = 500
 RNG_SEED = 7

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from harness.cli import main
-from harness.devices import autocast, check_precision, resolve_device
-from harness.errors import BenchError
-from harness.matrix import Cell, Plan, TeacherSpec, cell_fingerprint
-from harness.plugins import get_manager
-from harness.recipes import as_overrides
-from harness.runner import MatrixRunner
-from harness.stages import teacher as stage
-from harness.stages.context import artifact_fingerprint
-from harness.stages.teacher import obtain_teacher, predict, teacher_outputs
-from harness.store import Store, read_h5
+from aprbench.harness.cli.main import main
+from aprbench.harness.training.devices import autocast, check_precision, resolve_device
+from aprbench.harness.errors import BenchError
+from aprbench.harness.running.matrix import Cell, Plan, TeacherSpec, cell_fingerprint
+from aprbench.harness.api.manager import get_manager
+from aprbench.harness.api.recipes import as_overrides
+from aprbench.harness.running.runner import MatrixRunner
+from aprbench.harness.running.stages import teacher as stage
+from aprbench.harness.running.stages.context import artifact_fingerprint
+from aprbench.harness.running.stages.teacher import obtain_teacher, predict, teacher_outputs
+from aprbench.harness.store.hdf5 import Store, read_h5
 from teacher_helpers import TINY_POSENET, make_ctx, make_tiny_data
 
 
@@ -51,7 +51,7 @@ def test_bf16_autocast_trains_and_evaluates_a_teacher_on_the_cpu(tmp_path, monke
     out = teacher_outputs(ctx, art, "test")
     assert all(out[k].dtype == np.float32 for k in ("pose_est", "latent_x", "latent_q", "scene_logp"))
     assert np.isfinite(out["pose_est"]).all() and np.isfinite(out["latent_x"]).all()
-    from harness.images import load_images
+    from aprbench.harness.data.images import load_images
 
     images = load_images(data.split("test"), art.recipe.task.image_size, ctx.store)
     ref = predict(art.model, images, device=torch.device("cpu"), precision="fp32")

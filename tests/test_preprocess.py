@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 from torchvision import transforms as T  # the reference's (v1) transforms, applied to PIL images as it does
 
-from harness import data as D
-from harness import images as I
-from harness import recipes as R
-from harness.errors import BenchError
-from harness.plugins import get_registry
-from harness.store import Store
+from aprbench.harness.data import labels as D
+from aprbench.harness.data import images as I
+from aprbench.harness.api import recipes as R
+from aprbench.harness.errors import BenchError
+from aprbench.harness.api.manager import get_registry
+from aprbench.harness.store.hdf5 import Store
 from test_data import labels_frame
 
 
@@ -140,8 +140,8 @@ def test_paper_decoder_target_is_resize_72_centre_crop_64(tmp_path):
 
 
 def test_paper_renders_the_synthetic_scenes_at_its_recipes_size(tmp_path):
-    from harness.data import open_dataset
-    from harness.registry import dataset_defaults
+    from aprbench.harness.data.labels import open_dataset
+    from aprbench.harness.api.registry import dataset_defaults
 
     assert dataset_defaults("synthetic", "paper") == {"image_size": 256} and dataset_defaults("synthetic", "quick") == {}
     assert dataset_defaults("sevenscenes", "paper") == {}

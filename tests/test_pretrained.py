@@ -12,11 +12,11 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from harness.cli import main
-from harness.errors import BenchError
-from harness.plugins import get_registry
-from harness.recipes import parse_sets, resolve
-from harness.stages.context import build_model
+from aprbench.harness.cli.main import main
+from aprbench.harness.errors import BenchError
+from aprbench.harness.api.manager import get_registry
+from aprbench.harness.api.recipes import parse_sets, resolve
+from aprbench.harness.running.stages.context import build_model
 
 REPO = "timm/test_convnext.r160_in1k"  # timm's default weights of test_convnext (a 0.27 M-parameter model)
 SMALL = ["teacher.backbone=test_convnext"]

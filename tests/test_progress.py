@@ -11,9 +11,9 @@ import time
 import pytest
 from filelock import FileLock
 
-from harness.cli import main
-from harness.progress import CellProgress, Eta, StageTimes, load_estimates, resolve_mode
-from harness.store import Store
+from aprbench.harness.cli.main import main
+from aprbench.harness.running.progress import CellProgress, Eta, StageTimes, load_estimates, resolve_mode
+from aprbench.harness.store.hdf5 import Store
 from test_bench_run import TINY, bench
 
 SMALL = ["run", "--dataset", TINY, "--scenes", "room", "--teacher", "posenet-mobilenet", "--student", "none", "pae",

@@ -9,13 +9,13 @@ from dataclasses import dataclass, replace
 import pandas as pd
 import pytest
 
-from harness import recipes as R
-from harness.errors import BenchError
-from harness.interfaces import PoseData
-from harness.matrix import Cell, TeacherSpec
-from harness.plugins import get_manager, get_registry
-from harness.runner import MatrixRunner
-from harness.store import Store
+from aprbench.harness.api import recipes as R
+from aprbench.harness.errors import BenchError
+from aprbench.harness.api.interfaces import PoseData
+from aprbench.harness.running.matrix import Cell, TeacherSpec
+from aprbench.harness.api.manager import get_manager, get_registry
+from aprbench.harness.running.runner import MatrixRunner
+from aprbench.harness.store.hdf5 import Store
 
 
 def resolve(kind, name, *sets, profile="quick", dataset="synthetic", **kw):
@@ -74,7 +74,7 @@ def test_unknown_profile():
 
 
 def test_fingerprint_covers_values_and_plugin_version(monkeypatch):
-    import plugins.refiners.pae_rpr as module
+    import aprbench.plugins.refiners.pae_rpr as module
 
     base = resolve("refiner", "pae-rpr").fingerprint()
     assert resolve("refiner", "pae-rpr", "refiner.k=3").fingerprint() != base
@@ -92,7 +92,7 @@ def _data() -> PoseData:
 def test_cell_fingerprint_changes_with_plugin_version_and_task_defaults(tmp_path, monkeypatch):
     """Bug: a cell's cache key left out the plugin's VERSION and the stage defaults, so `bench run` on an
     existing work directory served cells computed by an older plugin."""
-    import plugins.refiners.pae_rpr as module
+    import aprbench.plugins.refiners.pae_rpr as module
 
     runner = MatrixRunner(Store(tmp_path), get_manager(), _data(), "synthetic", "quick", progress=False)
     cell = Cell("synthetic", ("room",), 1.0, TeacherSpec("posenet-mobilenet"), "pae", "estimate", "pae-rpr", 3)
@@ -113,11 +113,11 @@ def test_cell_fingerprint_changes_with_plugin_version_and_task_defaults(tmp_path
 
 
 def test_bench_recipe_prints_values_and_sources(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "harness", "recipe", "teacher", "mstransformer", "--set", "epochs=3",
+    out = subprocess.run([sys.executable, "-m", "aprbench.harness", "recipe", "teacher", "mstransformer", "--set", "epochs=3",
                           "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "| train  | epochs " in out.stdout and "--set epochs=3" in out.stdout
     assert "registry.toml recipe #4" in out.stdout and "d_model" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "harness", "recipe", "teacher", "mstransformer", "--set", "epoch=3"],
+    bad = subprocess.run([sys.executable, "-m", "aprbench.harness", "recipe", "teacher", "mstransformer", "--set", "epoch=3"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "did you mean 'epochs'" in bad.stderr and "Traceback" not in bad.stderr

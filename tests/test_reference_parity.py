@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.errors import BenchError
-from harness.store import load_into, load_state
-from plugins import reference_checkpoints as rc
-from plugins.decoders.image_decoder import MLPDecoder
-from plugins.refiners.pae_rpr import TransformerRPR
-from plugins.students.pae import PAE
-from plugins.teachers.mstransformer import MSTransformer
-from plugins.teachers.posenet import PoseNet
+from aprbench.harness.errors import BenchError
+from aprbench.harness.store.hdf5 import load_into, load_state
+from aprbench.plugins import reference_checkpoints as rc
+from aprbench.plugins.decoders.image_decoder import MLPDecoder
+from aprbench.plugins.refiners.pae_rpr import TransformerRPR
+from aprbench.plugins.students.pae import PAE
+from aprbench.plugins.teachers.mstransformer import MSTransformer
+from aprbench.plugins.teachers.posenet import PoseNet
 
 TOL = 1e-5
 
@@ -403,9 +403,9 @@ def test_legacy_serialisation_loads_weights_only(tmp_path):
 def test_paper_profile_builds_the_reference_architectures():
     """The ``paper`` recipes give models that take full-size reference state dicts (every key and shape)."""
     pytest.importorskip("efficientnet_pytorch")
-    from harness.plugins import get_registry
-    from harness.recipes import resolve as resolve_in
-    from plugins.refiners.pae_rpr import MODELS as rpr_models
+    from aprbench.harness.api.manager import get_registry
+    from aprbench.harness.api.recipes import resolve as resolve_in
+    from aprbench.plugins.refiners.pae_rpr import MODELS as rpr_models
 
     def resolve_recipe(kind: str, name: str, dataset: str, profile: str):
         return resolve_in(get_registry(), kind, name, dataset, profile)
@@ -431,8 +431,8 @@ def test_raw_quaternion_student_inputs_are_the_teachers_unnormalised_heads():
     """``raw_quaternion``: the PAE encodes ``teacher.decode(stored latents)``, not the normalised estimate."""
     import numpy as np
 
-    from harness.poses import normalize_quat
-    from harness.stages.student import student_inputs
+    from aprbench.harness.poses import normalize_quat
+    from aprbench.harness.running.stages.student import student_inputs
 
     teacher = _randomise(PoseNet(backbone="resnet18", latent_dim=32))
     lx, lq = torch.rand(6, 32), torch.rand(6, 32)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness import poses as P
-from harness.errors import BenchError
-from harness.interfaces import Refiner
-from harness.stages import refiner as stage
-from harness.stages.context import Artifact
-from plugins.refiners.pae_rpr import TransformerRPR
+from aprbench.harness import poses as P
+from aprbench.harness.errors import BenchError
+from aprbench.harness.api.interfaces import Refiner
+from aprbench.harness.running.stages import refiner as stage
+from aprbench.harness.running.stages.context import Artifact
+from aprbench.plugins.refiners.pae_rpr import TransformerRPR
 from refiner_helpers import (
     one_thread,
     TINY_RPR, OracleRefiner, make_ctx, make_data, make_outputs, student_artifact, teacher_artifact,
@@ -137,7 +137,7 @@ def test_rpr_shapes_and_config():
 
 
 def test_plugins_register_both_refiners():
-    from harness.plugins import get_registry
+    from aprbench.harness.api.manager import get_registry
 
     reg = get_registry()
     assert reg.build("refiner", "pae-rpr", latent_dim=16, d_model=16, ffn=32, head_hidden=8).neighbours == "student"
@@ -292,7 +292,7 @@ def test_finetune_batches_encode_each_query_frame_once():
         return {"images": frames, "scene": torch.zeros(30, dtype=torch.int64), "rel": rel}
 
     batches = list(stage.pair_batches(make, 6, seed=3, images=images, augment=False)(0))
-    from harness.images import normalize_images
+    from aprbench.harness.data.images import normalize_images
 
     seen = []
     for b in batches:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from harness import replay as R
+from aprbench.harness.store import replay as R
 
 
 def _record(tmp_path: Path, options: dict | None = None, plugins: tuple[str, ...] = ()) -> tuple[R.Replay, Path]:

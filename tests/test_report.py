@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from board_helpers import write_grid_png, write_store
-from harness.report import colours, grid_pairs, write_report
+from aprbench.harness.results.report import colours, grid_pairs, write_report
 
 
 def referenced(html: str) -> list[str]:

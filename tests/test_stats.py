@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from scipy import stats as sst
 
-from harness.cells import PROVENANCE_KEYS, cell_files, pose_rows, read_cell
-from harness.errors import BenchError
-from harness.metrics import summarize
-from harness.stats import align, frame_errors, group_over_seeds, paired_delta, stats_table, extra_comparisons
-from harness.store import Store, write_h5
+from aprbench.harness.store.cells import PROVENANCE_KEYS, cell_files, pose_rows, read_cell
+from aprbench.harness.errors import BenchError
+from aprbench.harness.results.metrics import summarize
+from aprbench.harness.results.stats import align, frame_errors, group_over_seeds, paired_delta, stats_table, extra_comparisons
+from aprbench.harness.store.hdf5 import Store, write_h5
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,7 +170,7 @@ def test_stats_table_compares_with_teacher(tmp_path):
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "aprbench.harness", *args], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=120)
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.errors import BenchError
-from harness.store import Store, atomic_path, fingerprint, load_into, load_state, read_h5, save_state, write_h5
+from aprbench.harness.errors import BenchError
+from aprbench.harness.store.hdf5 import Store, atomic_path, fingerprint, load_into, load_state, read_h5, save_state, write_h5
 
 
 class NotATensor:

@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from harness import poses as P
-from harness.errors import BenchError
-from harness.interfaces import Latents, PoseData, Student, Teacher
-from harness.plugins import get_registry
-from harness.stages import student as stage
-from harness.recipes import Recipe
-from harness.stages.context import Artifact, Context, build_model
-from harness.stages.student import evaluate_student, obtain_student, student_outputs
-from harness.store import Store, fingerprint, write_h5
+from aprbench.harness import poses as P
+from aprbench.harness.errors import BenchError
+from aprbench.harness.api.interfaces import Latents, PoseData, Student, Teacher
+from aprbench.harness.api.manager import get_registry
+from aprbench.harness.running.stages import student as stage
+from aprbench.harness.api.recipes import Recipe
+from aprbench.harness.running.stages.context import Artifact, Context, build_model
+from aprbench.harness.running.stages.student import evaluate_student, obtain_student, student_outputs
+from aprbench.harness.store.hdf5 import Store, fingerprint, write_h5
 from refiner_helpers import make_labels
 
 STUDENTS = ["pae", "pae-shallow", "pae-nope", "pae-shallow-nope"]
@@ -258,7 +258,7 @@ def test_multi_scene_student_encodes_the_scene_its_teacher_used(tmp_path, monkey
 # =========================================================================== refusals
 @pytest.fixture
 def no_work(monkeypatch):
-    import harness.stages.teacher as tstage
+    import aprbench.harness.running.stages.teacher as tstage
 
     monkeypatch.setattr(tstage, "teacher_outputs", lambda *a, **k: pytest.fail("read teacher outputs before refusing"))
     monkeypatch.setattr(stage, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
@@ -304,7 +304,7 @@ def test_paper_recipe_follows_the_teacher_and_set_wins(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
     """A tiny real PoseNet trained on tiny images, with its outputs on both splits stored."""
-    from harness.stages.teacher import obtain_teacher, teacher_outputs
+    from aprbench.harness.running.stages.teacher import obtain_teacher, teacher_outputs
     from teacher_helpers import TINY_POSENET, make_tiny_data
 
     root = tmp_path_factory.mktemp("tiny-student")
@@ -321,7 +321,7 @@ def tiny_teacher(tmp_path_factory):
 def test_training_never_loads_an_image(tiny_teacher, monkeypatch):
     import PIL.Image
 
-    import harness.images
+    import aprbench.harness.data.images as images_module
 
     ctx, teacher = tiny_teacher
 
@@ -346,8 +346,8 @@ def test_training_never_loads_an_image(tiny_teacher, monkeypatch):
 
 # =========================================================================== CLI
 def test_cli_train_and_eval_student(tmp_path, run_bench):
-    from harness.data import write_labels
-    from harness.stages.context import build_named
+    from aprbench.harness.data.labels import write_labels
+    from aprbench.harness.running.stages.context import build_named
     from teacher_helpers import make_tiny_data
 
     data = make_tiny_data(tmp_path / "data", n_train=48, n_test=16, size=32)

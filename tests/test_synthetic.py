@@ -11,15 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from harness import data as D
-from harness import images as I
-from harness.errors import BenchError, DataError
-from harness.plugins import get_registry
-from harness.poses import orientation_error, quat_to_matrix
-from harness.store import Store
-from plugins.datasets import synthetic as S
-from plugins.datasets.synthetic_render import BoxWorld, make_atlas, render
-from plugins.datasets.synthetic_scenes import look_at
+from aprbench.harness.data import labels as D
+from aprbench.harness.data import images as I
+from aprbench.harness.errors import BenchError, DataError
+from aprbench.harness.api.manager import get_registry
+from aprbench.harness.poses import orientation_error, quat_to_matrix
+from aprbench.harness.store.hdf5 import Store
+from aprbench.plugins.datasets import synthetic as S
+from aprbench.plugins.datasets.synthetic_render import BoxWorld, make_atlas, render
+from aprbench.plugins.datasets.synthetic_scenes import look_at
 
 SMALL = {"frames_per_sequence": 12, "train_sequences": 2, "test_sequences": 1, "image_size": 32}
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference-poses"
@@ -38,7 +38,7 @@ def flat_world() -> BoxWorld:
 
 
 def centre_pixel(world: BoxWorld, R: torch.Tensor, t=(0.0, 0.0, 0.0)) -> float:
-    from harness.poses import matrix_to_quat
+    from aprbench.harness.poses import matrix_to_quat
 
     pose = torch.cat([torch.tensor(t), matrix_to_quat(R.double()).float()])[None]
     img = render(world, pose, size=8)
@@ -69,7 +69,7 @@ def test_opencv_camera_frame():
     torch.testing.assert_close(R, torch.tensor([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]]), atol=1e-6, rtol=0)
     # the upper half of an image looking at a wall over a floor is the wall, lower half shows the floor
     world = flat_world()
-    from harness.poses import matrix_to_quat
+    from aprbench.harness.poses import matrix_to_quat
 
     pose = torch.cat([torch.tensor([0.0, 0.0, 0.0]), matrix_to_quat(look_at(torch.zeros(3), torch.tensor([0.0, 1.0, -0.9]), torch.tensor(0.0)).double()).float()])
     img = render(world, pose[None], size=16)[0, 0].float() / 255
@@ -201,7 +201,7 @@ def test_twin_of_reference_poses(tmp_path, run_bench):
     assert r.returncode == 0, r.stderr
     assert "ShopFacade" in r.stdout and "heads" in r.stdout
     # every reference file can be fitted (geometry only, a few poses each)
-    from plugins.datasets.synthetic_scenes import twin_world
+    from aprbench.plugins.datasets.synthetic_scenes import twin_world
 
     for p in csvs:
         t = torch.tensor(D.read_labels(p)[["t1", "t2", "t3"]].to_numpy(float))
@@ -241,7 +241,7 @@ def test_cli_render_check_and_errors(tmp_path, run_bench):
 
 
 def test_cli_help_explains_every_option():
-    from harness.cli import build_parser
+    from aprbench.harness.cli.main import build_parser
 
     parser = build_parser()
     for argv, options in ((["data", "render"], ["--scene", "--poses", "--out", "--seed", "--frames-per-sequence",

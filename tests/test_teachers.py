@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness.errors import BenchError
-from harness.stages.context import build_model
-from harness.interfaces import Teacher
-from harness.plugins import get_registry
-from harness.stages import teacher as stage
-from harness.stages.teacher import baseline_table, evaluate_teacher, obtain_teacher, teacher_outputs
+from aprbench.harness.errors import BenchError
+from aprbench.harness.running.stages.context import build_model
+from aprbench.harness.api.interfaces import Teacher
+from aprbench.harness.api.manager import get_registry
+from aprbench.harness.running.stages import teacher as stage
+from aprbench.harness.running.stages.teacher import baseline_table, evaluate_teacher, obtain_teacher, teacher_outputs
 from teacher_helpers import TINY_MST, TINY_POSENET, make_ctx, make_tiny_data
 
 TEACHERS = ["posenet", "posenet-mobilenet", "posenet-resnet50", "posenet-efficientnet", "mstransformer"]
@@ -55,8 +55,8 @@ def test_every_teacher_registered_with_shapes():
 
 @pytest.mark.parametrize("name", ["posenet-resnet50", "posenet-efficientnet", "posenet-mobilenet", "mstransformer"])
 def test_paper_configuration_builds_and_runs_224(name):
-    from harness.recipes import resolve
-    from harness.stages.context import build_model
+    from aprbench.harness.api.recipes import resolve
+    from aprbench.harness.running.stages.context import build_model
 
     recipe = resolve(get_registry(), "teacher", name, "sevenscenes", "paper")
     assert recipe.task.image_size == 224
@@ -72,7 +72,7 @@ def test_paper_configuration_builds_and_runs_224(name):
 
 
 def test_backbone_weights_from_local_file_only(tmp_path):
-    from plugins.teachers.posenet import create_teacher
+    from aprbench.plugins.teachers.posenet import create_teacher
 
     a = create_teacher("posenet", backbone="test_convnext")
     path = tmp_path / "bb.pth"
@@ -85,7 +85,7 @@ def test_backbone_weights_from_local_file_only(tmp_path):
 
 
 def test_reference_quirk_swaps_latent_layers():
-    from plugins.teachers.posenet import from_reference_state_dict
+    from aprbench.plugins.teachers.posenet import from_reference_state_dict
 
     out = from_reference_state_dict({"x_latent_fc.weight": torch.ones(1), "q_latent_fc.weight": torch.zeros(1)})
     assert out["q_latent_fc.weight"].item() == 1 and out["x_latent_fc.weight"].item() == 0
@@ -144,7 +144,7 @@ def test_outputs_round_trip_and_are_reused(tiny, monkeypatch):
     assert list(out["img_path"]) == data.split("test").labels["img_path"].tolist()
     assert np.allclose(out["pose_gt"], data.split("test").poses().numpy())
     # the same as a direct forward pass
-    from harness.images import load_images
+    from aprbench.harness.data.images import load_images
 
     direct = stage.predict(art.model, load_images(data.split("test"), 32))
     assert np.allclose(direct["latent_x"], out["latent_x"], atol=1e-5)

@@ -6,8 +6,8 @@ import builtins
 
 import pytest
 
-from harness.cli import main
-from harness.train import read_log
+from aprbench.harness.cli.main import main
+from aprbench.harness.training.loop import read_log
 from test_bench_run import TINY
 
 EventAccumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator").EventAccumulator

@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from harness.stages.teacher import TeacherTask, image_batches
-from harness.train import TrainConfig, fit
+from aprbench.harness.running.stages.teacher import TeacherTask, image_batches
+from aprbench.harness.training.loop import TrainConfig, fit
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -116,7 +116,7 @@ KILL_SCRIPT = textwrap.dedent(
     import sys, time, torch
     sys.path.insert(0, {tests!r})
     from test_train import fresh, make_batches
-    from harness.train import TrainConfig, fit
+    from aprbench.harness.training.loop import TrainConfig, fit
     slow = sys.argv[2] == "slow"
     batches = make_batches()
     def paced(epoch, rank, world):
@@ -167,10 +167,10 @@ DDP_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import torch.distributed as dist
     from teacher_helpers import make_tiny_data
-    from harness.images import load_images
-    from harness.plugins import get_registry
-    from harness.stages.teacher import TeacherTask, image_batches
-    from harness.train import TrainConfig, fit
+    from aprbench.harness.data.images import load_images
+    from aprbench.harness.api.manager import get_registry
+    from aprbench.harness.running.stages.teacher import TeacherTask, image_batches
+    from aprbench.harness.training.loop import TrainConfig, fit
     from pathlib import Path
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
@@ -210,7 +210,7 @@ def test_ddp_two_cpu_processes_train_one_model(tmp_path):
 
 
 def test_teacher_task_logs_scene_accuracy():
-    from harness.plugins import get_registry
+    from aprbench.harness.api.manager import get_registry
 
     teacher = get_registry().build("teacher", "mstransformer", num_scenes=2, backbone="test_convnext", d_model=16,
                                    heads=2, ffn=16, enc_layers=1, dec_layers=1, head_hidden=16)
@@ -226,7 +226,7 @@ class PoseRegress(nn.Module):
 
     def __init__(self, dropout: float = 0.2) -> None:
         super().__init__()
-        from harness.losses import PoseLoss
+        from aprbench.harness.training.losses import PoseLoss
 
         self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 7))
         self.loss = PoseLoss(0.0, -1.0, learnable=True)
@@ -355,8 +355,8 @@ class Slow(Regress):
 
 
 def test_a_long_training_says_how_long_after_a_few_measured_steps(monkeypatch, capsys):
-    from harness.batches import Batches
-    from harness.train import Pace
+    from aprbench.harness.training.batches import Batches
+    from aprbench.harness.training.loop import Pace
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 4, generator=g)

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from harness.errors import BenchError
-from harness.workers import auto_jobs, cpu_cores
+from aprbench.harness.errors import BenchError
+from aprbench.harness.running.workers import auto_jobs, cpu_cores
 from test_bench_run import BROKEN_TEACHER, FAST, TINY, bench, cell_files
 
 AUTO = {"BENCH_JOBS": ""}  # the suite runs one process per `bench run` (conftest); these tests run what users get
@@ -65,7 +65,7 @@ def test_a_failing_worker_chain_loses_only_its_own_cells(tmp_path):
 @pytest.mark.skipif(cpu_cores() < 2, reason="automatic workers need two CPU cores")
 def test_ctrl_c_stops_every_worker_and_the_same_command_resumes(tmp_path):
     work = tmp_path / "wd"
-    args = [sys.executable, "-m", "harness", "--workdir", str(work), "run", *TWO_CHAINS, "--set", "teacher.epochs=200",
+    args = [sys.executable, "-m", "aprbench.harness", "--workdir", str(work), "run", *TWO_CHAINS, "--set", "teacher.epochs=200",
             "--set", "student.epochs=1", "--no-progress", "--no-report"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, **AUTO})

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from harness.data import check_label_files, make_pose_data, read_cambridge, read_labels, read_sevenscenes
-from harness.errors import BenchError
-from harness.hookspecs import hookimpl
-from harness.interfaces import PoseData
+from aprbench.harness.data.labels import check_label_files, make_pose_data, read_cambridge, read_labels, read_sevenscenes
+from aprbench.harness.errors import BenchError
+from aprbench.harness.api.hookspecs import hookimpl
+from aprbench.harness.api.interfaces import PoseData
 
 
 def _root(name: str, root: Any) -> Path:

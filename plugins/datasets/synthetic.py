@@ -34,14 +34,14 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from harness.data import make_pose_data, read_labels, read_sevenscenes, write_labels
-from harness.errors import BenchError, DataError
-from harness.hookspecs import hookimpl
-from harness.interfaces import LABEL_COLUMNS, POSE_COLUMNS, PoseData
-from harness.poses import poses_to_matrices
-from harness.store import Store, fingerprint
-from plugins.datasets.synthetic_render import render
-from plugins.datasets.synthetic_scenes import MOTIONS, SCENES, Motion, trajectories, twin_world
+from aprbench.harness.data.labels import make_pose_data, read_labels, read_sevenscenes, write_labels
+from aprbench.harness.errors import BenchError, DataError
+from aprbench.harness.api.hookspecs import hookimpl
+from aprbench.harness.api.interfaces import LABEL_COLUMNS, POSE_COLUMNS, PoseData
+from aprbench.harness.poses import poses_to_matrices
+from aprbench.harness.store.hdf5 import Store, fingerprint
+from aprbench.plugins.datasets.synthetic_render import render
+from aprbench.plugins.datasets.synthetic_scenes import MOTIONS, SCENES, Motion, trajectories, twin_world
 
 RENDER_VERSION = 2
 DEFAULTS: dict[str, Any] = {

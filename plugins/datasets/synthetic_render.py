@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.poses import quat_to_matrix
+from aprbench.harness.poses import quat_to_matrix
 
 U_AXIS = (1, 0, 0)  # texture u axis for faces normal to axis 0, 1, 2
 V_AXIS = (2, 2, 1)  # texture v axis

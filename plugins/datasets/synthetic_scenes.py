@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from harness.poses import matrix_to_quat
-from plugins.datasets.synthetic_render import BoxWorld, face_sizes, face_textures, make_atlas
+from aprbench.harness.poses import matrix_to_quat
+from aprbench.plugins.datasets.synthetic_render import BoxWorld, face_sizes, face_textures, make_atlas
 
 TILE = 128
 

@@ -13,9 +13,9 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from harness.hookspecs import hookimpl
-from harness.registry import ModelFamily
-from harness.interfaces import Decoder
+from aprbench.harness.api.hookspecs import hookimpl
+from aprbench.harness.api.registry import ModelFamily
+from aprbench.harness.api.interfaces import Decoder
 
 VERSION = "1"
 
@@ -41,7 +41,7 @@ class MLPDecoder(Decoder):
 
     def from_reference_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """``state`` in this model's names: a reference decoder (``decoder.N``) renamed, anything else unchanged."""
-        from plugins.reference_checkpoints import decoder_from_reference, is_reference_decoder
+        from aprbench.plugins.reference_checkpoints import decoder_from_reference, is_reference_decoder
 
         return decoder_from_reference(state) if is_reference_decoder(state) else state
 

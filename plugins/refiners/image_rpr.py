@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from harness.hookspecs import hookimpl
-from harness.registry import ModelFamily
-from harness.interfaces import Refiner
-from plugins.refiners.pae_rpr import TransformerRPR
+from aprbench.harness.api.hookspecs import hookimpl
+from aprbench.harness.api.registry import ModelFamily
+from aprbench.harness.api.interfaces import Refiner
+from aprbench.plugins.refiners.pae_rpr import TransformerRPR
 
 VERSION = "1"
 

@@ -41,11 +41,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from harness import poses as P
-from harness.errors import BenchError
-from harness.hookspecs import hookimpl
-from harness.registry import ModelFamily
-from harness.interfaces import PoseIndexRefiner
+from aprbench.harness import poses as P
+from aprbench.harness.errors import BenchError
+from aprbench.harness.api.hookspecs import hookimpl
+from aprbench.harness.api.registry import ModelFamily
+from aprbench.harness.api.interfaces import PoseIndexRefiner
 
 VERSION = "1"
 
@@ -65,7 +65,7 @@ def knn_indices(poses: Tensor, index_pose: Tensor, index_scene: Tensor, scene: T
     Only index poses of the query's ``scene`` are candidates (all of them where ``scene`` is None, or where
     the scene has none); a query with fewer than ``k`` candidates gets ``valid = False`` fill-ins.
     """
-    from harness.poses import pose_distance
+    from aprbench.harness.poses import pose_distance
 
     M = len(index_pose)
     if M == 0:

@@ -26,9 +26,9 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from harness.hookspecs import hookimpl
-from harness.registry import ModelFamily
-from harness.interfaces import Refiner
+from aprbench.harness.api.hookspecs import hookimpl
+from aprbench.harness.api.registry import ModelFamily
+from aprbench.harness.api.interfaces import Refiner
 
 VERSION = "2"  # 2: virtual-neighbour spread per scene
 
@@ -66,7 +66,7 @@ class TransformerRPR(Refiner):
         if self.reference_layout:
             # the reference's VTRPR: no standardisation, no type embedding, one LayerNorm for both tokens
             if latent_dim != d_model:
-                from harness.errors import BenchError
+                from aprbench.harness.errors import BenchError
 
                 raise BenchError(f"reference_layout needs latent_dim == d_model (got {latent_dim} and {d_model})")
             self.rel_tokens = nn.Parameter(torch.zeros(2, d_model))
@@ -128,7 +128,7 @@ class TransformerRPR(Refiner):
         ``mstransformer.*`` (-> ``image_encoder.*``, converted by the encoder's own importer) and ``pae.*``
         (-> ``pae.*``); anything else unchanged. Parts this model has no place for keep their prefix, so that
         loading refuses them by name (the reference protocol, ``protocol = "reference"``, holds all three)."""
-        from plugins.reference_checkpoints import is_reference_pae_rpr, split_pae_rpr
+        from aprbench.plugins.reference_checkpoints import is_reference_pae_rpr, split_pae_rpr
 
         if not is_reference_pae_rpr(state):
             return state

@@ -30,11 +30,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from harness.errors import BenchError
-from harness.hookspecs import hookimpl
-from harness.registry import ModelFamily
-from harness.interfaces import Student
-from harness.poses import positional_encoding
+from aprbench.harness.errors import BenchError
+from aprbench.harness.api.hookspecs import hookimpl
+from aprbench.harness.api.registry import ModelFamily
+from aprbench.harness.api.interfaces import Student
+from aprbench.harness.poses import positional_encoding
 
 VERSION = "1"
 

@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.backbones import create_backbone, requested_weights
-from harness.errors import BenchError
-from harness.hookspecs import hookimpl
-from harness.interfaces import Latents, Teacher
-from harness.registry import ModelFamily
+from aprbench.harness.training.backbones import create_backbone, requested_weights
+from aprbench.harness.errors import BenchError
+from aprbench.harness.api.hookspecs import hookimpl
+from aprbench.harness.api.interfaces import Latents, Teacher
+from aprbench.harness.api.registry import ModelFamily
 
 VERSION = "1"
 DEFAULT_BACKBONE = "efficientnet_b0"
@@ -197,7 +197,7 @@ class MSTransformer(Teacher):
             raise BenchError(f"timm cannot give {backbone!r} feature maps at strides {list(feature_strides)}: {exc}") from None
         self.backbone = create_backbone(backbone, pretrained, pretrained_file, features_only=True, out_indices=idx)
         if backbone_weights:
-            from plugins.teachers.posenet import load_backbone_weights
+            from aprbench.plugins.teachers.posenet import load_backbone_weights
 
             load_backbone_weights(self.backbone, backbone_weights)
         # timm returns the maps in stride order, whatever the order of out_indices
@@ -276,7 +276,7 @@ class MSTransformer(Teacher):
 
     def from_reference_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """``state`` in this model's names: a reference EMS-Transformer file converted, anything else unchanged."""
-        from plugins.reference_checkpoints import is_reference_mstransformer, mstransformer_from_reference, stage_layout
+        from aprbench.plugins.reference_checkpoints import is_reference_mstransformer, mstransformer_from_reference, stage_layout
 
         if not is_reference_mstransformer(state):
             return state

@@ -28,12 +28,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from harness.backbones import create_backbone, requested_weights
-from harness.errors import BenchError
-from harness.hookspecs import hookimpl
-from harness.registry import ModelFamily
-from harness.interfaces import Latents, Teacher
-from harness.store import load_state
+from aprbench.harness.training.backbones import create_backbone, requested_weights
+from aprbench.harness.errors import BenchError
+from aprbench.harness.api.hookspecs import hookimpl
+from aprbench.harness.api.registry import ModelFamily
+from aprbench.harness.api.interfaces import Latents, Teacher
+from aprbench.harness.store.hdf5 import load_state
 
 VERSION = "1"
 DEFAULT_BACKBONE = "mobilenetv2_100"
@@ -136,7 +136,7 @@ class PoseNet(Teacher):
     def from_reference_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """``state`` in this model's names: a reference PoseNet file converted (backbone names for this
         backbone, latent layers swapped, classifier dropped), anything else returned unchanged."""
-        from plugins.reference_checkpoints import is_reference_posenet, posenet_from_reference, stage_layout
+        from aprbench.plugins.reference_checkpoints import is_reference_posenet, posenet_from_reference, stage_layout
 
         return posenet_from_reference(state, stage_layout(self.backbone)) if is_reference_posenet(state) else state
 
@@ -150,7 +150,7 @@ class PoseNet(Teacher):
 
 def from_reference_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """A reference PoseNet state dict in this module's names (see ``plugins.reference_checkpoints``)."""
-    from plugins.reference_checkpoints import posenet_from_reference
+    from aprbench.plugins.reference_checkpoints import posenet_from_reference
 
     return posenet_from_reference(state)
 

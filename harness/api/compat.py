@@ -1,0 +1,72 @@
+"""Which models combine: latent sizes and scene rules, used by the matrix and by every stage.
+
+Each check takes built (untrained) models and raises :class:`Incompatible`
+with the reason; the matrix turns that into a refused combination before any
+work, a stage into an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aprbench.harness.errors import BenchError
+
+
+class Incompatible(BenchError):
+    """Two models that cannot be combined (the message says why)."""
+
+
+def multi_scene(model: Any) -> bool:
+    return bool(getattr(model, "multi_scene", False))
+
+
+def latent_dim(model: Any, default: int = 256) -> int:
+    return int(getattr(model, "latent_dim", default))
+
+
+def uses_student(refiner: Any) -> bool:
+    """Whether a refiner encodes poses with the student (PAE) at test time (else it retrieves training frames)."""
+    return getattr(refiner, "neighbours", "student") != "retrieval"
+
+
+def check_student(name: str, student: Any, teacher_name: str, teacher: Any, scenes: int) -> None:
+    """A student must reproduce its teacher's latents: same size, and scene-aware under a multi-scene teacher."""
+    s_dim, t_dim = latent_dim(student, -1), latent_dim(teacher)
+    if s_dim != t_dim:
+        raise Incompatible(f"student {name!r} has latent size {s_dim} but teacher {teacher_name!r} has latent size "
+                           f"{t_dim}; a student must reproduce its teacher's latents")
+    if multi_scene(teacher) and not multi_scene(student) and scenes > 1:
+        raise Incompatible(f"student {name!r} is single-scene but teacher {teacher_name!r} is multi-scene over "
+                           f"{scenes} scenes; its latents depend on the scene: use a multi-scene student")
+    if multi_scene(student) and not multi_scene(teacher):
+        raise Incompatible(f"student {name!r} is multi-scene but teacher {teacher_name!r} is single-scene")
+
+
+def check_refiner(name: str, refiner: Any, teacher_name: str, teacher: Any, student_name: str | None,
+                  student: Any | None) -> None:
+    """A refiner works on its teacher's latents; a PAE-based one needs a student of the teacher's kind."""
+    if latent_dim(refiner) != latent_dim(teacher):
+        raise Incompatible(f"refiner {name!r} has latent size {latent_dim(refiner)} but teacher {teacher_name!r} "
+                           f"produces {latent_dim(teacher)}")
+    if not uses_student(refiner):
+        return
+    if student is None:
+        raise Incompatible(f"refiner {name!r} encodes poses with a student (PAE); give one (--student)")
+    _same_kind("refiner", name, student_name, student, teacher_name, teacher)
+
+
+def check_decoder(name: str, teacher_name: str, teacher: Any, student_name: str | None, student: Any | None) -> None:
+    """A decoder decodes a student's latents, which must be its teacher's (size and scene kind)."""
+    if student is None:
+        raise Incompatible(f"decoder {name!r} decodes a student's (PAE's) latents; give one (--student)")
+    _same_kind("decoder", name, student_name, student, teacher_name, teacher)
+
+
+def _same_kind(kind: str, name: str, student_name: str | None, student: Any, teacher_name: str, teacher: Any) -> None:
+    if latent_dim(student) != latent_dim(teacher):
+        raise Incompatible(f"{kind} {name!r}: student {student_name!r} has latent size {latent_dim(student)} but "
+                           f"teacher {teacher_name!r} has {latent_dim(teacher)}; they cannot be combined")
+    if multi_scene(student) != multi_scene(teacher):
+        which = ("multi-scene", "single-scene") if multi_scene(student) else ("single-scene", "multi-scene")
+        raise Incompatible(f"{kind} {name!r}: student {student_name!r} is {which[0]} but teacher {teacher_name!r} "
+                           f"is {which[1]}; a {kind} needs a student of the same kind as its teacher")

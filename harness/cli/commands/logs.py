@@ -1,0 +1,58 @@
+"""``bench logs NAME_OR_DIR…``: the learning curves of trained models.
+
+Every training run writes its per-epoch ``log.csv`` (``harness.train``) into
+``artifacts/<kind>/<name>-<fp>/logs/[stage<i>/]``, kept when the resumable
+checkpoints are removed at the end of the training. This command
+finds them by model name (every fingerprint of that name), ``kind/name``,
+``name-<fp prefix>`` or a folder, prints the last epochs as a table and plots
+the curves to a PNG beside the logs (or into ``--out``).
+
+It imports neither torch nor the store, so it answers in well under a second
+(matplotlib only when plotting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from aprbench.harness.results.curves import Curves, load_curves, plot, resolve, table_columns
+
+
+def register(commands) -> None:
+    p = commands.top.add_parser(
+        "logs", parents=[commands.common], help="print the last epochs of trained models and plot their learning curves",
+        description="Find the per-epoch training logs (log.csv) of trained models in the work directory by model name "
+        "(every fingerprint of that name), KIND/NAME, NAME-FP (a fingerprint prefix) or a folder; print the last epochs "
+        "(loss and its parts, learned loss weights sx/sq, learning rate, epoch seconds, validation metrics) and write "
+        "a PNG of the curves beside each log (or into --out).",
+    )
+    p.add_argument("targets", nargs="+", metavar="NAME_OR_DIR", help="model name, KIND/NAME, NAME-FP or a folder holding log.csv files")
+    p.add_argument("--last", type=int, default=5, metavar="N", help="epochs to print per model (default 5; 0 prints all)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="write the PNGs into DIR (default: beside each model's logs)")
+    p.add_argument("--no-plot", action="store_true", help="print the tables only")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    root = Path(args.workdir) if args.workdir is not None else Path(os.environ.get("BENCH_WORKDIR", ".bench"))
+    found: dict[Path, Curves] = {}
+    for target in args.targets:
+        for folder in resolve(root, target):
+            found.setdefault(folder, load_curves(folder, root))
+    for i, curves in enumerate(found.values()):
+        if i:
+            print()
+        print(f"{curves.label}: {curves.folder}")
+        rows = curves.rows[-args.last:] if args.last > 0 else curves.rows
+        columns = table_columns(curves)
+        print(tabulate([[r.get(c) for c in columns] for r in rows], headers=columns, tablefmt="github",
+                       floatfmt=".4g", missingval=""))
+        if not args.no_plot:
+            png = (args.out / f"{curves.folder.parent.name}-{curves.folder.name}.png") if args.out else curves.folder / "curves.png"
+            plot(curves, png)
+            print(f"curves: {png}")
+    return 0

@@ -1,0 +1,43 @@
+"""``bench recipe KIND NAME``: the resolved recipe of one model and where each value came from."""
+
+from __future__ import annotations
+
+import argparse
+
+from aprbench.harness.cli.commands.common import add_recipe_options
+
+
+def register(commands) -> None:
+    p = commands.top.add_parser(
+        "recipe", parents=[commands.common], help="print the resolved recipe of a model and where each value came from",
+        description="Resolve a model's recipe (registry.toml tables for the dataset and profile, defaults, --set) "
+        "and print every value with its part (train: the optimiser loop; task: the kind's training and evaluation "
+        "settings; model: the factory's arguments) and its source. Nothing is trained or rendered.",
+    )
+    p.add_argument("kind", choices=["teacher", "student", "refiner", "decoder"], help="kind of model")
+    p.add_argument("name", metavar="NAME", help="registered name, e.g. posenet-mobilenet, pae, pae-rpr")
+    p.add_argument("--dataset", default="synthetic", help="dataset plugin name the recipe is for (default synthetic)")
+    add_recipe_options(p)
+    p.add_argument("--teacher", metavar="T", help="for a student: the teacher whose recipe its from_teacher keys copy")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from aprbench.harness.api.manager import get_registry
+    from aprbench.harness.api.recipes import check_overrides, describe, parse_sets, resolve
+
+    registry = get_registry(args.plugin)
+    overrides = parse_sets(args.set)
+    check_overrides(registry, overrides, {args.kind: [args.name]})
+    dataset = args.dataset.split(":", 1)[0]
+    teacher = None
+    if args.teacher:
+        teacher = resolve(registry, "teacher", args.teacher, dataset, args.profile, overrides)
+    recipe = resolve(registry, args.kind, args.name, dataset, args.profile, overrides, teacher=teacher)
+    print(f"{args.kind} {args.name} on {dataset}, profile {args.profile} (plugin version {recipe.version}, "
+          f"recipe fingerprint {recipe.fingerprint()})")
+    rows = [{**r, "value": repr(r["value"]) if isinstance(r["value"], str) else r["value"]} for r in describe(recipe)]
+    print(tabulate(rows, headers="keys", tablefmt="github"))
+    return 0

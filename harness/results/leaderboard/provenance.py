@@ -1,0 +1,66 @@
+"""Provenance labels: what separates rows of one method (recipe, overrides, precision, device)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from aprbench.harness.results.leaderboard.board import MERGE_KEYS
+
+
+def recipe_labels(frame: pd.DataFrame) -> pd.Series:
+    """A short label per row naming the provenance that varies within ``frame`` (``quick``, ``quick, epochs=2``);
+    empty when every row comes from one recipe. Keys are added in :data:`MERGE_KEYS` order until the labels tell
+    every recipe apart (a differing ``--set`` explains a differing recipe fingerprint)."""
+    if frame.empty:
+        return pd.Series([], dtype=str)
+    recipes = frame[MERGE_KEYS].drop_duplicates()
+    varying = [k for k in MERGE_KEYS if recipes[k].nunique(dropna=False) > 1]
+    if not varying:
+        return pd.Series([""] * len(frame), index=frame.index)
+    used = ["profile"]
+    for key in varying:
+        if recipes[used].drop_duplicates().shape[0] == len(recipes):
+            break
+        if key not in used:
+            used.append(key)
+
+    def one(row: pd.Series) -> str:
+        parts = []
+        for key in used:
+            value = str(row[key])
+            if key in ("recipe_fingerprint", "dataset_fingerprint", "git_commit"):
+                value = f"{key.split('_')[0]} {value[:8]}" if value else ""
+            elif key == "aprbench_version":
+                value = f"v{value}" if value else ""
+            parts.append(value)
+        return ", ".join(p for p in parts if p)
+
+    return frame.apply(one, axis=1)
+
+
+def provenance_lines(frame: pd.DataFrame) -> list[str]:
+    """The header line (dataset, profile, version, commit, seeds, dates) and, when the rows come from several recipes,
+    one line saying so and how to select one."""
+    if frame.empty:
+        return []
+
+    def values(key: str) -> str:
+        vals = sorted({str(v) for v in frame[key] if str(v) not in ("", "None", "nan")}) if key in frame else []
+        return ", ".join(vals) if vals else "?"
+
+    dates = sorted(d for d in frame.get("created", pd.Series([], dtype=str)) if d)
+    seeds = ",".join(str(s) for s in sorted(frame["seed"].unique()))
+    head = (f"dataset {values('dataset')} · profile {values('profile')} · aprbench {values('aprbench_version')}"
+            f" (git {', '.join(v[:10] for v in values('git_commit').split(', '))}) · seeds {seeds}")
+    if values("precision") not in ("fp32", "?"):  # autocast results say so (fp32 is the plain run)
+        head += f" · precision {values('precision')}"
+    if dates:
+        head += f" · {dates[0][:10]}" + (f" … {dates[-1][:10]}" if dates[-1][:10] != dates[0][:10] else "")
+    lines = [head]
+    recipes = frame[MERGE_KEYS].drop_duplicates()
+    if len(recipes) > 1:
+        varying = [k for k in MERGE_KEYS if recipes[k].nunique() > 1]
+        lines.append(f"note: the store holds results of {len(recipes)} recipes (they differ in {', '.join(varying)}); "
+                     f"rows are labelled by recipe; select one with --filter, e.g. --filter {varying[0]}="
+                     f"{recipes[varying[0]].iloc[0] or chr(39) * 2}")
+    return lines

@@ -1,0 +1,136 @@
+"""Rendering: a view as text (github, plain, html, latex) or as a machine frame (csv, json)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+import io
+import sys
+
+import pandas as pd
+
+from aprbench.harness.errors import BenchError
+from aprbench.harness.results.published import published_frame
+from aprbench.harness.results.tables import FORMATS, MACHINE_FORMATS, _title, _with_notes, render_machine, render_table
+from aprbench.harness.store.hdf5 import Store
+from aprbench.harness.results.leaderboard.board import Board, VIEWS, build
+from aprbench.harness.results.leaderboard.thresholds import parse_thresholds
+from aprbench.harness.results.leaderboard.provenance import provenance_lines
+from aprbench.harness.results.leaderboard.seeds import stats_frame
+from aprbench.harness.results.leaderboard.scenes import scenes_frame, scenes_table
+from aprbench.harness.results.leaderboard.cells import cells_frame, cells_table
+from aprbench.harness.results.leaderboard.recall import recall_frame, recall_table
+from aprbench.harness.results.leaderboard.decoders import decoders_table
+
+
+def machine_frame(board: Board, view: str | None, thresholds=None, published: bool = False,
+                  poses: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The table a machine format writes for ``view`` (default ``cells``: one row per cell, every column)."""
+    poses = board.poses if poses is None else poses
+    if view in (None, "cells"):
+        frame = cells_frame(board, thresholds, poses).drop(columns=[], errors="ignore")
+        frame.insert(len(frame.columns), "published", False)
+    elif view == "scenes":
+        frame = scenes_frame(board, poses)
+        frame["published"] = False
+    elif view == "stats":
+        return stats_frame(board)
+    else:
+        frame = recall_frame(board, thresholds, poses)
+        frame["published"] = False
+    if published and not frame.empty and view != "recall":
+        scenes = {d: list(dict.fromkeys(p["scene"])) for d, p in poses.groupby("dataset", sort=False)}
+        pub = published_frame(scenes)
+        if not pub.empty:
+            frame = pd.concat([frame, pub], ignore_index=True)
+    return frame
+
+
+def _stats_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """The stats view for people: method, scene, n, mean ± std of the medians, Δ [95 % CI] and p against the baseline."""
+    if frame.empty:
+        return frame
+    out = pd.DataFrame({"comparison": frame.get("comparison", pd.Series("vs teacher", index=frame.index)).fillna("vs teacher"),
+                        "method": frame["method"], "scene": frame["scene"], "n": frame["n_seeds"]})
+    for metric, unit in (("median_m", "m"), ("median_deg", "°")):
+        if f"{metric}_mean" in frame:
+            out[f"{metric} ({unit})"] = [f"{m:.3f} ± {s:.3f}" if s == s else f"{m:.3f}"
+                                         for m, s in zip(frame[f"{metric}_mean"], frame[f"{metric}_std"])]
+    out["baseline"] = frame["baseline"].fillna("")
+    for part, unit in (("position", "m"), ("orientation", "°")):
+        d, lo, hi, p = (frame[f"delta_{part}{suffix}"] for suffix in ("_m" if part == "position" else "_deg",
+                                                                      "_ci_low", "_ci_high", "_p"))
+        out[f"Δ {part} ({unit}) [95 % CI], p"] = [
+            "" if x != x else f"{x:+.3f} [{a:+.3f}, {b:+.3f}]{'*' if a > 0 or b < 0 else ''}, p={q:.2g}"
+            for x, a, b, q in zip(d, lo, hi, p)]
+    return out
+
+
+def text(board: Board, view: str | None = None, fmt: str = "github", sort: str | None = None,
+         group_by: str | None = None, columns: str | None = None, thresholds: str | None = None,
+         published: bool = False, decoders: bool = True, header: bool = True) -> str:
+    """The leaderboard as text in ``fmt`` (github, plain, html, latex, csv, json) for ``view``
+    (scenes, cells, recall; default scenes for people and cells for machines)."""
+    if fmt not in FORMATS:
+        raise BenchError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if view is not None and view not in VIEWS:
+        raise BenchError(f"--view {view!r}: expected one of {', '.join(VIEWS)}")
+    ts = parse_thresholds(thresholds)
+    if board.poses.empty and board.decoders.empty:
+        return "(no cells in the store match: run `bench run` first, or loosen --filter)"
+    if group_by and not board.poses.empty and group_by not in board.poses:
+        raise BenchError(f"--group-by {group_by!r}: not a column; columns: {', '.join(board.poses.columns)}")
+    if fmt in MACHINE_FORMATS:
+        if board.poses.empty:
+            return render_machine(board.decoders, fmt, sort)
+        frame = machine_frame(board, view, ts, published)
+        if columns and columns != "all":
+            wanted = [c.strip() for c in columns.split(",") if c.strip()]
+            missing = [c for c in wanted if c not in frame]
+            if missing:
+                raise BenchError(f"--columns: no column {missing[0]!r}; columns: {', '.join(frame.columns)}")
+            frame = frame[wanted]
+        return render_machine(frame, fmt, sort)
+    parts = provenance_lines(board.poses if not board.poses.empty else board.decoders) if header else []
+    out = [_with_notes(fmt, parts)] if parts else []
+    groups = [(None, board.poses)] if not group_by else [
+        (f"{group_by} = {value}", part) for value, part in board.poses.groupby(group_by, sort=True)]
+    view = view or "scenes"
+    for heading, poses in groups:
+        if poses.empty:
+            continue
+        if heading:
+            out.append(_title(heading, fmt))
+        if view == "cells":
+            out.append(render_table(cells_table(board, fmt, columns, poses, sort), fmt))
+            continue
+        if view == "stats":
+            out.append(render_table(_stats_text(stats_frame(board)), fmt))
+            continue
+        tables = scenes_table(board, fmt, sort, published, poses) if view == "scenes" else \
+            recall_table(board, fmt, ts, poses)
+        for title, table in tables:
+            out.append(_title(title, fmt))
+            out.append(render_table(table, fmt) if not table.empty else "(no published results for these scenes)")
+            if table.attrs.get("footnotes"):
+                out.append(_with_notes(fmt, table.attrs["footnotes"]))
+        if view == "scenes" and fmt != "latex" and "delta_position_m" in scenes_frame(board, poses):
+            out.append(_with_notes(fmt, ["Δ: against the teacher (negative is better); * its 95 % interval "
+                                         "excludes zero"]))
+        if view == "scenes" and fmt != "latex":
+            out.append(_with_notes(fmt, [MS_NOTE]))
+    if decoders and not board.decoders.empty:
+        out.append(_title("decoders", fmt))
+        out.append(render_table(decoders_table(board, fmt), fmt))
+    return "\n\n".join(out)
+
+
+MS_NOTE = ("ms/frame: median of 5 timed passes after 2 warm-ups at the teacher's evaluation batch (eval_batch_size, "
+           "64 unless set); a student row adds its PAE, a refiner row k steps to the teacher's forward pass")
+
+
+def show(store: Store, manager: Any = None, fingerprints: Iterable[str] | None = None, fmt: str = "github",
+         file: io.TextIOBase | None = None, **options: Any) -> Board:
+    """Build the board and print it (what ``bench run`` prints after a run); returns the board."""
+    board = build(store, manager, fingerprints)
+    print(text(board, fmt=fmt, **options), file=file or sys.stdout)
+    return board

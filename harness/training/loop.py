@@ -1,0 +1,397 @@
+"""The one training loop, used by every kind of model.
+
+A *task* is an ``nn.Module`` whose ``forward(batch)`` returns ``(loss, logs)``
+(``logs``: floats to show on the progress bar). It owns the model and its
+loss (learnable loss weights included), so Adam sees every parameter that
+requires a gradient. Batches come from ``batches(epoch, rank, world_size)``,
+an iterable the caller builds (tensors sliced in memory, already on the
+device: no per-sample Python in the hot loop).
+
+Checkpoints (task, optimiser, scheduler, epoch, RNG, history) go to
+``checkpoint_dir/last.pth`` at the end of every ``checkpoint_every``-th epoch;
+running the same training again resumes after the last saved epoch. On
+Ctrl-C the last epoch-end checkpoint is kept as it is when it covers the last
+completed epoch (so a resumed run, whose ``batches`` depend only on
+``(epoch, rank)``, ends with the same weights as an uninterrupted one);
+otherwise the interrupted state is saved and its epoch redone on resume. Under
+``torchrun`` (``WORLD_SIZE > 1``) the task is wrapped in
+DistributedDataParallel (gloo on CPU, nccl on GPU) and only rank 0 writes.
+
+Precision: ``precision`` (``fp32``, ``bf16``, ``fp16``; :mod:`harness.devices`)
+runs each batch's forward pass (the task's loss included) under
+:func:`torch.autocast`; backward and the optimiser step run outside it on the
+float32 weights. fp16 on CUDA scales the loss (``GradScaler``, its state kept
+in the checkpoint); a step whose scaled gradients overflow is skipped.
+
+Learning curves: every epoch adds a row to ``checkpoint_dir/log.csv`` (see
+:class:`EpochLog`): the epoch's mean loss and loss parts, the learned loss
+weights ``sx``/``sq`` of the task's :class:`~harness.losses.PoseLoss`, the
+learning rate, the epoch's training time, and ``val_*`` metrics when the
+caller passes ``validate``. A resumed run keeps the rows of the epochs its
+checkpoint holds and appends from there, so no epoch appears twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from aprbench.harness.errors import BenchError
+from aprbench.harness.training.losses import PoseLoss
+from aprbench.harness.running.progress import duration, say
+from aprbench.harness.api.recipes import TrainConfig
+from aprbench.harness.store.hdf5 import atomic_path, load_state, save_state
+
+LOG_NAME = "log.csv"
+
+
+class NonFinite(BenchError):
+    """Training produced a NaN or infinite loss (the message names the model, epoch and loss parts)."""
+
+
+def distributed_env() -> tuple[int, int]:
+    """``(rank, world_size)`` from torchrun's environment (``(0, 1)`` when not distributed)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _init_distributed(device: torch.device) -> bool:
+    rank, world = distributed_env()
+    if world <= 1:
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam with the recipe's rate, weight decay and epsilon; its fused kernel (one pass over every parameter,
+    about half the time of the per-parameter loop on a CPU) where the parameters allow it, else ``foreach``."""
+    kwargs = dict(lr=config.lr, weight_decay=config.weight_decay, eps=config.eps)
+    fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda", "mps") for p in params)
+    if fusable and len({p.device for p in params}) <= 1:
+        try:
+            return torch.optim.Adam(params, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):  # a build or dtype without the fused kernel
+            pass
+    return torch.optim.Adam(params, foreach=True, **kwargs)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch learning-rate schedule named by ``config.schedule``."""
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(config.epochs, 1), eta_min=config.lr * config.gamma
+        )
+    if config.schedule != "step":
+        from aprbench.harness.errors import BenchError
+
+        raise BenchError(f"unknown schedule {config.schedule!r}; use 'step' or 'cosine'")
+    return torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=config.step_size or 10**9, gamma=config.gamma if config.step_size else 1.0
+    )
+
+
+class EpochLog:
+    """The per-epoch CSV log of one training run: one row per completed epoch, ``epoch`` counted from 1.
+
+    Columns, in this order: ``epoch``, ``loss``, the task's other logged loss parts (epoch means),
+    learned loss weights (``sx``, ``sq``: the log-variances of Kendall's loss at the epoch's end),
+    ``lr`` (the rate used during the epoch), ``seconds`` (the epoch's training time, validation
+    excluded), then ``val_*`` metrics. An empty cell is a value that epoch did not have. Rows are
+    appended as epochs finish; the file is rewritten (atomically) only when a column appears or when
+    a resumed run drops rows its checkpoint does not cover.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.rows: list[dict[str, float]] = []
+        self.columns: list[str] = []
+
+    def resume(self, history: list[dict[str, float]]) -> None:
+        """Start after ``len(history)`` epochs: keep the file if it holds exactly those, else rewrite it from ``history``."""
+        done = len(history)
+        try:
+            rows = read_log(self.path) if self.path.is_file() else []
+        except (ValueError, csv.Error):  # a row cut short by a killed process
+            rows = []
+        if [int(r["epoch"]) for r in rows] == list(range(1, done + 1)):
+            self.rows = rows
+            self.columns = list(rows[0]) if rows else []
+            return
+        # the checkpoint stores history as one table: NaN marks a value that epoch did not have
+        self.rows = [{"epoch": i + 1, **{k: v for k, v in h.items() if not math.isnan(v)}} for i, h in enumerate(history)]
+        self.columns = []
+        if self.rows or self.path.exists():
+            self._rewrite()
+
+    def append(self, epoch: int, values: Mapping[str, float]) -> None:
+        """Add the row of ``epoch`` (counted from 1)."""
+        row = {"epoch": epoch, **values}
+        self.rows.append(row)
+        if not self.columns or set(row) - set(self.columns):
+            self._rewrite()
+            return
+        with open(self.path, "a", newline="") as fh:
+            csv.DictWriter(fh, self.columns, restval="").writerow(row)
+
+    def _rewrite(self) -> None:
+        self.columns = sorted({k for r in self.rows for k in r}, key=_column_order)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, self.columns, restval="")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(buffer.getvalue())
+
+
+def _column_order(name: str) -> tuple[int, str, int]:
+    """Sort key of a log column: epoch, loss, loss parts, sx before sq, lr, seconds, validation metrics."""
+    prefix, _, last = name.rpartition(".")
+    if name in ("epoch", "loss"):
+        return (0 if name == "epoch" else 1), "", 0
+    if last in ("sx", "sq"):
+        return 3, prefix, 0 if last == "sx" else 1
+    if name in ("lr", "seconds"):
+        return (4 if name == "lr" else 5), "", 0
+    return (6 if name.startswith("val_") else 2), name, 0
+
+
+def read_log(path: Path) -> list[dict[str, float]]:
+    """The rows of a ``log.csv`` as floats (``epoch`` as int); empty cells are left out of their row."""
+    with open(path, newline="") as fh:
+        return [{k: (int(float(v)) if k == "epoch" else float(v)) for k, v in row.items() if v not in ("", None)}
+                for row in csv.DictReader(fh)]
+
+
+def loss_weights(task: nn.Module) -> dict[str, float]:
+    """The learned loss weights ``sx``, ``sq`` of every :class:`PoseLoss` in ``task`` (prefixed by module
+    name when there are several)."""
+    losses = [(name, m) for name, m in task.named_modules() if isinstance(m, PoseLoss)]
+    out = {}
+    for name, m in losses:
+        prefix = f"{name}." if len(losses) > 1 else ""
+        out[f"{prefix}sx"], out[f"{prefix}sq"] = float(m.sx.detach()), float(m.sq.detach())
+    return out
+
+
+def fit(
+    task: nn.Module,
+    batches: Callable[[int, int, int], Iterable[Any]],
+    config: TrainConfig,
+    checkpoint_dir: Path | None = None,
+    desc: str = "train",
+    progress: bool | str = True,
+    device: torch.device | None = None,
+    validate: Callable[[], Mapping[str, float]] | None = None,
+    log_path: Path | None = None,
+    precision: str = "fp32",
+    log_kind: str = "csv",
+) -> list[dict[str, float]]:
+    """Train ``task`` for ``config.epochs`` epochs (resuming from a checkpoint); return per-epoch mean logs.
+
+    ``validate``, when given, is called after every epoch (task in eval mode, no gradients, RNG state
+    restored afterwards so results do not depend on it); its values are logged as ``val_<name>``.
+    The per-epoch log goes to ``log_path`` (default ``checkpoint_dir/log.csv``; none without either).
+    ``precision``: autocast of the forward passes (and of ``validate``), see the module note.
+    ``log_kind="tensorboard"`` also writes each row to a TensorBoard events file beside the CSV (:mod:`harness.tblog`).
+    ``progress``: a mode of :mod:`harness.progress` (bar with loss and samples/s, epoch lines, or quiet).
+    """
+    from aprbench.harness.training.devices import autocast, check_precision, grad_scaler
+
+    device = device or next(task.parameters()).device
+    check_precision(precision, device)
+    scaler = grad_scaler(device, precision)
+    amp = lambda: autocast(device, precision)  # noqa: E731  a fresh context per use
+    distributed = _init_distributed(device)
+    rank, world = distributed_env()
+    torch.manual_seed(config.seed + rank)
+    params = [p for p in task.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, config)
+    scheduler = make_scheduler(optimizer, config)
+    ckpt = Checkpoint(Path(checkpoint_dir) / "last.pth" if checkpoint_dir is not None and rank == 0 else None,
+                      task, optimizer, scheduler, scaler)
+    history = ckpt.load() if checkpoint_dir is not None else []
+    start = len(history)
+    model = nn.parallel.DistributedDataParallel(task) if distributed else task
+    if log_path is None and checkpoint_dir is not None:
+        log_path = Path(checkpoint_dir) / LOG_NAME
+    log = EpochLog(log_path) if log_path is not None and rank == 0 else None
+    if log is not None:
+        log.resume(history)
+    board = None
+    if log_path is not None and rank == 0 and log_kind == "tensorboard":
+        from aprbench.harness.training.tblog import TensorBoardLog
+
+        board = TensorBoardLog(Path(log_path).parent)
+
+    from aprbench.harness.running.progress import EpochProgress
+
+    bar = EpochProgress(desc, config.epochs, start, progress if rank == 0 else "quiet")
+    steps = getattr(batches, "steps_per_epoch", None)
+    pace = Pace(desc, steps(world) * (config.epochs - start), device) if steps is not None and rank == 0 else None
+    epoch = start
+    saved = start  # the epoch the checkpoint on disk ends with
+    try:
+        task.train()
+        for epoch in range(start, config.epochs):
+            t0 = time.perf_counter()
+            seen: dict[str, int] = {}
+            means = _epoch(model, batches(epoch, rank, world), optimizer, params, config.grad_clip,
+                           f"{desc}, epoch {epoch + 1}", amp, scaler, pace, seen)
+            means.update(loss_weights(task))
+            means["lr"] = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            means["seconds"] = time.perf_counter() - t0
+            if validate is not None and rank == 0:
+                means.update(_validate(task, validate, device, amp))
+            history.append(means)
+            if log is not None:
+                log.append(epoch + 1, means)
+            if board is not None:
+                board.append(epoch + 1, means)
+            bar.epoch(epoch + 1, means, seen.get("samples", 0), means["seconds"])
+            if (epoch + 1) % max(config.checkpoint_every, 1) == 0 or epoch + 1 == config.epochs:
+                ckpt.save(history)
+                saved = epoch + 1
+    except KeyboardInterrupt:
+        if saved < len(history):  # completed epochs not on disk yet: keep them; the interrupted one is redone
+            ckpt.save(history)
+        raise
+    finally:
+        bar.close()
+        if board is not None:
+            board.close()
+    task.eval()
+    return history
+
+
+class Pace:
+    """Says once, after a few measured steps, how long a training will take at this pace, when that is long
+    (a multi-day run on a CPU is not started blind). The first step is a warm-up and is not measured."""
+
+    MEASURED = 3
+    LONG_S = 15 * 60  # say nothing for trainings shorter than this
+
+    def __init__(self, desc: str, total_steps: int, device: torch.device) -> None:
+        self.desc, self.total, self.device = desc, total_steps, torch.device(device)
+        self.count, self.start = 0, 0.0
+
+    def step(self) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.start = time.perf_counter()
+        elif self.count == 1 + self.MEASURED:
+            per_step = (time.perf_counter() - self.start) / self.MEASURED
+            left = per_step * max(self.total - self.count, 0)
+            if left > self.LONG_S:
+                hint = "; a GPU (--device cuda) or the quick profile is much faster" if self.device.type == "cpu" else ""
+                say(f"{self.desc}: about {duration(left)} to train at this pace on {self.device.type} "
+                    f"({self.total} steps, {per_step:.2f} s each over {self.MEASURED} measured steps){hint}")
+
+
+def _epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Optimizer, params: list,
+           grad_clip: float, where: str, amp: Callable[[], Any] | None = None,
+           scaler: torch.amp.GradScaler | None = None, pace: Pace | None = None,
+           seen: dict[str, int] | None = None) -> dict[str, float]:
+    """One pass over ``batches``: the mean of the loss and of every logged value (``seen["samples"]``: the
+    number of samples trained on, when batches hold tensors). A non-finite loss stops
+    training with :class:`NonFinite` naming ``where`` (model and epoch) and the loss parts. ``amp()``: the
+    autocast context of each forward pass; ``scaler``: fp16 loss scaling (disabled: plain steps)."""
+    amp = amp or contextlib.nullcontext
+    scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
+    sums: dict[str, float] = {}
+    count = 0
+    for batch in batches:
+        with amp():
+            loss, logs = model(batch)
+        if not bool(torch.isfinite(loss.detach())):
+            parts = ", ".join(f"{k}={v:.3g}" for k, v in logs.items())
+            raise NonFinite(f"{where}: the training loss became {float(loss.detach())} at batch {count + 1} ({parts}); "
+                            "lower the learning rate or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss.float()).backward()
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        scaler.step(optimizer)  # a plain optimizer.step() when disabled
+        scaler.update()
+        count += 1
+        if seen is not None:
+            seen["samples"] = seen.get("samples", 0) + _batch_size(batch)
+        if pace is not None:
+            pace.step()
+        for k, v in {"loss": float(loss.detach()), **logs}.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def _batch_size(batch: Any) -> int:
+    """The leading dimension of a batch's first tensor (0 when it holds none)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 0
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for value in values:
+        size = _batch_size(value)
+        if size:
+            return size
+    return 0
+
+
+class Checkpoint:
+    """The resumable state of one training (``path``; ``None`` keeps nothing): task, optimiser, schedule, RNG,
+    the fp16 loss scaler's state (when one is enabled) and the per-epoch history (its length is the number of
+    finished epochs)."""
+
+    def __init__(self, path: Path | None, task: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 scaler: torch.amp.GradScaler | None = None) -> None:
+        self.path, self.task, self.optimizer, self.scheduler = path, task, optimizer, scheduler
+        self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
+
+    def load(self) -> list[dict[str, float]]:
+        """Restore the saved state (if any) and return its history."""
+        if self.path is None or not self.path.exists():
+            return []
+        state = load_state(self.path)
+        self.task.load_state_dict(state["task"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        return [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()][: int(state["epoch"])]
+
+    def save(self, history: list[dict[str, float]]) -> None:
+        if self.path is None:
+            return
+        keys = sorted({k for h in history for k in h})
+        extra = {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+        save_state(self.path, {**extra,
+            "task": self.task.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": len(history),
+            "history_keys": keys,
+            "history": torch.tensor([[h.get(k, math.nan) for k in keys] for h in history], dtype=torch.float64),
+        })
+
+
+def _validate(task: nn.Module, validate: Callable[[], Mapping[str, float]], device: torch.device,
+              amp: Callable[[], Any] | None = None) -> dict[str, float]:
+    """Run ``validate`` with ``task`` in eval mode and no gradients (under ``amp()``, the training's autocast),
+    leaving the RNG streams as they were."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), (amp or contextlib.nullcontext)():
+        task.eval()
+        try:
+            values = dict(validate())
+        finally:
+            task.train()
+    return {(k if k.startswith("val_") else f"val_{k}"): float(v) for k, v in values.items()}
