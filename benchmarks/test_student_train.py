@@ -5,7 +5,7 @@ initialised: cost does not depend on the weights), same frames (``FRAMES``
 PNGs on disk), the paper's student recipe (the teacher's config: Adam,
 StepLR, batch 32, 300 epochs).
 
-- **Store** (:func:`harness.stages.student.obtain_student`): the teacher runs
+- **Store** (:func:`harness.running.stages.student.obtain_student`): the teacher runs
   once over the training images (``teacher_outputs``, batched, stored in
   HDF5), then the PAE trains for the whole recipe from tensors. Measured in
   full: the one-time teacher pass at each image size and the 300 epochs

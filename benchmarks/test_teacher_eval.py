@@ -2,7 +2,7 @@
 
 Same model (randomly initialised: cost does not depend on the weights), same
 frames. The reference evaluates with a DataLoader of batch size 1, moving each
-pose estimate to the CPU per frame; :func:`harness.stages.teacher.predict`
+pose estimate to the CPU per frame; :func:`harness.running.stages.teacher.predict`
 runs whole batches under ``torch.inference_mode``. The frames/s ratio goes to
 ``extra_info`` (target >= 5x). Run:
 ``.venv/bin/pytest benchmarks/test_teacher_eval.py --benchmark-only``.

@@ -1,4 +1,4 @@
-"""Teacher training steps with the backbone in channels-last layout (as ``harness.backbones`` builds it) against
+"""Teacher training steps with the backbone in channels-last layout (as ``harness.training.backbones`` builds it) against
 the same model in the default contiguous layout (pytest-benchmark).
 
 Quick recipes (64 px, the recipe's batch), randomly initialised, one optimisation step of the pose loss per

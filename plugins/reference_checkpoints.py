@@ -3,7 +3,7 @@
 Every function maps key names (and, for the PAE-RPR's two relative-pose
 tokens, one concatenation) and never changes a value, so an imported model
 computes what the reference computes. A converted state dict is loaded with
-``harness.store.load_into``, which refuses any missing, extra or mis-shaped
+``harness.store.hdf5.load_into``, which refuses any missing, extra or mis-shaped
 key by name: a reference file never loads partially.
 
 Reference layouts (facts read from the reference code):

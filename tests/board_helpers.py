@@ -1,4 +1,4 @@
-"""A store of hand-made cell files in the format of :mod:`harness.cells` (no training): teacher, student and
+"""A store of hand-made cell files in the format of :mod:`harness.store.cells` (no training): teacher, student and
 refiner cells on two scenes (``room``: 4 m across, ``site``: 60 m across), two recipes, optional extra seeds,
 and one decoder cell with a grid PNG."""
 

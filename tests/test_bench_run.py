@@ -20,8 +20,8 @@ TINY = "synthetic:frames_per_sequence=24,train_sequences=3,test_sequences=1"
 FAST = ["--set", "epochs=1", "--no-progress", "--no-report"]
 README = Path(__file__).resolve().parents[1] / "README.md"
 BROKEN_TEACHER = (  # a plugin whose teacher fails in every cell
-    "from harness.hookspecs import hookimpl\n"
-    "from plugins.teachers.posenet import PoseNet\n"
+    "from aprbench.harness.api.hookspecs import hookimpl\n"
+    "from aprbench.plugins.teachers.posenet import PoseNet\n"
     "class Broken(PoseNet):\n"
     "    def encode(self, images, scene=None):\n"
     "        raise RuntimeError('this teacher always fails')\n"
@@ -70,7 +70,7 @@ def test_matrix_runs_caches_and_prints_the_leaderboard(tmp_path):
     # nothing it read changed: the rerun replayed the same leaderboard without loading plugins or torch
     board_of = lambda out: out[out.index("dataset synthetic"):out.index("cell(s) in this run")]  # noqa: E731
     assert board_of(again.stdout) == board_of(first.stdout)
-    probe = [sys.executable, "-c", "import sys; from harness.cli import main; rc = main(sys.argv[1:]); "
+    probe = [sys.executable, "-c", "import sys; from aprbench.harness.cli.main import main; rc = main(sys.argv[1:]); "
              "print('torch loaded:', 'torch' in sys.modules); sys.exit(rc)", "--workdir", str(tmp_path), *args]
     warm = subprocess.run(probe, capture_output=True, text=True, timeout=300)
     assert warm.returncode == 0 and "torch loaded: False" in warm.stdout, warm.stderr[-2000:]

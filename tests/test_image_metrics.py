@@ -1,4 +1,4 @@
-"""harness.metrics.psnr / ssim (torchmetrics); SSIM against an independent computation is in test_decoder.py."""
+"""harness.results.metrics.psnr / ssim (torchmetrics); SSIM against an independent computation is in test_decoder.py."""
 
 from __future__ import annotations
 

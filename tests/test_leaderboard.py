@@ -1,4 +1,4 @@
-"""The leaderboard on a store of hand-written cell files (harness.cells format): views, numbers, provenance,
+"""The leaderboard on a store of hand-written cell files (harness.store.cells format): views, numbers, provenance,
 machine formats, published rows, hook columns, export. The CLI runs as a subprocess."""
 
 from __future__ import annotations
@@ -123,14 +123,14 @@ def test_machine_formats_round_trip_with_numeric_dtypes(store, run_bench, capsys
 def test_hook_columns_show_in_every_view_and_a_broken_hook_is_named(store, run_bench, tmp_path):
     plugin = tmp_path / "score_plugin.py"
     plugin.write_text(
-        "from harness.hookspecs import hookimpl\n"
+        "from aprbench.harness.api.hookspecs import hookimpl\n"
         "@hookimpl\n"
         "def bench_leaderboard_columns(frame):\n"
         "    return {'cm_score': (frame['median_m'] * 100).round(1).tolist()}\n"
     )
     broken = tmp_path / "broken_columns.py"
     broken.write_text(
-        "from harness.hookspecs import hookimpl\n"
+        "from aprbench.harness.api.hookspecs import hookimpl\n"
         "@hookimpl\n"
         "def bench_leaderboard_columns(frame):\n"
         "    raise RuntimeError('no columns today')\n"
@@ -199,7 +199,7 @@ def test_dataset_plugin_declares_its_thresholds(tmp_path, run_bench):
     store = write_store(tmp_path / "wd", dataset="toy", decoder=False, second_recipe=False)
     plugin = tmp_path / "toy_data.py"
     plugin.write_text(
-        "from harness.hookspecs import hookimpl\n"
+        "from aprbench.harness.api.hookspecs import hookimpl\n"
         "def toy(**options):\n"
         "    raise RuntimeError('not opened by the leaderboard')\n"
         "toy.thresholds = {'room': [(1.0, 1.0)], 'site': [(2.0, 3.0)]}\n"

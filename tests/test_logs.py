@@ -58,7 +58,7 @@ def work(tmp_path_factory) -> Path:
 
 def bench(work: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """``bench --workdir WORK ARGS`` in a fresh process; prints whether torch got imported."""
-    code = ("import sys; from harness.cli import main; rc = main(sys.argv[1:]); "
+    code = ("import sys; from aprbench.harness.cli.main import main; rc = main(sys.argv[1:]); "
             "print('TORCH', 'torch' in sys.modules); sys.exit(rc)")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c", code, "--workdir", str(work), *args], capture_output=True,

@@ -94,7 +94,7 @@ def test_unpacked_wheel_runs_from_another_folder(wheel, tmp_path):
 
 
 def _quick_epochs(registry: dict) -> int:
-    """The ``epochs`` of posenet-mobilenet's quick synthetic recipe, merged here without harness.registry."""
+    """The ``epochs`` of posenet-mobilenet's quick synthetic recipe, merged here without harness.api.registry."""
     from fnmatch import fnmatchcase
 
     epochs = None

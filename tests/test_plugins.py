@@ -89,7 +89,7 @@ def write(path: Path, text: str) -> Path:
 @pytest.fixture(autouse=True)
 def fresh_manager(monkeypatch):
     """No process-wide manager leaks into or out of these tests; test modules are unloaded afterwards."""
-    monkeypatch.setattr(harness.plugins, "_MANAGER", None)
+    monkeypatch.setattr(harness.api.manager, "_MANAGER", None)
     before = set(sys.modules)
     yield
     for name in set(sys.modules) - before:
@@ -387,7 +387,7 @@ def recipes(tmp_path, monkeypatch):
 
 
 def merged(kind, model, dataset, profile):
-    """The registry tables matching, merged in file order (what ``harness.recipes.resolve`` starts from)."""
+    """The registry tables matching, merged in file order (what ``harness.api.recipes.resolve`` starts from)."""
     out = {}
     for table in registry.matching_tables(kind, model, dataset, profile):
         out.update({k: v for k, v in table.items() if k not in ("kind", "models", "datasets", "profiles")})

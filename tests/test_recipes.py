@@ -1,4 +1,4 @@
-"""Recipes resolved in one place: typed parts, sources, validation, fingerprints (harness.recipes)."""
+"""Recipes resolved in one place: typed parts, sources, validation, fingerprints (harness.api.recipes)."""
 
 from __future__ import annotations
 

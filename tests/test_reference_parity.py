@@ -4,7 +4,7 @@ Each test builds a state dict in the reference's layout from an independent
 module written here (a minimal forward pass of the reference architecture on
 torchvision / efficientnet_pytorch / plain torch modules, random weights),
 imports it with the model's ``from_reference_state_dict`` and
-``harness.store.load_into``, and compares outputs.
+``harness.store.hdf5.load_into``, and compares outputs.
 """
 
 from __future__ import annotations

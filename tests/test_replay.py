@@ -1,4 +1,4 @@
-"""A warm command replays its recorded output only while nothing it read has changed (``harness.replay``)."""
+"""A warm command replays its recorded output only while nothing it read has changed (``harness.store.replay``)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_the_code_digest_follows_aprbench_sources(tmp_path, monkeypatch):
     fake.mkdir()
     (fake / "registry.toml").write_text("[[recipe]]\nkind = 'teacher'\n")
     real = R._module_root
-    monkeypatch.setattr(R, "_module_root", lambda m: fake if m == "harness" else real(m))
+    monkeypatch.setattr(R, "_module_root", lambda m: fake if m == "aprbench.harness" else real(m))
     before = R.code_digest()
     (fake / "registry.toml").write_text("[[recipe]]\nkind = 'teacher'\nepochs = 3\n")
     assert R.code_digest() != before
@@ -80,7 +80,7 @@ def test_inputs_too_large_to_walk_are_not_recorded(tmp_path, monkeypatch):
 
 def test_bench_plugins_is_replayed_in_a_work_directory_until_a_plugin_file_changes(tmp_path, run_bench):
     plugin = tmp_path / "extra_apr.py"
-    plugin.write_text("from harness.hookspecs import hookimpl\n\n\n@hookimpl\ndef bench_teachers():\n"
+    plugin.write_text("from aprbench.harness.api.hookspecs import hookimpl\n\n\n@hookimpl\ndef bench_teachers():\n"
                       "    return {'extra-apr': lambda **kw: None}\n")
     work = tmp_path / "wd"
     args = ["--workdir", work, "--plugin", plugin, "plugins"]

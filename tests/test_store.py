@@ -1,4 +1,4 @@
-"""harness.store: HDF5 round trips, damage detection, atomic writes, state dicts, locks, fingerprints."""
+"""harness.store.hdf5: HDF5 round trips, damage detection, atomic writes, state dicts, locks, fingerprints."""
 
 from __future__ import annotations
 
@@ -284,7 +284,7 @@ def test_fingerprint_stable_across_processes():
     parts = ("posenet", {"lr": 1e-4, "scenes": ["room", "site"], "path": Path("/data/x"), "ok": True}, None)
     here = fingerprint(*parts)
     code = (
-        "from pathlib import Path; from harness.store import fingerprint; "
+        "from pathlib import Path; from aprbench.harness.store.hdf5 import fingerprint; "
         "print(fingerprint('posenet', {'ok': True, 'path': Path('/data/x'), 'scenes': ['room', 'site'], 'lr': 1e-4}, None))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

@@ -204,7 +204,7 @@ def test_cli_train_and_eval_teacher(tmp_path, run_bench):
     data_root = tmp_path / "data"
     make_tiny_data(data_root, n_train=48, n_test=16, scenes=("a",))
     plugin.write_text(
-        "from harness.hookspecs import hookimpl\n"
+        "from aprbench.harness.api.hookspecs import hookimpl\n"
         "import sys\n"
         f"sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})\n"
         "from teacher_helpers import make_tiny_data\n"

@@ -2,7 +2,7 @@
 
 Every factory hook returns ``{name: factory}``; the factory is called with the
 resolved config as keyword arguments and returns the object the kind's
-interface (``harness.interfaces``) describes.
+interface (``harness.api.interfaces``) describes.
 """
 
 from __future__ import annotations

@@ -113,11 +113,11 @@ class Teacher(nn.Module):
     @classmethod
     def pretrained_weights(cls, config: dict) -> Path | None:
         """The file of pretrained (e.g. ImageNet) weights a model built with factory arguments ``config`` would
-        load, ``None`` when it loads none; :class:`harness.backbones.PretrainedMissing` when ``config`` asks for
+        load, ``None`` when it loads none; :class:`harness.training.backbones.PretrainedMissing` when ``config`` asks for
         weights this machine lacks. Optional: the harness calls it on the factory's ``model_class`` while
         resolving a recipe, so that the file's hash enters the fingerprint and a profile's wish for pretrained
         weights (recipe key ``pretrained`` from ``registry.toml``) falls back to random initialisation with a
-        warning where none are available (``harness.recipes``). Timm backbones: ``harness.backbones``."""
+        warning where none are available (``harness.api.recipes``). Timm backbones: ``harness.training.backbones``."""
         return None
 
 

@@ -10,7 +10,7 @@ A recipe is resolved from ``(kind, name, dataset, profile, overrides)``:
 4. the ``--set [KIND.]KEY=VALUE`` overrides (:func:`parse_sets`), and the seed of the matrix cell;
 5. pretrained weights (model keys ``pretrained``, ``pretrained_file``), settled
    through the plugin's ``model_class.pretrained_weights`` (see
-   :meth:`harness.interfaces.Teacher.pretrained_weights`): the weights file's
+   :meth:`harness.api.interfaces.Teacher.pretrained_weights`): the weights file's
    hash enters the fingerprint in place of its path (``Recipe.weights``). A
    ``pretrained = true`` from ``registry.toml`` (the ``paper`` profile's) is a
    wish: where no weights are on this machine, the recipe becomes

@@ -286,7 +286,7 @@ class Preprocess:
 
     @classmethod
     def of(cls, task: Any) -> "Preprocess":
-        """From a :class:`harness.recipes.TeacherConfig` (or anything with its attributes)."""
+        """From a :class:`harness.api.recipes.TeacherConfig` (or anything with its attributes)."""
         return cls(task.image_size, getattr(task, "resize", 0), getattr(task, "train_crop", "shift"),
                    getattr(task, "jitter", (0.2, 0.2, 0.2, 0.0)), getattr(task, "augment", True))
 

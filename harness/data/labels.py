@@ -1,6 +1,6 @@
 """The data layer: label files, native dataset layouts, :class:`PoseData`, dataset specs and subsets.
 
-Images live in :mod:`harness.images`, pose math in :mod:`harness.poses`.
+Images live in :mod:`harness.data.images`, pose math in :mod:`harness.poses`.
 
 Conventions: a pose is ``[t1, t2, t3, q1, q2, q3, q4]`` =
 position in metres and a scalar-first unit quaternion of the camera-to-world
@@ -519,7 +519,7 @@ def open_dataset(spec: str, store: Store, registry: Any, scenes: Iterable[str] |
     :func:`with_fraction`; every other option goes to the plugin's factory as
     a keyword argument, with ``store`` and (when given) ``scenes``. With a
     ``profile``, the options ``registry.toml``'s ``[[dataset]]`` tables give
-    that profile come first (:func:`harness.registry.dataset_defaults`), the spec's win.
+    that profile come first (:func:`harness.api.registry.dataset_defaults`), the spec's win.
     Returns ``(NAME, data)``.
     """
     from aprbench.harness.api.registry import dataset_defaults

@@ -87,7 +87,7 @@ def load_curves(folder: Path, root: Path) -> Curves:
 
 
 def table_columns(curves: Curves) -> list[str]:
-    """Columns in the log's order (``harness.train.EpochLog``), with ``stage`` first when there are several."""
+    """Columns in the log's order (``harness.training.loop.EpochLog``), with ``stage`` first when there are several."""
     columns: list[str] = []
     for row in curves.rows:
         columns += [k for k in row if k not in columns and k not in ("stage", "step")]

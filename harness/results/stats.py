@@ -186,7 +186,7 @@ def _hashable(value: Any) -> Any:
 
 
 def group_over_seeds(rows: pd.DataFrame) -> pd.DataFrame:
-    """Fold rows of :func:`harness.cells.pose_rows` that differ only in ``seed`` (and ``cell``, ``created``).
+    """Fold rows of :func:`harness.store.cells.pose_rows` that differ only in ``seed`` (and ``cell``, ``created``).
 
     Every other column is a key, provenance included, so rows differing in anything else stay apart.
     Output: the key columns, ``n_seeds``, ``seeds`` (comma-separated), ``cells`` (fingerprints, comma-
@@ -253,11 +253,11 @@ def _group_frames(members: list[CellFile], iteration: int) -> pd.DataFrame:
 def stats_table(cells: list[CellFile], iterations: Iterable[int] | None = None, confidence: float = 0.95,
                 n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> pd.DataFrame:
     """One row per group (every column but the seed equal) and scene: the group's columns from
-    :func:`group_over_seeds`, ``method`` (:func:`harness.cells.method_name`), and the comparison with the
+    :func:`group_over_seeds`, ``method`` (:func:`harness.store.cells.method_name`), and the comparison with the
     teacher (:data:`DELTA_COLUMNS`; ``baseline`` is the teacher's method name, NaN deltas and empty
     ``baseline`` for a teacher row or when a seed's teacher cell is missing). Student and refiner rows of
     seed s are compared with the teacher cell of seed s on the same frames of the row's scene.
-    ``iterations`` selects the refiner iterations shown, as in :func:`harness.cells.pose_rows`."""
+    ``iterations`` selects the refiner iterations shown, as in :func:`harness.store.cells.pose_rows`."""
     cells = [c for c in cells if c.kind == "pose"]
     grouped = group_over_seeds(pose_rows(cells, iterations))
     if grouped.empty:
@@ -330,7 +330,7 @@ def extra_comparisons(cells: list[CellFile], iterations: Iterable[int] | None = 
 # ---------------------------------------------------------------- bench compare
 
 def method_frames(cells: list[CellFile], name: str) -> dict[tuple, pd.DataFrame]:
-    """Per-frame errors of the method called ``name`` (:func:`harness.cells.method_name`), keyed by
+    """Per-frame errors of the method called ``name`` (:func:`harness.store.cells.method_name`), keyed by
     ``(dataset, teacher_scenes, fraction)``, seeds concatenated. Several cells of one key and seed
     (e.g. different provenance): the newest by ``created`` wins."""
     picked: dict[tuple, CellFile] = {}

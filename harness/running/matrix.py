@@ -19,7 +19,7 @@ A *cell* is one evaluated combination on the test split. Expansion rules:
   ``encode`` value;
 - every cell is repeated per seed: the seed of every model in its chain
   (a student or refiner of seed s is distilled from the teacher of seed s);
-- incompatible combinations (``harness.compat``: latent sizes, single- vs
+- incompatible combinations (``harness.api.compat``: latent sizes, single- vs
   multi-scene) are refused before any work, with the reason.
 
 A model name may carry weights: ``NAME=FILE.pth`` (their file hash enters the fingerprint).
@@ -279,7 +279,7 @@ def cell_fingerprint(cell: Cell, data_fp: str, recipes: dict[str, str], weights:
                      precision: str = "fp32") -> str:
     """Stable identity of a cell: its axes, the fingerprints of the recipes it uses (values and plugin
     versions), the hashes of given weight files, the data it sees and its autocast precision (fp32, the
-    plain run, adds nothing: ``harness.devices.precision_part``)."""
+    plain run, adds nothing: ``harness.training.devices.precision_part``)."""
     from aprbench.harness.training.devices import precision_part
 
     extra = precision_part(precision)

@@ -4,7 +4,7 @@ A cell that raises is recorded (``cells/<fp>.failed.json``) and the rest of the
 matrix goes on; the next run retries it. Two processes on one work directory
 take a per-cell lock and re-check the store after taking it, so no cell (and,
 through the stages' own locks, no artifact) is computed twice. The file
-format is :mod:`harness.cells`.
+format is :mod:`harness.store.cells`.
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ class MatrixRunner:
     def __init__(self, store: Store, manager: BenchPluginManager, data: PoseData, dataset: str, profile: str,
                  overrides: list[Override] | None = None, progress: bool | str = True, device: torch.device | None = None,
                  precision: str = "fp32", log: str = "csv") -> None:
-        """``device`` (default: ``--device auto``) and ``precision`` (``harness.devices``) are those of every
+        """``device`` (default: ``--device auto``) and ``precision`` (``harness.training.devices``) are those of every
         cell; a precision other than fp32 is part of every cell's fingerprint. ``progress``: a mode of
-        :mod:`harness.progress`. ``log``: training logs (csv, tensorboard)."""
+        :mod:`harness.running.progress`. ``log``: training logs (csv, tensorboard)."""
         self.store, self.manager, self.data, self.dataset = store, manager, data, dataset
         self.device = device if device is not None else resolve_device("auto")
         self.precision = check_precision(precision, self.device)
@@ -127,7 +127,7 @@ class MatrixRunner:
                                 self.precision)
 
     def provenance(self, cell: Cell) -> dict[str, Any]:
-        """What produced a cell (:data:`harness.cells.PROVENANCE_KEYS`)."""
+        """What produced a cell (:data:`harness.store.cells.PROVENANCE_KEYS`)."""
         import aprbench.harness as harness
 
         ctx = self.context(cell)

@@ -1,7 +1,7 @@
 """``bench run --jobs N`` without a launcher: the matrix's teacher chains as N worker processes on this machine.
 
 Each worker runs the same ``bench run`` command with ``--shard i/N --worker`` on the shared work directory
-(whole teacher chains per shard, :func:`harness.matrix.shard`), with ``cores // N`` CPU threads; its
+(whole teacher chains per shard, :func:`harness.running.matrix.shard`), with ``cores // N`` CPU threads; its
 progress lines are relayed here, prefixed with the teachers it trains. Cells land in the store as they
 finish and the locks keep two workers off one model, so a failed or interrupted worker loses only its own
 unfinished cells. On a CPU with several cores, ``bench run`` picks this by itself when the cells to compute

@@ -9,7 +9,7 @@ A *pose cell* file (``cells/<fingerprint>.h5``) holds, for the N test frames::
     position_error_m      (I, N)
     orientation_error_deg (I, N)
 
-Attributes: ``kind = "pose"``, ``cell`` (the axes, :meth:`harness.matrix.Cell.record`),
+Attributes: ``kind = "pose"``, ``cell`` (the axes, :meth:`harness.running.matrix.Cell.record`),
 ``iterations`` (the iteration of each stored estimate: ``[0]`` for a teacher or
 student cell, ``[0, 1, …, K]`` for a refiner cell, where 0 is the teacher's
 estimate), ``scenes``, ``fingerprint``, ``upstream``, ``result``
@@ -113,7 +113,7 @@ def identity(cell: CellFile) -> dict[str, Any]:
 
 def pose_rows(cells: Iterable[CellFile], iterations: Iterable[int] | None = None) -> pd.DataFrame:
     """One row per pose cell, scene and *shown* iteration: identity, ``scene``, ``iterations``, the
-    :func:`harness.metrics.summarize` columns, ``ms_per_frame``, ``stored_bytes`` (int), extras.
+    :func:`harness.results.metrics.summarize` columns, ``ms_per_frame``, ``stored_bytes`` (int), extras.
 
     A refiner cell shows the stored iterations >= 1 among ``iterations`` (default: those requested when
     it was computed, ``cell["shown_iterations"]``); other cells show iteration 0.

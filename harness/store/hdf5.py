@@ -5,7 +5,7 @@ Layout under the work directory (default ``./.bench``)::
     data/<dataset>/...                 rendered synthetic data (native 7Scenes layout)
     artifacts/<kind>/<name>-<fp>/      weights.pth + weights.json (what made them), checkpoints/
     outputs/<teacher-fp>-<split>.h5    teacher outputs per split
-    cells/<cell-fp>.h5                 one evaluated matrix cell (``harness.cells``)
+    cells/<cell-fp>.h5                 one evaluated matrix cell (``harness.store.cells``)
     cells/<cell-fp>.failed.json        why a cell failed (removed once it succeeds)
     cells/<cell-fp>-grid-<split>.png   a decoder cell's image grid
     images/                            decoded, resized training images (cache)
@@ -244,7 +244,7 @@ class Store:
         return self.root / "cells" / f"{cell_fp}-grid-{split}.png"
 
     def image_cache_dir(self) -> Path:
-        """Decoded, resized images (``harness.data.load_images``)."""
+        """Decoded, resized images (``harness.data.labels.load_images``)."""
         return self.root / "images"
 
     def report_dir(self) -> Path:
@@ -257,7 +257,7 @@ class Store:
         return sorted(folder.glob("*.h5")) if folder.is_dir() else []
 
     def timings_path(self) -> Path:
-        """The table of stage times of earlier runs (``harness.progress``), the rough estimate of the next."""
+        """The table of stage times of earlier runs (``harness.running.progress``), the rough estimate of the next."""
         return self.root / "timings.json"
 
     @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Training batches for :func:`harness.train.fit`, one class for every kind of model.
+"""Training batches for :func:`harness.training.loop.fit`, one class for every kind of model.
 
 ``Batches(data, batch_size, seed, ...)`` is called as ``batches(epoch, rank, world)``
 and yields batches (tuples or dicts of tensors, like ``data``) on the device.

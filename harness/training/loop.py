@@ -17,7 +17,7 @@ otherwise the interrupted state is saved and its epoch redone on resume. Under
 ``torchrun`` (``WORLD_SIZE > 1``) the task is wrapped in
 DistributedDataParallel (gloo on CPU, nccl on GPU) and only rank 0 writes.
 
-Precision: ``precision`` (``fp32``, ``bf16``, ``fp16``; :mod:`harness.devices`)
+Precision: ``precision`` (``fp32``, ``bf16``, ``fp16``; :mod:`harness.training.devices`)
 runs each batch's forward pass (the task's loss included) under
 :func:`torch.autocast`; backward and the optimiser step run outside it on the
 float32 weights. fp16 on CUDA scales the loss (``GradScaler``, its state kept
@@ -25,7 +25,7 @@ in the checkpoint); a step whose scaled gradients overflow is skipped.
 
 Learning curves: every epoch adds a row to ``checkpoint_dir/log.csv`` (see
 :class:`EpochLog`): the epoch's mean loss and loss parts, the learned loss
-weights ``sx``/``sq`` of the task's :class:`~harness.losses.PoseLoss`, the
+weights ``sx``/``sq`` of the task's :class:`~harness.training.losses.PoseLoss`, the
 learning rate, the epoch's training time, and ``val_*`` metrics when the
 caller passes ``validate``. A resumed run keeps the rows of the epochs its
 checkpoint holds and appends from there, so no epoch appears twice.
@@ -203,8 +203,8 @@ def fit(
     restored afterwards so results do not depend on it); its values are logged as ``val_<name>``.
     The per-epoch log goes to ``log_path`` (default ``checkpoint_dir/log.csv``; none without either).
     ``precision``: autocast of the forward passes (and of ``validate``), see the module note.
-    ``log_kind="tensorboard"`` also writes each row to a TensorBoard events file beside the CSV (:mod:`harness.tblog`).
-    ``progress``: a mode of :mod:`harness.progress` (bar with loss and samples/s, epoch lines, or quiet).
+    ``log_kind="tensorboard"`` also writes each row to a TensorBoard events file beside the CSV (:mod:`harness.training.tblog`).
+    ``progress``: a mode of :mod:`harness.running.progress` (bar with loss and samples/s, epoch lines, or quiet).
     """
     from aprbench.harness.training.devices import autocast, check_precision, grad_scaler
 

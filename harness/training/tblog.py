@@ -1,6 +1,6 @@
 """The optional TensorBoard writer of training runs (``--log tensorboard``; extra ``aprbench[tensorboard]``).
 
-It writes the values of every ``log.csv`` row (see :class:`harness.train.EpochLog`) as scalars, one tag per
+It writes the values of every ``log.csv`` row (see :class:`harness.training.loop.EpochLog`) as scalars, one tag per
 column (``loss``, loss parts, ``sx``/``sq``, ``lr``, ``seconds``, ``val_*``), at step = epoch (counted from 1),
 into the folder of the CSV log. TensorBoard stores them as float32.
 """

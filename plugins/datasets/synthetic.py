@@ -5,7 +5,7 @@ outdoor, Cambridge scale; see :mod:`plugins.datasets.synthetic_scenes`)
 ray-cast in torch at handheld-like trajectories and written in the native
 7Scenes layout (``<scene>/seq-XX/frame-XXXXXX.color.png`` + ``.pose.txt``
 camera-to-world 4x4 matrices in metres, ``TrainSplit.txt`` / ``TestSplit.txt``),
-then read back with :func:`harness.data.read_sevenscenes` - the loading path
+then read back with :func:`harness.data.labels.read_sevenscenes` - the loading path
 of real data. Training sequences come first (``seq-01`` ...), the held-out
 test sequences after them. Everything is determined by ``seed``.
 

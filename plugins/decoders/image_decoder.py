@@ -3,7 +3,7 @@
     cat(latent_x, latent_q) (B, 2D) -> 512 -> 1024 -> 2048 -> 3*S*S, ReLU between, sigmoid
     -> (B, 3, S, S) in [0, 1]
 
-Trained with L1 against the resized training image (``harness.stages.decoder``).
+Trained with L1 against the resized training image (``harness.running.stages.decoder``).
 """
 
 from __future__ import annotations

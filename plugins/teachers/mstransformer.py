@@ -19,7 +19,7 @@ positional table of 50 rows shared by both branches (``shared_pos_embed``,
 make a small one for a CPU; ``backbone`` takes any timm model with
 ``features_only`` (the channel counts are read from it); ``pretrained`` /
 ``pretrained_file`` start it from ImageNet weights, offline
-(``harness.backbones``). Parameter names follow
+(``harness.training.backbones``). Parameter names follow
 the reference (``transformer_t``, ``regressor_head_rot``, ...) so that staged
 fine-tuning patterns such as ``regressor_head_rot.*`` carry over.
 """
@@ -271,7 +271,7 @@ class MSTransformer(Teacher):
     @classmethod
     def pretrained_weights(cls, config: dict) -> Path | None:
         """The ImageNet weights file of ``config``'s backbone when it asks for one (``pretrained``,
-        ``pretrained_file``); see :meth:`harness.interfaces.Teacher.pretrained_weights`."""
+        ``pretrained_file``); see :meth:`harness.api.interfaces.Teacher.pretrained_weights`."""
         return requested_weights(config, DEFAULT_BACKBONE)
 
     def from_reference_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -10,7 +10,7 @@ Variants are registered timm-style with :func:`register_variant`;
 name as ``backbone=``. Backbones start from random weights unless
 ``pretrained=True`` (timm's ImageNet weights from the local Hugging Face cache)
 or ``pretrained_file=PATH`` (a timm state dict, loaded through timm) asks for
-pretrained ones (``harness.backbones``: never downloaded, a clear error when
+pretrained ones (``harness.training.backbones``: never downloaded, a clear error when
 missing), or ``backbone_weights=PATH`` names a local timm or torchvision state
 dict loaded as it is: this module never downloads anything.
 
@@ -130,7 +130,7 @@ class PoseNet(Teacher):
     @classmethod
     def pretrained_weights(cls, config: dict) -> Path | None:
         """The ImageNet weights file of ``config``'s backbone when it asks for one (``pretrained``,
-        ``pretrained_file``); see :meth:`harness.interfaces.Teacher.pretrained_weights`."""
+        ``pretrained_file``); see :meth:`harness.api.interfaces.Teacher.pretrained_weights`."""
         return requested_weights(config, DEFAULT_BACKBONE)
 
     def from_reference_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:

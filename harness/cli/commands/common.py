@@ -35,7 +35,7 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_device_options(parser: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--precision``, the same in every command that trains or evaluates (``harness.devices``)."""
+    """``--device`` and ``--precision``, the same in every command that trains or evaluates (``harness.training.devices``)."""
     from aprbench.harness.training.devices import DEVICES_HELP, PRECISIONS
 
     parser.add_argument("--device", default="auto", help=f"where models train and run: {DEVICES_HELP} "
@@ -76,7 +76,7 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_progress_options(parser: argparse.ArgumentParser) -> None:
-    """``--no-progress`` (lines instead of bars) and ``--quiet`` (neither), see :mod:`harness.progress`."""
+    """``--no-progress`` (lines instead of bars) and ``--quiet`` (neither), see :mod:`harness.running.progress`."""
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars, one line per finished step instead (as when output is not a terminal)")
     parser.add_argument("--quiet", action="store_true", help="no progress at all: only errors and final results")

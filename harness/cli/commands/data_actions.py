@@ -1,4 +1,4 @@
-"""What ``bench data render`` and ``bench data check`` do (their options are in ``harness.commands.data``)."""
+"""What ``bench data render`` and ``bench data check`` do (their options are in ``harness.cli.commands.data``)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``bench logs NAME_OR_DIR…``: the learning curves of trained models.
 
-Every training run writes its per-epoch ``log.csv`` (``harness.train``) into
+Every training run writes its per-epoch ``log.csv`` (``harness.training.loop``) into
 ``artifacts/<kind>/<name>-<fp>/logs/[stage<i>/]``, kept when the resumable
 checkpoints are removed at the end of the training. This command
 finds them by model name (every fingerprint of that name), ``kind/name``,

@@ -21,7 +21,7 @@ def register(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the table; replayed (without importing a plugin, hence torch) when a work directory holds the record of
-    the same command over the same code, entry points and ``--plugin`` files (:mod:`harness.replay`)."""
+    the same command over the same code, entry points and ``--plugin`` files (:mod:`harness.store.replay`)."""
     from aprbench.harness.store.replay import Replay, options_of
     from aprbench.harness.store.hdf5 import default_workdir
 

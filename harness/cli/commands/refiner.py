@@ -28,7 +28,7 @@ def _add_options(parser: argparse.ArgumentParser, iterations: int = 3) -> None:
 
 
 def register(commands) -> None:
-    """Add ``train refiner`` and ``eval refiner`` (see ``harness.cli.Commands``)."""
+    """Add ``train refiner`` and ``eval refiner`` (see ``harness.cli.main.Commands``)."""
     add_command(commands.train, "refiner", [commands.common], "train a relative pose regressor (iAPR or image-RPR)",
                 "Train a refiner from its teacher's stored training-split outputs (and the student's encoding of "
                 "neighbour poses for pae-rpr); a stored one is reused, an interrupted training resumes. Then prints "
@@ -52,7 +52,7 @@ def _obtain(args: argparse.Namespace):
 
 
 def report(ctx, refiner, teacher, student, split: str, iterations: int) -> str:
-    """Errors per iteration per scene (:func:`harness.stages.refiner.evaluate_refiner`) and stored bytes."""
+    """Errors per iteration per scene (:func:`harness.running.stages.refiner.evaluate_refiner`) and stored bytes."""
     from aprbench.harness.running.stages.refiner import evaluate_refiner
     from aprbench.harness.api.interfaces import PoseIndexRefiner
 

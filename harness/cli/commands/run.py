@@ -312,7 +312,7 @@ def _first_run(args: argparse.Namespace, jobs: int) -> str:
 
 
 def _jobs(args: argparse.Namespace, runner, plan, device) -> tuple[int, list[str] | None]:
-    """Worker processes for this run (:mod:`harness.workers`): ``--jobs``, else automatic when no shard or
+    """Worker processes for this run (:mod:`harness.running.workers`): ``--jobs``, else automatic when no shard or
     launcher is given and the cells to compute span several teacher chains; with the cells' fingerprints
     when they were needed to tell (``None`` otherwise)."""
     if args.launcher != "none" or args.shard:
@@ -329,7 +329,7 @@ def _jobs(args: argparse.Namespace, runner, plan, device) -> tuple[int, list[str
 def _run_workers(args: argparse.Namespace, runner, plan, store: Store, jobs: int, mode: str,
                  fps: list[str] | None = None):
     """Compute the plan's cells (fingerprints ``fps``, computed when not given) in ``jobs`` worker processes
-    (:func:`harness.workers.run_workers`), then sum up what the store holds; their stage times join this
+    (:func:`harness.running.workers.run_workers`), then sum up what the store holds; their stage times join this
     process's."""
     import time
 

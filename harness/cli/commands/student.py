@@ -29,7 +29,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(commands) -> None:
-    """Add ``train student`` and ``eval student`` (see ``harness.cli.Commands``)."""
+    """Add ``train student`` and ``eval student`` (see ``harness.cli.main.Commands``)."""
     add_command(commands.train, "student", [commands.common], "distil a pose auto-encoder from a teacher's stored outputs",
                 "Train a student (camera pose auto-encoder) from its teacher's stored training-split outputs (no image "
                 "is loaded); a stored one is reused, an interrupted training resumes. Prints the student beside its "
@@ -40,7 +40,7 @@ def register(commands) -> None:
 
 
 def report(ctx, student, teacher, split: str = "test") -> str:
-    """The per-scene table of :func:`harness.stages.student.evaluate_student`."""
+    """The per-scene table of :func:`harness.running.stages.student.evaluate_student`."""
     from aprbench.harness.running.stages.student import evaluate_student
 
     frame = evaluate_student(ctx, student, teacher, split)

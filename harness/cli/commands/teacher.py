@@ -12,7 +12,7 @@ from aprbench.harness.cli.commands.common import add_command, add_data_options, 
 
 
 def register(commands) -> None:
-    """Add ``train teacher`` and ``eval teacher`` (see ``harness.cli.Commands``)."""
+    """Add ``train teacher`` and ``eval teacher`` (see ``harness.cli.main.Commands``)."""
     def options(name_help: str) -> Callable[[argparse.ArgumentParser], None]:
         def add(parser: argparse.ArgumentParser) -> None:
             parser.add_argument("name", metavar="NAME[=WEIGHTS]", help=name_help)

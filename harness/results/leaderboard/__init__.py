@@ -1,6 +1,6 @@
 """The leaderboard: the store's cells as the tables a paper prints.
 
-:func:`build` reads the cell files (:mod:`harness.cells`), adds the columns of
+:func:`build` reads the cell files (:mod:`harness.store.cells`), adds the columns of
 every ``bench_leaderboard_columns`` hook and applies ``--filter``; it serves
 ``bench run``, ``bench leaderboard`` and ``bench report`` alike. :func:`text`
 renders one of the views:
@@ -18,7 +18,7 @@ renders one of the views:
 
 Several seeds of one recipe merge into one row (``mean ± std``, ``n``); rows
 whose provenance differs (:data:`MERGE_KEYS`: all of
-:data:`harness.cells.PROVENANCE_KEYS` but the creation date) never merge and
+:data:`harness.store.cells.PROVENANCE_KEYS` but the creation date) never merge and
 are labelled with what differs.
 """
 

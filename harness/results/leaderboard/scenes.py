@@ -31,7 +31,7 @@ def scenes_frame(board: Board, poses: pd.DataFrame | None = None) -> pd.DataFram
 
     Columns: the group keys, ``recipe``, ``scene``, ``n_seeds``, ``median_m``/``median_deg`` (mean over seeds),
     ``median_m_std``/``median_deg_std``, ``stored_bytes`` (int), ``ms_per_frame``, hook columns, and ``delta_*``
-    columns when :mod:`harness.stats` provides them.
+    columns when :mod:`harness.results.stats` provides them.
     """
     poses = board.poses if poses is None else poses
     if poses.empty:

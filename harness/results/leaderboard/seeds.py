@@ -11,7 +11,7 @@ from aprbench.harness.results.leaderboard.board import Board
 
 
 def _stats_frame(board: Board) -> pd.DataFrame | None:
-    """``harness.stats.stats_table`` of the board's cells (the paired Δ against the teacher), computed once."""
+    """``harness.results.stats.stats_table`` of the board's cells (the paired Δ against the teacher), computed once."""
     if board.stats is None:
         from aprbench.harness.results import stats
 
@@ -26,7 +26,7 @@ def _stats_frame(board: Board) -> pd.DataFrame | None:
 
 def stats_frame(board: Board) -> pd.DataFrame:
     """The ``stats`` view: one row per group of cells that differ only in seed, per scene: ``n_seeds``,
-    ``<metric>_mean`` / ``_std`` and the paired comparison with its baseline (``harness.stats``), then the
+    ``<metric>_mean`` / ``_std`` and the paired comparison with its baseline (``harness.results.stats``), then the
     extra comparisons (``comparison``: student on estimates vs ground truth, refiner iteration K vs K-1)."""
     from aprbench.harness.results import stats
 

@@ -66,7 +66,7 @@ def parse_thresholds(spec: str | None) -> tuple[tuple[float, float], ...] | None
 
 
 def threshold_column(m: float, d: float) -> str:
-    """Machine column name of a threshold accuracy (as :func:`harness.metrics.threshold_name`)."""
+    """Machine column name of a threshold accuracy (as :func:`harness.results.metrics.threshold_name`)."""
     return f"acc_{m:g}m_{d:g}deg"
 
 

@@ -48,7 +48,7 @@ class Context:
     that recipes match on (``synthetic``, ``sevenscenes``, ``cambridge``, ...);
     ``seed`` (the matrix cell's) overrides every recipe's seed. ``device`` and
     ``precision`` (``fp32``, ``bf16``, ``fp16``: autocast of every forward pass,
-    :mod:`harness.devices`) are where and how models train and run; a reduced
+    :mod:`harness.training.devices`) are where and how models train and run; a reduced
     precision enters the fingerprint of every artifact obtained under it.
     """
 
@@ -58,9 +58,9 @@ class Context:
     dataset: str
     profile: str = "quick"
     device: torch.device = field(default_factory=default_device)
-    progress: bool | str = True  # a mode of harness.progress
+    progress: bool | str = True  # a mode of harness.running.progress
     precision: str = "fp32"
-    log: str = "csv"  # per-epoch logs: csv, or tensorboard as well (harness.tblog)
+    log: str = "csv"  # per-epoch logs: csv, or tensorboard as well (harness.training.tblog)
     overrides: list[Override] = field(default_factory=list)  # also accepted as {kind: {key: value}}
     seed: int | None = None
     artifacts: dict[str, "Artifact"] = field(default_factory=dict, repr=False)  # obtained in this process, by fingerprint
@@ -69,7 +69,7 @@ class Context:
         self.overrides = as_overrides(self.overrides)
 
     def recipe(self, kind: str, name: str, teacher: Recipe | None = None) -> Recipe:
-        """The resolved recipe of a model (see :func:`harness.recipes.resolve`)."""
+        """The resolved recipe of a model (see :func:`harness.api.recipes.resolve`)."""
         return resolve(self.registry, kind, name, self.dataset, self.profile, self.overrides, self.seed, teacher)
 
 
@@ -165,7 +165,7 @@ def checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a user checkpoint (``weights_only``): plain, or nested under ``state_dict`` /
     ``model`` / ``model_state_dict``, or one of our training checkpoints (its model's entries)."""
     state = load_state(path)
-    if "task" in state and isinstance(state["task"], dict):  # harness.train checkpoint: the task's first module
+    if "task" in state and isinstance(state["task"], dict):  # harness.training.loop checkpoint: the task's first module
         task = state["task"]
         prefix = next((k.split(".", 1)[0] + "." for k in task if "." in k and not k.startswith("loss.")), "")
         state = {k.removeprefix(prefix): v for k, v in task.items() if k.startswith(prefix)}

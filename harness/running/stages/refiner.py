@@ -1,7 +1,7 @@
 """Refiners as artifacts: train (or load) a relative pose regressor, run the iAPR loop, evaluate it.
 
-A refiner recipe resolves (``harness.recipes``) into the training loop's config,
-:class:`harness.recipes.RefinerConfig` and the model's config for the plugin's
+A refiner recipe resolves (``harness.api.recipes``) into the training loop's config,
+:class:`harness.api.recipes.RefinerConfig` and the model's config for the plugin's
 factory (``d_model``, ``layers``, ...).
 
 Training (frozen image encoder, the default) reads the teacher's stored
@@ -542,7 +542,7 @@ def _retrieve(p: Tensor, db_pose: Tensor, db_scene: Tensor, scene: Tensor | None
 
 def evaluate_refiner(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact | None,
                      split: str = "test", iterations: int = 3) -> pd.DataFrame:
-    """Per scene and per iteration (0 = the teacher) errors (``harness.metrics.summarize`` columns),
+    """Per scene and per iteration (0 = the teacher) errors (``harness.results.metrics.summarize`` columns),
     plus ``ms_per_frame`` (cumulative, teacher included) and ``stored_bytes``."""
     res = refine(ctx, refiner, teacher, student, split, iterations)
     frames = []

@@ -10,7 +10,7 @@ student's latents and gradients flow through them into the student::
 
 (``(lx, lq) = student(pose_in, scene_in)``; MSE is the mean over elements of
 each latent, as the reference sums the two; PoseLoss is Kendall's learned
-weighting, ``harness.losses``). The reference evaluates the heads under
+weighting, ``harness.training.losses``). The reference evaluates the heads under
 ``torch.no_grad`` so its pose term only moves ``sx``, ``sq``; here it trains
 the student too, as the paper describes.
 
@@ -24,8 +24,8 @@ the student too, as the paper describes.
 At evaluation the student always encodes the teacher's *estimated* pose (and
 predicted scene) and the teacher's heads decode it.
 
-A student recipe resolves (``harness.recipes``) into the training loop's config,
-:class:`harness.recipes.StudentConfig` and the model's config for the plugin's
+A student recipe resolves (``harness.api.recipes``) into the training loop's config,
+:class:`harness.api.recipes.StudentConfig` and the model's config for the plugin's
 factory (``shallow``, ``positional_encoding``, ``num_freqs``, ``latent_dim``).
 ``pose_weight`` is a number or a table by
 ``encode``: with the estimate as input, the pose term asks the student to
@@ -249,7 +249,7 @@ def student_outputs(ctx: Context, student: Artifact, teacher: Artifact, split: s
     was given), ``latent_mse (N,)`` mean squared difference to the teacher's
     latents over both latents' ``2 D`` elements, ``time_s (N,)`` seconds per
     frame of encode + decode at the teacher's ``eval_batch_size`` (warmed up and
-    repeated, :func:`harness.timing.seconds_per_frame`). Forward passes run under
+    repeated, :func:`harness.running.timing.seconds_per_frame`). Forward passes run under
     ``ctx.precision``'s autocast; outputs are float32.
     """
     from aprbench.harness.training.devices import autocast

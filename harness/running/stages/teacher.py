@@ -1,7 +1,7 @@
 """Teachers as artifacts: train (or load) an APR, cache its outputs per split, evaluate it.
 
-A teacher recipe resolves (``harness.recipes``) into the training loop's
-config, :class:`harness.recipes.TeacherConfig` and the model's config (``backbone``,
+A teacher recipe resolves (``harness.api.recipes``) into the training loop's
+config, :class:`harness.api.recipes.TeacherConfig` and the model's config (``backbone``,
 ``d_model``, ...), which the plugin's factory receives.
 
 ``stages`` (optional) is a list of tables, each a fine-tuning stage run after
@@ -81,7 +81,7 @@ def _check(ctx: Context, recipe: Recipe, model: Teacher, upstream: dict[str, Art
 
 def obtain_teacher(ctx: Context, name: str, checkpoint: Path | None = None) -> Artifact:
     """The teacher ``name`` trained with its recipe on ``ctx.data``'s training split (from the store when there),
-    or with the weights of ``checkpoint`` (see :func:`harness.stages.context.obtain`)."""
+    or with the weights of ``checkpoint`` (see :func:`harness.running.stages.context.obtain`)."""
     return obtain(ctx, TEACHER, name, {}, checkpoint)
 
 
@@ -100,7 +100,7 @@ def image_batches(images: Tensor, poses: Tensor, scenes: Tensor, batch_size: int
                   preprocess: Any = None) -> Batches:
     """Teacher training batches ``(images float (B, 3, S, S), poses (B, 7), scenes (B,))`` from uint8 images,
     augmented and normalised per batch; ``scene_balanced`` draws scenes uniformly, then frames.
-    ``preprocess`` (a :class:`harness.images.Preprocess`) replaces the default augmentation."""
+    ``preprocess`` (a :class:`harness.data.images.Preprocess`) replaces the default augmentation."""
     from aprbench.harness.data.images import augment_images, normalize_images
 
     def pixels(batch: tuple[Tensor, Tensor, Tensor], generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
@@ -155,8 +155,8 @@ TEACHER = Stage("teacher", Teacher, _build_args, _check, _train)
 def predict(model: Teacher, images: Tensor, batch_size: int = 64, device: torch.device | None = None,
             precision: str = "fp32") -> dict[str, np.ndarray]:
     """Batched teacher outputs over uint8 images ``(N, 3, S, S)``: pose_est, latents, scene_logp (float32
-    whatever ``precision`` the forward passes ran under, :func:`harness.devices.autocast`), and time_s
-    (seconds per frame of the forward pass at ``batch_size``, :func:`harness.timing.seconds_per_frame`)."""
+    whatever ``precision`` the forward passes ran under, :func:`harness.training.devices.autocast`), and time_s
+    (seconds per frame of the forward pass at ``batch_size``, :func:`harness.running.timing.seconds_per_frame`)."""
     from aprbench.harness.training.devices import autocast
     from aprbench.harness.data.images import normalize_images
 
@@ -228,7 +228,7 @@ def teacher_outputs(ctx: Context, teacher: Artifact, split: str) -> dict[str, np
 
 # =========================================================================== evaluation
 def evaluate_teacher(ctx: Context, teacher: Artifact, split: str = "test") -> pd.DataFrame:
-    """Per-scene summary of the teacher on ``split`` (``harness.metrics.summarize`` columns), plus
+    """Per-scene summary of the teacher on ``split`` (``harness.results.metrics.summarize`` columns), plus
     ``scene_acc`` (fraction of frames whose scene it classifies right) for a multi-scene teacher
     and ``ms_per_frame``."""
     out = teacher_outputs(ctx, teacher, split)
