@@ -89,7 +89,7 @@ def write(path: Path, text: str) -> Path:
 @pytest.fixture(autouse=True)
 def fresh_manager(monkeypatch):
     """No process-wide manager leaks into or out of these tests; test modules are unloaded afterwards."""
-    monkeypatch.setattr(harness.api.manager, "_MANAGER", None)
+    monkeypatch.setattr(plugin_manager, "_MANAGER", None)
     before = set(sys.modules)
     yield
     for name in set(sys.modules) - before:
@@ -409,7 +409,7 @@ def test_recipe_tables_merge_in_file_order(recipes):
 
 def test_registry_toml_lists_builtin_modules():
     modules = registry.builtin_plugin_modules()
-    assert modules and all(m.startswith("plugins.") for m in modules)
+    assert modules and all(m.startswith("aprbench.plugins.") for m in modules)
     assert len(set(modules)) == len(modules)
 
 
