@@ -35,7 +35,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from aprbench.harness.data.labels import make_pose_data  # noqa: E402
+from aprbench.harness.data.datasets import make_pose_data  # noqa: E402
 from aprbench.harness.data.images import PoseImageDataset  # noqa: E402
 from aprbench.harness.api.interfaces import LABEL_COLUMNS  # noqa: E402
 from aprbench.harness.training.losses import PoseLoss  # noqa: E402

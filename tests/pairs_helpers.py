@@ -13,7 +13,9 @@ import pandas as pd
 import torch
 
 from aprbench.harness import poses as P
-from aprbench.harness.data.labels import _non_empty, _numeric, _quaternions, _read_csv, _require_columns, _write_csv, data_error
+from aprbench.harness.data.csv_checks import (
+    data_error, numeric_cells, read_csv, require_columns, require_non_empty, unit_quaternions, write_csv,
+)
 from aprbench.harness.api.interfaces import PoseData
 from aprbench.harness.poses import nearest_neighbours, virtual_neighbours
 
@@ -37,16 +39,16 @@ def read_pairs(path: Path | str) -> pd.DataFrame:
     are normalised; errors name file, row and column.
     """
     path = Path(path)
-    df = _read_csv(path)
-    _require_columns(df, PAIR_COLUMNS, path)
+    df = read_csv(path)
+    require_columns(df, PAIR_COLUMNS, path)
     errors: list[str] = []
     out = df[["img_path_a", "scene_a", "img_path_b", "scene_b"]].apply(lambda s: s.str.strip()).reset_index(drop=True)
-    _non_empty(out, ["img_path_a", "scene_a", "scene_b"], path, errors)
-    ids = _numeric(df, ["scene_id_a", "scene_id_b"], path, errors)
+    require_non_empty(out, ["img_path_a", "scene_a", "scene_b"], path, errors)
+    ids = numeric_cells(df, ["scene_id_a", "scene_id_b"], path, errors)
     blocks = {}
     for cols in (PAIR_POSE_A, PAIR_POSE_B, PAIR_POSE_AB):
-        v = _numeric(df, cols, path, errors)
-        v[:, 3:] = _quaternions(v[:, 3:], path, cols[3:], errors)
+        v = numeric_cells(df, cols, path, errors)
+        v[:, 3:] = unit_quaternions(v[:, 3:], path, cols[3:], errors)
         blocks[tuple(cols)] = v
     if errors:
         raise data_error(errors)
@@ -59,7 +61,7 @@ def read_pairs(path: Path | str) -> pd.DataFrame:
 
 def write_pairs(df: pd.DataFrame, path: Path | str) -> Path:
     """Write ``PAIR_COLUMNS`` of ``df`` as a pairs CSV (atomically)."""
-    return _write_csv(df, PAIR_COLUMNS, path, "pairs to write")
+    return write_csv(df, PAIR_COLUMNS, path, "pairs to write")
 
 
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import pairs_helpers as PH
-from aprbench.harness.data import labels as D
+from aprbench.harness import data as D
 from aprbench.harness.data import images as I
 from aprbench.harness import poses as P
 from aprbench.harness.errors import BenchError, DataError

@@ -250,7 +250,7 @@ def test_cambridge_image_escaping_root(tmp_path):
 
 # --------------------------------------------------------------------------- in-process: subsets and empty splits
 def test_fractions_never_stack_and_require_frames(tmp_path):
-    from aprbench.harness.data.labels import make_pose_data, require_frames, subset, with_fraction
+    from aprbench.harness.data.datasets import make_pose_data, require_frames, subset, with_fraction
     from aprbench.harness.errors import BenchError, DataError
 
     rows = [[s, "train", "seq-01", f"{s}/{i}.png", i, 0, 0, 1, 0, 0, 0] for s in ("a", "b") for i in range(10)]

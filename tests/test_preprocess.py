@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T  # the reference's (v1) transforms, applied to PIL images as it does
 
-from aprbench.harness.data import labels as D
+from aprbench.harness import data as D
 from aprbench.harness.data import images as I
 from aprbench.harness.api import recipes as R
 from aprbench.harness.errors import BenchError
@@ -140,7 +140,7 @@ def test_paper_decoder_target_is_resize_72_centre_crop_64(tmp_path):
 
 
 def test_paper_renders_the_synthetic_scenes_at_its_recipes_size(tmp_path):
-    from aprbench.harness.data.labels import open_dataset
+    from aprbench.harness.data.datasets import open_dataset
     from aprbench.harness.api.registry import dataset_defaults
 
     assert dataset_defaults("synthetic", "paper") == {"image_size": 256} and dataset_defaults("synthetic", "quick") == {}

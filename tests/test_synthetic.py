@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from aprbench.harness.data import labels as D
+from aprbench.harness import data as D
 from aprbench.harness.data import images as I
 from aprbench.harness.errors import BenchError, DataError
 from aprbench.harness.api.manager import get_registry

@@ -1,25 +1,38 @@
 """Data: the reference label format and its checks, native 7Scenes / Cambridge layouts, datasets and
 subsets, image decoding and preprocessing, iAPR pair lists.
 
-Modules: ``labels``, ``images``, ``pair_lists``.
+Modules, one job each:
+
+- ``csv_checks``: CSV tables read and written with every cell checked; errors name file, row and column
+- ``label_checks``: reviewer checks on assembled labels (safe names, magnitudes, duplicates, shared sequences)
+- ``labels``: the reference label CSV (read, write, image files present)
+- ``layouts``: native 7Scenes and Cambridge Landmarks layouts read into labels
+- ``datasets``: :class:`PoseData`, dataset specs opened through plugins, scene subsets, training fractions
+- ``images``: image loading (resize + centre crop), the image cache, normalisation, augmentation
+- ``pair_lists``: iAPR pair lists
+
 The names below are what the rest of aprbench and plugins may use; each imports its module on first use.
 """
 
 from aprbench.harness.lazy import lazy_exports
 
 _EXPORTS = {
+    "data_error": ".csv_checks",
+    "check_label_table": ".label_checks",
+    "check_label_files": ".label_checks",
+    "scene_name_problem": ".label_checks",
+    "image_path_problem": ".label_checks",
     "read_labels": ".labels",
     "write_labels": ".labels",
-    "check_label_files": ".labels",
     "check_image_files": ".labels",
-    "read_sevenscenes": ".labels",
-    "read_cambridge": ".labels",
-    "make_pose_data": ".labels",
-    "open_dataset": ".labels",
-    "parse_dataset_spec": ".labels",
-    "subset": ".labels",
-    "with_fraction": ".labels",
-    "require_frames": ".labels",
+    "read_sevenscenes": ".layouts",
+    "read_cambridge": ".layouts",
+    "make_pose_data": ".datasets",
+    "open_dataset": ".datasets",
+    "parse_dataset_spec": ".datasets",
+    "subset": ".datasets",
+    "with_fraction": ".datasets",
+    "require_frames": ".datasets",
     "load_images": ".images",
     "normalize_images": ".images",
     "augment_images": ".images",

@@ -10,15 +10,17 @@ import hashlib
 import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from aprbench.harness.errors import BenchError
-from aprbench.harness.data.labels import _where, check_image_files, data_error
+from aprbench.harness.data.csv_checks import data_error, row_where
+from aprbench.harness.data.labels import check_image_files
 from aprbench.harness.api.interfaces import PoseData
 from aprbench.harness.store.hdf5 import Store, atomic_path
 
@@ -125,59 +127,83 @@ def load_images(data: PoseData, size: int, store: Store | None = None, workers: 
         raise BenchError(f"load_images: size {size} needs resize > 0")
     stamp = image_stamp(data)
     cache = image_cache_path(data, size, store, resize, stamp) if store is not None else None
-    if cache is not None and cache.is_file():
-        try:
-            arr = np.load(cache, mmap_mode="c")
-            ok_shape = arr.shape == (len(data.labels), 3, size, size) if size > 0 else arr.shape[:2] == (len(data.labels), 3)
-            if ok_shape and arr.dtype == np.uint8:
-                return torch.from_numpy(arr)
-        except (ValueError, OSError, EOFError):
-            pass
-        cache.unlink(missing_ok=True)
+    if cache is not None and (cached := _read_cache(cache, len(data.labels), size)) is not None:
+        return cached
     root = Path(data.root)
     paths = [root / p for p in data.labels["img_path"].tolist()]
-    check_image_files(data.labels, root, source=f"dataset {data.name!r} labels")
+    source = f"dataset {data.name!r} labels"
+    check_image_files(data.labels, root, source=source)
     recent = f"{data.fingerprint()}|{root.resolve()}|{size}|{resize}|{stamp}"
     if recent in _RECENT:
         _RECENT.move_to_end(recent)
         return _RECENT[recent]
-
-    def decode(i: int) -> np.ndarray:
-        try:
-            return _load_resized(paths[i], resize, size or None) if resize else _load_one(paths[i], size)
-        except OSError as exc:
-            raise data_error([f"{_where(f'dataset {data.name!r} labels', i, 'img_path')}: cannot read image {paths[i]} ({exc})"]) from None
-
+    decode = partial(_decode, paths, source, size, resize)
     if size > 0:
         shape: tuple[int, ...] = (3, size, size)
     else:
         shape = decode(0).shape if paths else (3, resize, resize)
     big = len(paths) * int(np.prod(shape)) > MMAP_BYTES
     to_disk = cache is not None and bool(paths) and (big or _needs_resizing(paths[0], size, resize))
-
-    def load(out: np.ndarray) -> None:
-        def one(i: int) -> None:
-            arr = decode(i)
-            if arr.shape != shape:
-                raise data_error([f"{_where(f'dataset {data.name!r} labels', i, 'img_path')}: image {paths[i]} resizes to "
-                                  f"{arr.shape[2]}x{arr.shape[1]}, the first to {shape[2]}x{shape[1]}: random crops need "
-                                  f"one aspect ratio (use train_crop = \"center\")"])
-            out[i] = arr
-
-        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-            list(pool.map(one, range(len(paths)), chunksize=64))
-
     if to_disk:
-        with atomic_path(cache) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *shape))
-            load(out)
-            out.flush()
-            del out
-        return torch.from_numpy(np.load(cache, mmap_mode="c"))
+        return _decode_to_cache(cache, decode, shape, paths, source, workers)
     out = np.empty((len(paths), *shape), dtype=np.uint8)
-    load(out)
-    images = torch.from_numpy(out)
-    _RECENT[recent] = images
+    _decode_all(out, decode, shape, paths, source, workers)
+    return _remember(recent, torch.from_numpy(out))
+
+
+def _read_cache(cache: Path, n: int, size: int) -> Tensor | None:
+    """The cached ``(n, 3, size, size)`` uint8 images memory-mapped, or ``None`` (a stale or broken cache is removed)."""
+    if not cache.is_file():
+        return None
+    try:
+        arr = np.load(cache, mmap_mode="c")
+        ok_shape = arr.shape == (n, 3, size, size) if size > 0 else arr.shape[:2] == (n, 3)
+        if ok_shape and arr.dtype == np.uint8:
+            return torch.from_numpy(arr)
+    except (ValueError, OSError, EOFError):
+        pass
+    cache.unlink(missing_ok=True)
+    return None
+
+
+def _decode(paths: list[Path], source: str, size: int, resize: int, i: int) -> np.ndarray:
+    """Image ``i`` as uint8 ``(3, H, W)``; an unreadable file is a :class:`DataError` naming its label row."""
+    try:
+        return _load_resized(paths[i], resize, size or None) if resize else _load_one(paths[i], size)
+    except OSError as exc:
+        raise data_error([f"{row_where(source, i, 'img_path')}: cannot read image {paths[i]} ({exc})"]) from None
+
+
+def _decode_all(out: np.ndarray, decode: Callable[[int], np.ndarray], shape: tuple[int, ...], paths: list[Path],
+                source: str, workers: int | None) -> None:
+    """Decode every image into ``out[i]`` in a thread pool; each must come out ``shape``."""
+
+    def one(i: int) -> None:
+        arr = decode(i)
+        if arr.shape != shape:
+            raise data_error([f"{row_where(source, i, 'img_path')}: image {paths[i]} resizes to "
+                              f"{arr.shape[2]}x{arr.shape[1]}, the first to {shape[2]}x{shape[1]}: random crops need "
+                              f"one aspect ratio (use train_crop = \"center\")"])
+        out[i] = arr
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(one, range(len(paths)), chunksize=64))
+
+
+def _decode_to_cache(cache: Path, decode: Callable[[int], np.ndarray], shape: tuple[int, ...], paths: list[Path],
+                     source: str, workers: int | None) -> Tensor:
+    """Decode every image through a memory map into ``cache`` (renamed into place when complete); served memory-mapped."""
+    with atomic_path(cache) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *shape))
+        _decode_all(out, decode, shape, paths, source, workers)
+        out.flush()
+        del out
+    return torch.from_numpy(np.load(cache, mmap_mode="c"))
+
+
+def _remember(key: str, images: Tensor) -> Tensor:
+    """Keep ``images`` among the last :data:`RECENT_SETS` sets decoded in memory."""
+    _RECENT[key] = images
     while len(_RECENT) > RECENT_SETS:
         _RECENT.popitem(last=False)
     return images
@@ -346,7 +372,7 @@ class PoseImageDataset(torch.utils.data.Dataset):
 
         path = self.root / self.paths[i]
         if not path.is_file():
-            raise data_error([f"{_where(f'dataset {self.data.name!r} labels', i, 'img_path')}: image file {path} does not exist"])
+            raise data_error([f"{row_where(f'dataset {self.data.name!r} labels', i, 'img_path')}: image file {path} does not exist"])
         with Image.open(path) as im:
             image = self.transform(im.convert("RGB"))
         return {"image": image, "pose": self.poses[i], "scene": self.scenes[i], "index": torch.tensor(i, dtype=torch.int64)}

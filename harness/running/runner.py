@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from aprbench.harness.errors import BenchError
-from aprbench.harness.data.labels import require_frames, subset
+from aprbench.harness.data.datasets import require_frames, subset
 from aprbench.harness.training.devices import check_precision, resolve_device
 from aprbench.harness.api.interfaces import PoseData
 from aprbench.harness.running.matrix import Cell, Plan, cell_fingerprint, shard, software_versions

@@ -39,6 +39,7 @@ import io
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -206,10 +207,63 @@ def fit(
     ``log_kind="tensorboard"`` also writes each row to a TensorBoard events file beside the CSV (:mod:`harness.training.tblog`).
     ``progress``: a mode of :mod:`harness.running.progress` (bar with loss and samples/s, epoch lines, or quiet).
     """
-    from aprbench.harness.training.devices import autocast, check_precision, grad_scaler
+    from aprbench.harness.training.devices import check_precision
 
     device = device or next(task.parameters()).device
     check_precision(precision, device)
+    run = _set_up(task, config, checkpoint_dir, device, precision)
+    out = _open_outputs(run, batches, config, desc, progress, checkpoint_dir, log_path, log_kind)
+    try:
+        task.train()
+        for epoch in range(len(run.history), config.epochs):
+            _train_epoch(run, out, batches, epoch, config, desc, validate)
+    except KeyboardInterrupt:
+        if run.saved < len(run.history):  # completed epochs not on disk yet: keep them; the interrupted one is redone
+            run.ckpt.save(run.history)
+        raise
+    finally:
+        out.bar.close()
+        if out.board is not None:
+            out.board.close()
+    task.eval()
+    return run.history
+
+
+@dataclass
+class _Training:
+    """What one :func:`fit` trains with, set up before its first epoch; ``saved``: the epoch the checkpoint on
+    disk ends with."""
+
+    task: nn.Module
+    model: nn.Module  # the task, wrapped in DistributedDataParallel under torchrun
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    amp: Callable[[], Any]
+    ckpt: "Checkpoint"
+    history: list[dict[str, float]]
+    rank: int
+    world: int
+    device: torch.device
+    saved: int
+
+
+@dataclass
+class _Outputs:
+    """Where one :func:`fit` reports: the CSV log, the TensorBoard log, the progress bar, the pace estimate."""
+
+    log: "EpochLog | None"
+    board: Any
+    bar: Any
+    pace: "Pace | None"
+
+
+def _set_up(task: nn.Module, config: TrainConfig, checkpoint_dir: Path | None, device: torch.device,
+            precision: str) -> _Training:
+    """Seed, optimiser, schedule, loss scaler, distributed wrapper; the checkpoint's state restored when there is one."""
+    from aprbench.harness.training.devices import autocast, grad_scaler
+
     scaler = grad_scaler(device, precision)
     amp = lambda: autocast(device, precision)  # noqa: E731  a fresh context per use
     distributed = _init_distributed(device)
@@ -221,58 +275,55 @@ def fit(
     ckpt = Checkpoint(Path(checkpoint_dir) / "last.pth" if checkpoint_dir is not None and rank == 0 else None,
                       task, optimizer, scheduler, scaler)
     history = ckpt.load() if checkpoint_dir is not None else []
-    start = len(history)
     model = nn.parallel.DistributedDataParallel(task) if distributed else task
+    return _Training(task, model, params, optimizer, scheduler, scaler, amp, ckpt, history, rank, world, device,
+                     saved=len(history))
+
+
+def _open_outputs(run: _Training, batches: Any, config: TrainConfig, desc: str, progress: bool | str,
+                  checkpoint_dir: Path | None, log_path: Path | None, log_kind: str) -> _Outputs:
+    """The per-epoch logs (rank 0 only; a resumed run keeps the rows its checkpoint covers), bar and pace."""
+    from aprbench.harness.running.progress import EpochProgress
+
     if log_path is None and checkpoint_dir is not None:
         log_path = Path(checkpoint_dir) / LOG_NAME
-    log = EpochLog(log_path) if log_path is not None and rank == 0 else None
+    log = EpochLog(log_path) if log_path is not None and run.rank == 0 else None
     if log is not None:
-        log.resume(history)
+        log.resume(run.history)
     board = None
-    if log_path is not None and rank == 0 and log_kind == "tensorboard":
+    if log_path is not None and run.rank == 0 and log_kind == "tensorboard":
         from aprbench.harness.training.tblog import TensorBoardLog
 
         board = TensorBoardLog(Path(log_path).parent)
-
-    from aprbench.harness.running.progress import EpochProgress
-
-    bar = EpochProgress(desc, config.epochs, start, progress if rank == 0 else "quiet")
+    start = len(run.history)
+    bar = EpochProgress(desc, config.epochs, start, progress if run.rank == 0 else "quiet")
     steps = getattr(batches, "steps_per_epoch", None)
-    pace = Pace(desc, steps(world) * (config.epochs - start), device) if steps is not None and rank == 0 else None
-    epoch = start
-    saved = start  # the epoch the checkpoint on disk ends with
-    try:
-        task.train()
-        for epoch in range(start, config.epochs):
-            t0 = time.perf_counter()
-            seen: dict[str, int] = {}
-            means = _epoch(model, batches(epoch, rank, world), optimizer, params, config.grad_clip,
-                           f"{desc}, epoch {epoch + 1}", amp, scaler, pace, seen)
-            means.update(loss_weights(task))
-            means["lr"] = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            means["seconds"] = time.perf_counter() - t0
-            if validate is not None and rank == 0:
-                means.update(_validate(task, validate, device, amp))
-            history.append(means)
-            if log is not None:
-                log.append(epoch + 1, means)
-            if board is not None:
-                board.append(epoch + 1, means)
-            bar.epoch(epoch + 1, means, seen.get("samples", 0), means["seconds"])
-            if (epoch + 1) % max(config.checkpoint_every, 1) == 0 or epoch + 1 == config.epochs:
-                ckpt.save(history)
-                saved = epoch + 1
-    except KeyboardInterrupt:
-        if saved < len(history):  # completed epochs not on disk yet: keep them; the interrupted one is redone
-            ckpt.save(history)
-        raise
-    finally:
-        bar.close()
-        if board is not None:
-            board.close()
-    task.eval()
-    return history
+    pace = Pace(desc, steps(run.world) * (config.epochs - start), run.device) if steps is not None and run.rank == 0 else None
+    return _Outputs(log, board, bar, pace)
+
+
+def _train_epoch(run: _Training, out: _Outputs, batches: Callable[[int, int, int], Iterable[Any]], epoch: int,
+                 config: TrainConfig, desc: str, validate: Callable[[], Mapping[str, float]] | None) -> None:
+    """Epoch ``epoch`` (from 0): train, validate, log its row, checkpoint every ``checkpoint_every``-th and the last."""
+    t0 = time.perf_counter()
+    seen: dict[str, int] = {}
+    means = _epoch(run.model, batches(epoch, run.rank, run.world), run.optimizer, run.params, config.grad_clip,
+                   f"{desc}, epoch {epoch + 1}", run.amp, run.scaler, out.pace, seen)
+    means.update(loss_weights(run.task))
+    means["lr"] = run.optimizer.param_groups[0]["lr"]
+    run.scheduler.step()
+    means["seconds"] = time.perf_counter() - t0
+    if validate is not None and run.rank == 0:
+        means.update(_validate(run.task, validate, run.device, run.amp))
+    run.history.append(means)
+    if out.log is not None:
+        out.log.append(epoch + 1, means)
+    if out.board is not None:
+        out.board.append(epoch + 1, means)
+    out.bar.epoch(epoch + 1, means, seen.get("samples", 0), means["seconds"])
+    if (epoch + 1) % max(config.checkpoint_every, 1) == 0 or epoch + 1 == config.epochs:
+        run.ckpt.save(run.history)
+        run.saved = epoch + 1
 
 
 class Pace:

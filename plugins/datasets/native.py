@@ -11,7 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from aprbench.harness.data.labels import check_label_files, make_pose_data, read_cambridge, read_labels, read_sevenscenes
+from aprbench.harness.data.datasets import make_pose_data
+from aprbench.harness.data.label_checks import check_label_files
+from aprbench.harness.data.labels import read_labels
+from aprbench.harness.data.layouts import read_cambridge, read_sevenscenes
 from aprbench.harness.errors import BenchError
 from aprbench.harness.api.hookspecs import hookimpl
 from aprbench.harness.api.interfaces import PoseData

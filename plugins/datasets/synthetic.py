@@ -5,7 +5,7 @@ outdoor, Cambridge scale; see :mod:`plugins.datasets.synthetic_scenes`)
 ray-cast in torch at handheld-like trajectories and written in the native
 7Scenes layout (``<scene>/seq-XX/frame-XXXXXX.color.png`` + ``.pose.txt``
 camera-to-world 4x4 matrices in metres, ``TrainSplit.txt`` / ``TestSplit.txt``),
-then read back with :func:`harness.data.labels.read_sevenscenes` - the loading path
+then read back with :func:`harness.data.layouts.read_sevenscenes` - the loading path
 of real data. Training sequences come first (``seq-01`` ...), the held-out
 test sequences after them. Everything is determined by ``seed``.
 
@@ -34,7 +34,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from aprbench.harness.data.labels import make_pose_data, read_labels, read_sevenscenes, write_labels
+from aprbench.harness.data.datasets import make_pose_data
+from aprbench.harness.data.labels import read_labels, write_labels
+from aprbench.harness.data.layouts import read_sevenscenes
 from aprbench.harness.errors import BenchError, DataError
 from aprbench.harness.api.hookspecs import hookimpl
 from aprbench.harness.api.interfaces import LABEL_COLUMNS, POSE_COLUMNS, PoseData

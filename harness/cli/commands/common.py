@@ -88,7 +88,7 @@ def make_context(args: argparse.Namespace, used: dict[str, list[str]]) -> Contex
     Options are checked before the dataset is opened (rendered): profile, ``--set`` keys, fraction,
     device and precision.
     """
-    from aprbench.harness.data.labels import open_dataset, with_fraction
+    from aprbench.harness.data.datasets import open_dataset, with_fraction
     from aprbench.harness.running.stages.context import Context
     from aprbench.harness.errors import BenchError
     from aprbench.harness.running.progress import mode_from_args

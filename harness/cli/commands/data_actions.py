@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from aprbench.harness.data.labels import (
-    check_image_files, check_label_files, make_pose_data, read_cambridge, read_labels, read_sevenscenes, require_frames,
-)
+from aprbench.harness.data.datasets import make_pose_data, require_frames
+from aprbench.harness.data.label_checks import check_label_files
+from aprbench.harness.data.labels import check_image_files, read_labels
+from aprbench.harness.data.layouts import read_cambridge, read_sevenscenes
 from aprbench.harness.data.images import load_images
 from aprbench.harness.errors import BenchError, DataError
 from aprbench.harness.api.manager import get_registry

@@ -185,7 +185,7 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
     TIMES.seconds.clear()  # this run's stages only
 
     from aprbench.harness.results import leaderboard
-    from aprbench.harness.data.labels import open_dataset, parse_dataset_spec
+    from aprbench.harness.data.datasets import open_dataset, parse_dataset_spec
     from aprbench.harness.running.runner import MatrixRunner
 
     if args.format not in leaderboard.FORMATS:

@@ -3,7 +3,7 @@
 A decoder maps the student's (PAE's) latents of a pose to an ``S x S`` image.
 Training: the student encodes the training ground-truth poses (its scene for
 a multi-scene student), the decoder is fitted with L1 against the training
-images resized to ``S`` (``harness.data.labels.load_images``, cached in the store).
+images resized to ``S`` (``harness.data.images.load_images``, cached in the store).
 Scores: PSNR (dB) and SSIM (Gaussian window) of decoded vs true images on a
 split; grids: PNGs of ground truth beside decoded.
 
