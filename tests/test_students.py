@@ -328,8 +328,8 @@ def test_training_never_loads_an_image(tiny_teacher, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("an image was loaded while training a student")
 
-    monkeypatch.setattr(harness.data.images, "load_images", boom)
-    monkeypatch.setattr(harness.data.images, "_load_one", boom)
+    monkeypatch.setattr(images_module, "load_images", boom)
+    monkeypatch.setattr(images_module, "_load_one", boom)
     monkeypatch.setattr(PIL.Image, "open", boom)
     monkeypatch.setattr(teacher.model, "encode", boom)  # the image encoder never runs either
     teacher.model.zero_grad(set_to_none=True)
