@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from aprbench.harness.errors import BenchError
 
@@ -24,19 +24,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "slurm": {"timeout_min": 24 * 60, "nodes": 1, "tasks_per_node": 1, "gpus_per_node": 1, "cpus_per_task": 8},
     "local": {"timeout_min": 24 * 60, "tasks_per_node": 1},
 }
-
-
-def run_shard(argv: list[str]) -> int:
-    """The job body: ``bench ARGV`` in this process (module level, so submitit pickles it by reference).
-
-    Returns the command's exit status; a status other than 0 is raised, so the job is marked failed."""
-    from aprbench.harness.cli.main import main
-
-    status = main(list(argv))
-    sys.stdout.flush()
-    if status:
-        raise RuntimeError(f"bench exited with status {status} (shard {argv[-1]})")
-    return status
 
 
 def parse_parameters(items: list[str] | None) -> dict[str, Any]:
@@ -96,9 +83,10 @@ def make_executor(cluster: str, folder: Path, jobs: int, parameters: dict[str, A
 
 
 def launch(cluster: str, jobs: int, argv: list[str], workdir: Path, parameters: dict[str, Any],
-           poll_s: float = 1.0) -> list[JobOutcome]:
-    """Submit ``bench ARGV --launcher none --shard i/JOBS`` for i < JOBS as one job array, wait for all
-    of them (a line per finished job on stderr) and return each job's outcome, in shard order."""
+           job: Callable[[list[str]], int], poll_s: float = 1.0) -> list[JobOutcome]:
+    """Submit ``job(ARGV + --launcher none --shard i/JOBS)`` for i < JOBS as one job array, wait for all
+    of them (a line per finished job on stderr) and return each job's outcome, in shard order. ``job`` is
+    a module-level function (submitit pickles it by reference): the CLI passes its ``run_shard``."""
     if jobs < 1:
         raise BenchError(f"--jobs {jobs}: need at least 1")
     folder = Path(workdir).resolve() / LOG_DIR
@@ -108,7 +96,7 @@ def launch(cluster: str, jobs: int, argv: list[str], workdir: Path, parameters: 
              for i in range(jobs)]
     try:
         with executor.batch():
-            pending = [executor.submit(run_shard, a) for a in argvs]
+            pending = [executor.submit(job, a) for a in argvs]
     except Exception as exc:  # sbatch missing or refusing the array
         raise BenchError(f"--launcher {cluster}: submission failed: {str(exc).strip().splitlines()[0]}") from None
     try:

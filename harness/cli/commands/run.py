@@ -266,12 +266,13 @@ def _launch(args: argparse.Namespace, runner, plan, store: Store):
     """Submit the plan's shards as jobs (``--launcher``), wait, and sum up what the store holds afterwards."""
     import time
 
+    from aprbench.harness.cli.jobs import run_shard
     from aprbench.harness.running.launch import launch, parse_parameters
 
     start = time.perf_counter()
     fps = [runner.fingerprint(c) for c in plan.cells]
     before = {fp for fp in fps if store.cell_path(fp).is_file()}
-    outcomes = launch(args.launcher, args.jobs, args.argv, store.root, parse_parameters(args.slurm))
+    outcomes = launch(args.launcher, args.jobs, args.argv, store.root, parse_parameters(args.slurm), job=run_shard)
     summary = _summary_from_store(plan, fps, store, before, "not computed (its job failed, see below)")
     bad = [o for o in outcomes if not o.ok]
     if bad:
