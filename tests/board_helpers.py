@@ -44,8 +44,10 @@ def provenance(profile: str = "quick", overrides: dict | None = None, created: f
 
 
 def write_cell(store: Store, name: str, cell: dict, estimates: list[np.ndarray], iterations: list[int],
-               gt: np.ndarray, sid: np.ndarray, prov: dict, stored_bytes: int, ms: float) -> str:
-    """One pose cell: ``estimates[i]`` is the estimate of stored iteration ``iterations[i]``."""
+               gt: np.ndarray, sid: np.ndarray, prov: dict, stored_bytes: int, ms: float,
+               upstream: dict | None = None) -> str:
+    """One pose cell: ``estimates[i]`` is the estimate of stored iteration ``iterations[i]``; ``upstream``: the
+    fingerprints of its models by kind (none recorded by default)."""
     scenes = cell["scenes"]
     pos, ori, per_iteration = [], [], []
     for k, est in zip(iterations, estimates):
@@ -59,7 +61,7 @@ def write_cell(store: Store, name: str, cell: dict, estimates: list[np.ndarray],
              {"pose_gt": gt, "scene_id": sid, "img_path": [f"{scenes[s]}/frame-{i:03d}.png" for i, s in enumerate(sid)],
               "pose_est": np.stack(estimates), "position_error_m": np.stack(pos), "orientation_error_deg": np.stack(ori)},
              {"kind": "pose", "cell": cell, "iterations": iterations, "scenes": scenes, "fingerprint": fp,
-              "upstream": {}, "result": {"per_iteration": per_iteration, "stored_bytes": stored_bytes},
+              "upstream": upstream or {}, "result": {"per_iteration": per_iteration, "stored_bytes": stored_bytes},
               "provenance": prov})
     return fp
 

@@ -1,10 +1,11 @@
-"""Statistics of issue 13: paired bootstrap intervals, Wilcoxon p-values, aggregation over seeds, bench compare."""
+"""Paired statistics on cell files: alignment, aggregation over seeds, the stats table against the teacher, the
+baseline chosen by identity, statistics on the filtered rows, bench compare (issues 13 and 24).
+Inference itself (coverage, error rates, Holm, TOST) is tested in test_inference.py."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,11 @@ from scipy import stats as sst
 from aprbench.harness.store.cells import PROVENANCE_KEYS, cell_files, pose_rows, read_cell
 from aprbench.harness.errors import BenchError
 from aprbench.harness.results.metrics import summarize
-from aprbench.harness.results.stats import align, frame_errors, group_over_seeds, paired_delta, stats_table, extra_comparisons
+from aprbench.harness.cli.main import main
+from aprbench.harness.results.comparisons import extra_comparisons, stats_table
+from aprbench.harness.results.stats import align, frame_errors, group_over_seeds, paired_delta
 from aprbench.harness.store.hdf5 import Store, write_h5
+from board_helpers import axes, provenance, write_cell, write_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,42 +29,6 @@ def _sample(rng, n, mu, rho):
     """Paired log-normal errors: median(baseline) = 1, median(candidate) = exp(mu), correlation rho in log space."""
     z = rng.multivariate_normal([0, 0], [[1, rho], [rho, 1]], size=n)
     return np.exp(z[:, 1] * 0.5 + mu), np.exp(z[:, 0] * 0.5)
-
-
-def test_interval_coverage_by_simulation():
-    rng, mu = np.random.default_rng(1), -0.1
-    true = np.exp(mu) - 1.0  # population Δ median
-    trials, hits, hits_50, hits_unpaired = 300, 0, 0, 0
-    for i in range(trials):
-        c, b = _sample(rng, 80, mu, 0.8)
-        d = paired_delta(c, b, n_resamples=400, seed=i)
-        hits += d.ci_low <= true <= d.ci_high
-        d50 = paired_delta(c, b, n_resamples=400, seed=i, confidence=0.5)
-        hits_50 += d50.ci_low <= true <= d50.ci_high
-        wrong = sst.bootstrap((c, b), lambda x, y, axis=-1: np.median(x, axis=axis) - np.median(y, axis=axis),
-                              paired=False, vectorized=True, n_resamples=400, method="percentile", rng=i)
-        hits_unpaired += wrong.confidence_interval.low <= true <= wrong.confidence_interval.high
-    coverage = hits / trials
-    assert 0.90 <= coverage <= 0.99, coverage
-    # the same check rejects a wrong interval: a 50 % one, and an unpaired one (too wide for correlated pairs)
-    assert not 0.90 <= hits_50 / trials <= 0.99, hits_50 / trials
-    assert not 0.90 <= hits_unpaired / trials <= 0.99, hits_unpaired / trials
-
-
-def test_hierarchical_interval_covers_and_widens_with_seed_noise():
-    rng = np.random.default_rng(2)
-    c, b, g = [], [], []
-    for s, offset in enumerate([-0.3, 0.0, 0.3]):  # training runs differ by much more than frame noise
-        cs, bs = _sample(rng, 60, 0.0, 0.8)
-        c.append(cs + offset), b.append(bs), g.append(np.full(60, s))
-    c, b, g = np.concatenate(c), np.concatenate(b), np.concatenate(g)
-    pooled = paired_delta(c, b, n_resamples=300)
-    hier = paired_delta(c, b, groups=g, n_resamples=300)
-    assert hier.n_seeds == 3 and pooled.n_seeds == 1
-    # point estimate: mean over seeds of the per-seed Δ median
-    expect = np.mean([np.median(c[g == s]) - np.median(b[g == s]) for s in range(3)])
-    assert hier.delta == pytest.approx(expect)
-    assert hier.ci_high - hier.ci_low > pooled.ci_high - pooled.ci_low
 
 
 def test_pairing_shuffle_and_self_comparison():
@@ -76,7 +44,10 @@ def test_pairing_shuffle_and_self_comparison():
                       n_resamples=500)
     assert d1 == d2
     assert d1.delta == pytest.approx(np.median(c) - np.median(b))
-    assert d1.p_value == pytest.approx(sst.wilcoxon(c - b).pvalue)
+    ref = sst.permutation_test((c, b), lambda x, y, axis: np.median(x, axis=axis) - np.median(y, axis=axis),
+                               permutation_type="samples", vectorized=True, n_resamples=500,
+                               rng=np.random.default_rng([0, 1]))
+    assert d1.p_value == ref.pvalue and d1.basis == "frames"
     assert d1.improved == pytest.approx(np.mean(c < b)) and d1.worsened == pytest.approx(np.mean(c > b))
     same = align(frames_c, frames_c.sample(frac=1.0, random_state=1))
     d0 = paired_delta(same["position_error_m_cand"], same["position_error_m_base"], n_resamples=500)
@@ -151,48 +122,151 @@ def test_stats_table_compares_with_teacher(tmp_path):
     store = Store(tmp_path)
     truth = _fill(store)
     cells = cell_files(store)
-    table = stats_table(cells, n_resamples=300)
+    table = stats_table(cells)
     row = table[(table["method"] == "posenet-mobilenet+pae-rpr@2") & (table["scene"] == "room")].iloc[0]
     assert row["baseline"] == "posenet-mobilenet" and row["n_seeds"] == 2
     room = np.arange(60) % 2 == 0
     expect = np.mean([np.median(truth[s][2][room]) - np.median(truth[s][0][room]) for s in (0, 1)])
     assert row["delta_position_m"] == pytest.approx(expect)
     assert row["delta_position_ci_low"] <= row["delta_position_m"] <= row["delta_position_ci_high"] < 0
-    assert row["delta_orientation_deg"] > 0 and row["delta_position_p"] < 1e-3
+    per_seed = [np.median(truth[s][2][room]) - np.median(truth[s][0][room]) for s in (0, 1)]
+    assert row["ci_basis"] == "seeds" and row["delta_position_seeds"] == ",".join(repr(float(v)) for v in per_seed)
+    assert row["delta_position_p"] == pytest.approx(sst.ttest_1samp(per_seed, 0).pvalue)
+    assert row["delta_orientation_deg"] > 0 and row["baseline_cells"] == "teacher0,teacher1"
     teacher = table[table["method"] == "posenet-mobilenet"].iloc[0]
     assert teacher["baseline"] == "" and np.isnan(teacher["delta_position_m"])
-    extra = extra_comparisons(cells, n_resamples=200)
+    extra = extra_comparisons(cells)
     it2 = extra[(extra["method"] == "posenet-mobilenet+pae-rpr@2") & (extra["scene"] == "site")].iloc[0]
     assert it2["comparison"] == "iteration" and it2["baseline"] == "posenet-mobilenet+pae-rpr@1"
     frames = frame_errors(read_cell(store.cell_path("refiner0")), 2)
     assert np.allclose(frames["position_error_m"], truth[0][2])
 
 
-def _bench(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "aprbench.harness", *args], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=120)
+def _bench(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(x) for x in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_bench_compare_cli(tmp_path):
+def test_bench_compare_cli(tmp_path, capsys):
     store = Store(tmp_path)
     truth = _fill(store)
     out = tmp_path / "plot.png"
-    res = _bench("compare", "posenet-mobilenet+pae-rpr@2", "posenet-mobilenet", "--workdir", str(tmp_path),
-                 "--out", str(out), "--resamples", "300")
-    assert res.returncode == 0, res.stderr
+    code, stdout, err = _bench(capsys, "compare", "posenet-mobilenet+pae-rpr@2", "posenet-mobilenet", "--workdir",
+                               tmp_path, "--out", out)
+    assert code == 0, err
     overall = np.mean([np.median(truth[s][2]) - np.median(truth[s][0]) for s in (0, 1)])
-    assert f"{overall:+.4f}" in res.stdout
-    lines = [ln for ln in res.stdout.splitlines() if "| all" in ln or "| room" in ln or "| site" in ln]
-    assert len(lines) == 3
+    assert f"{overall:+.4f}" in stdout
+    lines = [ln for ln in stdout.splitlines() if "| all" in ln or "| room" in ln or "| site" in ln]
+    assert len(lines) == 3 and "Holm" in stdout and "6 comparisons of this bench compare call" in stdout
     assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    room = _bench("compare", "posenet-mobilenet+pae-rpr@2", "posenet-mobilenet", "--workdir", str(tmp_path),
-                  "--out", str(out), "--resamples", "100", "--filter", "scene=room", "--filter", "seed=1")
-    assert room.returncode == 0, room.stderr
-    rows = [ln.split("|") for ln in room.stdout.splitlines() if "| all" in ln or "| room" in ln or "| site" in ln]
+    code, room, err = _bench(capsys, "compare", "posenet-mobilenet+pae-rpr@2", "posenet-mobilenet", "--workdir",
+                             tmp_path, "--out", out, "--resamples", "100", "--filter", "scene=room", "--filter", "seed=1")
+    assert code == 0, err
+    rows = [ln.split("|") for ln in room.splitlines() if "| all" in ln or "| room" in ln or "| site" in ln]
     assert [r[4].strip() for r in rows] == ["room", "all"] and [int(r[6]) for r in rows] == [30, 30]
+    assert [r[7].strip() for r in rows] == ["frames", "frames"]  # one seed: over frames, marked †, legend says so
+    assert "--seeds 5" in room
     is_room = np.arange(60) % 2 == 0
-    assert f"{np.median(truth[1][2][is_room]) - np.median(truth[1][0][is_room]):+.4f}" in rows[1][7]
-    bad = _bench("compare", "posenet-mobilenet+nope", "posenet-mobilenet", "--workdir", str(tmp_path))
-    assert bad.returncode == 2
-    assert "posenet-mobilenet+pae-rpr@1" in bad.stderr and "posenet-mobilenet+pae-rpr@2" in bad.stderr
+    assert f"{np.median(truth[1][2][is_room]) - np.median(truth[1][0][is_room]):+.4f}" in rows[1][8]
+    code, _, err = _bench(capsys, "compare", "posenet-mobilenet+nope", "posenet-mobilenet", "--workdir", tmp_path)
+    assert code == 2
+    assert "posenet-mobilenet+pae-rpr@1" in err and "posenet-mobilenet+pae-rpr@2" in err
+
+
+# ---------------------------------------------------------------- the baseline by identity (issue 24)
+
+def _stats_json(capsys, root, *extra) -> list[dict]:
+    code, out, err = _bench(capsys, "leaderboard", "--workdir", root, "--view", "stats", "--format", "json", *extra)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def _scene_delta(store: Store, cand: str, base: str, scene: str) -> float:
+    c, b = read_cell(store.cell_path(cand)), read_cell(store.cell_path(base))
+    mask = c.arrays["scene_id"] == list(c.attrs["scenes"]).index(scene)
+    return float(np.median(c.arrays["position_error_m"][-1][mask]) - np.median(b.arrays["position_error_m"][0][mask]))
+
+
+def test_baseline_is_the_teacher_with_the_same_model_not_the_newest(tmp_path, capsys):
+    """A second teacher recipe (``--set teacher.epochs=1``, stored later) never becomes the baseline of rows made
+    from the first; the student's own ``--set`` (student only) does not hide its teacher."""
+    from board_helpers import _perturb, _poses
+
+    store = Store(tmp_path / "w")
+    rng = np.random.default_rng(0)
+    gt, sid = _poses(rng)
+    teacher, short = _perturb(gt, rng, 0.06, 0.05), _perturb(gt, rng, 0.3, 0.2)
+    student = teacher + _perturb(gt, rng, 0.01, 0.005) - gt
+    student[:, 3:] /= np.linalg.norm(student[:, 3:], axis=1, keepdims=True)
+    write_cell(store, "teacher-10ep", axes(), [teacher], [0], gt, sid, provenance(), 1, 2.0, upstream={"teacher": "T10"})
+    write_cell(store, "teacher-1ep", axes(), [short], [0], gt, sid,
+               provenance(overrides={"teacher": {"epochs": 1}}, created=1.8e9), 1, 2.0, upstream={"teacher": "T1"})
+    write_cell(store, "student", axes(student="pae", encode="estimate"), [student], [0], gt, sid,
+               provenance(overrides={"student": {"epochs": 5}}, created=1.75e9), 1, 3.0,
+               upstream={"teacher": "T10", "student": "S"})
+    rows = [r for r in _stats_json(capsys, store.root) if r["method"] == "posenet+pae"]
+    assert {r["baseline_cells"] for r in rows} == {"teacher-10ep"}
+    for r in rows:
+        assert r["delta_position_m"] == pytest.approx(_scene_delta(store, "student", "teacher-10ep", r["scene"]))
+    code, out, err = _bench(capsys, "compare", "posenet+pae", "posenet", "--workdir", store.root, "--out",
+                            tmp_path / "c.png", "--resamples", "200")
+    assert code == 0, err
+    right = np.median(errors_of(store, "student")) - np.median(errors_of(store, "teacher-10ep"))
+    assert f"{right:+.4f}" in [ln for ln in out.splitlines() if "| all" in ln][0]
+
+
+def errors_of(store: Store, name: str) -> np.ndarray:
+    return read_cell(store.cell_path(name)).arrays["position_error_m"][0]
+
+
+def test_two_teachers_of_one_identity_are_refused_never_guessed(tmp_path, capsys):
+    store = write_store(tmp_path / "w", seeds=(0,), second_recipe=False, decoder=False)
+    again = read_cell(store.cell_path("teacher-s0"))
+    prov = {**again.attrs["provenance"], "created": 1.9e9, "git_commit": "fedcba9876543210"}
+    write_h5(store.cell_path("teacher-again"), again.arrays, {**again.attrs, "fingerprint": "teacher-again",
+                                                              "provenance": prov})
+    code, out, err = _bench(capsys, "leaderboard", "--workdir", store.root, "--view", "stats")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "teacher-s0" in err and "teacher-again" in err and "--filter" in err
+    code, out, err = _bench(capsys, "leaderboard", "--workdir", store.root)  # the scenes view: no Δ, says why
+    assert code == 0 and "statistics unavailable" in err and "(Δ" not in out
+    rows = _stats_json(capsys, store.root, "--filter", "git_commit=abcdef*")  # the selection decides
+    assert {r["baseline_cells"] for r in rows if r["baseline"] and r["comparison"] is None} == {"teacher-s0"}
+
+
+def test_statistics_follow_the_filter(tmp_path, capsys):
+    store = write_store(tmp_path / "w", seeds=(0, 1, 2), decoder=False)
+    rows = _stats_json(capsys, store.root, "--filter", "seed=0", "--filter", "overrides=")
+    assert {r["n_seeds"] for r in rows} == {1}
+    pae = [r for r in rows if r["method"] == "posenet+pae" and r["comparison"] is None and r["scene"] == "room"][0]
+    assert pae["ci_basis"] == "frames" and pae["baseline_cells"] == "teacher-s0"
+    assert pae["delta_position_m"] == pytest.approx(_scene_delta(store, "student-s0", "teacher-s0", "room"))
+    code, human, _ = _bench(capsys, "leaderboard", "--workdir", store.root, "--filter", "seed=0", "--filter",
+                            "overrides=")
+    assert code == 0 and "--seeds 5" in human and "frames only" in human
+    from aprbench.harness.results.tables import fmt_m, _signed
+
+    line = [ln for ln in human.splitlines() if ln.startswith("| posenet+pae ")][0]
+    assert f"(Δ {_signed(pae['delta_position_m'], fmt_m)}" in line  # the seed-0 Δ beside the seed-0 medians
+    rows = _stats_json(capsys, store.root, "--filter", "refiner=pae-rpr")
+    assert {r["method"] for r in rows} == {"posenet+pae+pae-rpr@1", "posenet+pae+pae-rpr@3"}
+    assert {r["comparison"] for r in rows} == {None, "iteration"} and {r["n_seeds"] for r in rows} == {3}
+    assert {r["ci_basis"] for r in rows} == {"seeds"}
+
+
+def test_stats_json_numbers_are_the_computed_ones(tmp_path, capsys):
+    from aprbench.harness.results import leaderboard as lb
+
+    store = write_store(tmp_path / "w", seeds=(0, 1, 2), decoder=False)
+    rows = _stats_json(capsys, store.root, "--margin", "5%")
+    frame = lb.stats_frame(lb.build(store), margin=__import__("aprbench.harness.results.stats",
+                                                              fromlist=["parse_margin"]).parse_margin("5%"))
+    for col in ("delta_position_p", "delta_position_p_adj", "delta_orientation_ci_low", "tost_position_p",
+                "margin_position_m"):
+        expect = [None if v != v else float(v) for v in frame[col]]
+        assert [r[col] for r in rows] == expect, col  # exactly, not to 10 digits
+    assert {r["equivalence_position"] for r in rows if r["baseline"]} <= {"equivalent", "not shown"}
+    code, csv, _ = _bench(capsys, "leaderboard", "--workdir", store.root, "--view", "stats", "--format", "csv")
+    back = pd.read_csv(io.StringIO(csv))
+    assert back["delta_position_p"].dropna().tolist() == frame["delta_position_p"].dropna().tolist()

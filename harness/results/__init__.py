@@ -1,7 +1,8 @@
 """Results: pose errors and image metrics, paired statistics, the leaderboard's views, table rendering,
 published results, learning curves and the HTML report.
 
-Modules: ``metrics``, ``stats``, ``leaderboard``, ``report``, ``curves``.
+Modules: ``metrics``, ``stats`` (inference), ``comparisons`` (tables of paired comparisons), ``baselines``,
+``significance`` (markers and legends), ``leaderboard``, ``report``, ``curves``.
 The names below are what the rest of aprbench and plugins may use; each imports its module on first use.
 """
 
@@ -13,7 +14,7 @@ _EXPORTS = {
     "mean_pose_baseline": ".metrics",
     "psnr": ".metrics",
     "ssim": ".metrics",
-    "compare_methods": ".stats",
+    "compare_methods": ".comparisons",
     "build": ".leaderboard",
     "write_report": ".report",
     "Curves": ".curves",

@@ -1,94 +1,120 @@
-"""Uncertainty of leaderboard numbers: aggregates over seeds and paired comparisons (``scipy.stats``).
+"""Paired inference on per-frame errors (``scipy.stats``): Δ of median errors, intervals, p-values, Holm, TOST.
 
-Conventions: position errors in metres, orientation errors in degrees. A *delta* is
-candidate − baseline of the median error, so a negative delta is an improvement.
+Conventions: position errors in metres, orientation errors in degrees. A *delta* is candidate − baseline of the
+median error, so a negative delta is an improvement. The unit of inference is the training seed whenever there
+are several: frames are the unit only within a seed.
 
-* :func:`group_over_seeds` folds leaderboard rows that differ only in ``seed`` into one row
-  (``n_seeds``, ``<metric>_mean``, ``<metric>_std``).
-* :func:`paired_delta` compares the per-frame errors of two methods on the same frames:
-  Δ median with a paired (and, over several seeds, hierarchical) bootstrap interval from
-  :func:`scipy.stats.bootstrap`, and the Wilcoxon signed-rank p-value from :func:`scipy.stats.wilcoxon`.
-* :func:`stats_table` is the machine-readable stats view: one row per group and scene with its
-  comparison against the teacher; :func:`extra_comparisons` adds student-on-estimate vs
-  student-on-ground-truth and refiner iteration K vs K-1; :func:`compare_methods` backs ``bench compare``.
+* :func:`paired_delta` compares the per-frame errors of two methods on the same frames. Per seed s the estimate
+  is ``d_s = median(candidate_s) − median(baseline_s)``; Δ is the mean of the ``d_s``.
+
+  - n_seeds ≥ 2 (``basis = "seeds"``): a t-interval and two-sided one-sample t-test on the per-seed ``d_s``
+    (:func:`scipy.stats.ttest_1samp`), i.e. a test of the Δ of medians shown, with the seed-to-seed variation
+    of training in its error. Frames only enter through each seed's medians.
+  - one seed (``basis = "frames"``): the interval is a paired percentile bootstrap over test frames
+    (:func:`scipy.stats.bootstrap`, ``paired=True``) and the p-value a paired permutation test of the same Δ
+    of medians (:func:`scipy.stats.permutation_test`, ``permutation_type="samples"``: each frame's two errors
+    swapped at random). Both are conditional on the one trained model: they say nothing about another seed.
+
+* :func:`holm` adjusts a family of p-values (Holm 1979, step-down, strong control of the family-wise error).
+* :func:`parse_margin` / :func:`tost`: equivalence within ``±margin`` by two one-sided tests (seeds: one-sided
+  t-tests on the ``d_s``; frames: the bootstrap distribution, i.e. the ``1 − 2α`` percentile interval inside
+  the margin).
+* :func:`group_over_seeds` folds leaderboard rows that differ only in ``seed`` into one row.
+
+The tables built on these (vs the teacher, estimate vs ground truth, iteration K vs K−1, ``bench compare``)
+are in :mod:`harness.results.comparisons`; the baseline of a row is chosen in :mod:`harness.results.baselines`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable
+import re
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sst
 
-from aprbench.harness.store.cells import CellFile, identity, method_name, pose_rows
 from aprbench.harness.errors import BenchError
 from aprbench.harness.results.metrics import THRESHOLDS, threshold_name
+from aprbench.harness.store.cells import CellFile
 
 # per-row metric columns aggregated over seeds (when present)
 METRIC_COLUMNS = ["median_m", "median_deg", "mean_m", "mean_deg",
                   *[threshold_name(m, d) for m, d in THRESHOLDS], "ms_per_frame", "scene_accuracy", "latent_mse"]
 # columns that vary between seeds of one group and are neither keys nor metrics
 SEED_COLUMNS = ["seed", "cell", "created"]
-DELTA_COLUMNS = ["baseline", "delta_position_m", "delta_position_ci_low", "delta_position_ci_high", "delta_position_p",
-                 "delta_orientation_deg", "delta_orientation_ci_low", "delta_orientation_ci_high",
-                 "delta_orientation_p"]
 FRAME_KEYS = ["seed", "scene", "img_path"]
 DEFAULT_RESAMPLES = 2000
+SEEDS, FRAMES = "seeds", "frames"  # the two bases of an interval / p-value
 
 
 @dataclass
 class Delta:
     """Paired comparison of two per-frame error arrays (candidate − baseline; negative = better)."""
 
-    delta: float          # Δ median (mean over seeds of the per-seed Δ median), same unit as the errors
-    ci_low: float         # lower end of the ``confidence`` bootstrap interval
+    delta: float          # Δ median: mean over seeds of the per-seed Δ median, same unit as the errors
+    ci_low: float         # lower end of the ``confidence`` interval (t over seeds, or bootstrap over frames)
     ci_high: float        # upper end
-    p_value: float        # Wilcoxon signed-rank p-value of the per-frame differences (two-sided)
+    p_value: float        # two-sided p of Δ = 0 (t-test over seeds, or permutation over frames), unadjusted
+    basis: str            # "seeds" or "frames": what the interval and p-value treat as independent units
+    per_seed: tuple[float, ...]  # the per-seed Δ medians, in seed order
+    baseline_median: float  # mean over seeds of the baseline's median error (for a relative margin)
     improved: float       # fraction of frames whose error went down
     worsened: float       # fraction of frames whose error went up
     n_frames: int
     n_seeds: int
     confidence: float
+    boot: np.ndarray | None = field(default=None, repr=False, compare=False)  # bootstrap Δs (frames basis)
 
     @property
     def significant(self) -> bool:
-        """The interval excludes zero."""
-        return bool(self.ci_low > 0 or self.ci_high < 0)
+        """Unadjusted: p < 1 − confidence (tables mark the Holm-adjusted p instead)."""
+        return bool(self.p_value < 1 - self.confidence)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "significant": self.significant}
+        return {k: getattr(self, k) for k in ("delta", "ci_low", "ci_high", "p_value", "basis", "per_seed",
+                                             "baseline_median", "improved", "worsened", "n_frames", "n_seeds",
+                                             "confidence")} | {"significant": self.significant}
 
 
 def _median_delta(c: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.median(c, axis=axis) - np.median(b, axis=axis)
 
 
-def paired_delta(candidate_err: np.ndarray, baseline_err: np.ndarray, groups: np.ndarray | None = None,
-                 confidence: float = 0.95, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Delta:
-    """Δ median error of ``candidate_err`` vs ``baseline_err`` (same frames, same order) with its interval.
+def seed_level(per_seed: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                         np.ndarray]:
+    """``(mean, ci_low, ci_high, p)`` of per-seed Δs along the last axis (vectorised over leading axes): the
+    Student t interval and two-sided one-sample t-test of mean 0 (:func:`scipy.stats.ttest_1samp`), n − 1 degrees
+    of freedom. Δs that are all equal (no spread) give the interval ``[Δ, Δ]`` and ``p = 1`` when Δ = 0, else 0."""
+    d = np.asarray(per_seed, dtype=np.float64)
+    if d.shape[-1] < 2:
+        raise BenchError(f"a seed-level interval needs at least 2 seeds, got {d.shape[-1]}")
+    mean = d.mean(axis=-1)
+    flat = np.ptp(d, axis=-1) == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        res = sst.ttest_1samp(d, 0.0, axis=-1)
+        ci = res.confidence_interval(confidence)
+    low, high, p = (np.where(flat, mean, ci.low), np.where(flat, mean, ci.high),
+                    np.where(flat, np.where(mean == 0, 1.0, 0.0), res.pvalue))
+    return mean, low, high, p
 
-    ``groups`` labels each frame with its training seed (None: one seed). The point estimate is the mean
-    over seeds of ``median(candidate) − median(baseline)`` within the seed, i.e. exactly the difference of
-    the ``median_*_mean`` columns of :func:`group_over_seeds`.
 
-    Interval, one seed: :func:`scipy.stats.bootstrap` with ``paired=True`` over the frames (a resample
-    draws frame indices and takes both errors of each drawn frame, keeping the pairing), percentile method.
+def frames_only(c: np.ndarray, b: np.ndarray, confidence: float = 0.95, n_resamples: int = DEFAULT_RESAMPLES,
+                seed: int = 0) -> tuple[float, float, float, np.ndarray]:
+    """One seed: ``(ci_low, ci_high, p, bootstrap Δs)`` of ``median(c) − median(b)`` over paired frames.
+    Interval: paired percentile bootstrap (:func:`scipy.stats.bootstrap`); p: paired permutation test of the
+    same statistic (:func:`scipy.stats.permutation_test`, each frame's two errors swapped at random)."""
+    boot = sst.bootstrap((c, b), _median_delta, paired=True, vectorized=True, axis=-1, confidence_level=confidence,
+                         n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed))
+    perm = sst.permutation_test((c, b), _median_delta, permutation_type="samples", vectorized=True, axis=-1,
+                                n_resamples=n_resamples, rng=np.random.default_rng([seed, 1]))
+    return (float(boot.confidence_interval.low), float(boot.confidence_interval.high), float(perm.pvalue),
+            np.asarray(boot.bootstrap_distribution))
 
-    Interval, several seeds: a two-stage (hierarchical) bootstrap. ``scipy.stats.bootstrap`` resamples
-    only one level, so it is given the seed *indices* as data (it draws seeds with replacement and forms
-    the percentile interval) and the statistic draws, for each drawn seed, that seed's frames with
-    replacement (paired) before averaging the per-seed Δ medians. Resampling only frames of pooled seeds
-    would ignore how much training runs differ from one another, which is the larger noise here; stacking
-    seeds as ``paired=True`` columns would need equal frame counts and still draw no seeds. The percentile
-    method is used throughout: BCa's jackknife of a median is unreliable with few distinct values, and
-    meaningless for a statistic that draws random numbers itself.
 
-    The p-value is the Wilcoxon signed-rank test of all per-frame differences (frames of all seeds pooled,
-    zero differences dropped). All differences zero: ``delta = 0``, interval ``[0, 0]``, ``p = 1``.
-    """
+def _checked(candidate_err: Any, baseline_err: Any, groups: Any) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     c = np.asarray(candidate_err, dtype=np.float64).ravel()
     b = np.asarray(baseline_err, dtype=np.float64).ravel()
     if c.shape != b.shape:
@@ -98,33 +124,105 @@ def paired_delta(candidate_err: np.ndarray, baseline_err: np.ndarray, groups: np
     g = np.zeros(len(c), dtype=np.int64) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
     if len(g) != len(c):
         raise BenchError(f"{len(g)} group labels for {len(c)} frames")
-    members = [np.flatnonzero(g == s) for s in range(int(g.max()) + 1)]
+    return c, b, [np.flatnonzero(g == s) for s in range(int(g.max()) + 1)]
+
+
+def paired_delta(candidate_err: Any, baseline_err: Any, groups: Any = None, confidence: float = 0.95,
+                 n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Delta:
+    """Δ median error of ``candidate_err`` vs ``baseline_err`` (same frames, same order), its interval and p.
+
+    ``groups`` labels each frame with its training seed (None: one seed). Several seeds: inference over the
+    per-seed Δs (:func:`seed_level`); one seed: over frames (:func:`frames_only`). All differences zero:
+    ``delta = 0``, interval ``[0, 0]``, ``p = 1``.
+    """
+    c, b, members = _checked(candidate_err, baseline_err, groups)
     diff = c - b
-    improved, worsened = float(np.mean(diff < 0)), float(np.mean(diff > 0))
-    n_seeds = len(members)
-    point = float(np.mean([_median_delta(c[m], b[m]) for m in members]))
+    per_seed = tuple(float(_median_delta(c[m], b[m])) for m in members)
+    base_median = float(np.mean([np.median(b[m]) for m in members]))
+    basis = SEEDS if len(members) > 1 else FRAMES
+    common = dict(basis=basis, per_seed=per_seed, baseline_median=base_median, improved=float(np.mean(diff < 0)),
+                  worsened=float(np.mean(diff > 0)), n_frames=len(c), n_seeds=len(members), confidence=confidence)
     if not np.any(diff != 0):
-        return Delta(0.0, 0.0, 0.0, 1.0, improved, worsened, len(c), n_seeds, confidence)
-    p = float(sst.wilcoxon(diff[diff != 0]).pvalue) if np.count_nonzero(diff) else 1.0
-    rng = np.random.default_rng(seed)
-    if n_seeds == 1:
-        res = sst.bootstrap((c, b), _median_delta, paired=True, vectorized=True, axis=-1,
-                            confidence_level=confidence, n_resamples=n_resamples, method="percentile", rng=rng)
-    else:
-        inner = np.random.default_rng([seed, 1])
+        return Delta(0.0, 0.0, 0.0, 1.0, boot=np.zeros(1), **common)
+    if basis == SEEDS:
+        mean, low, high, p = seed_level(np.array(per_seed), confidence)
+        return Delta(float(mean), float(low), float(high), float(p), **common)
+    low, high, p, boot = frames_only(c, b, confidence, n_resamples, seed)
+    return Delta(per_seed[0], low, high, p, boot=boot, **common)
 
-        def statistic(seed_idx: np.ndarray) -> float:
-            deltas = []
-            for s in np.asarray(seed_idx, dtype=np.int64):
-                m = members[s]
-                pick = m[inner.integers(0, len(m), len(m))]
-                deltas.append(_median_delta(c[pick], b[pick]))
-            return float(np.mean(deltas))
 
-        res = sst.bootstrap((np.arange(n_seeds),), statistic, vectorized=False, confidence_level=confidence,
-                            n_resamples=n_resamples, method="percentile", rng=rng)
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return Delta(point, low, high, p, improved, worsened, len(c), n_seeds, confidence)
+# ---------------------------------------------------------------- multiplicity and equivalence
+
+def holm(pvalues: Any) -> np.ndarray:
+    """Holm's step-down adjusted p-values of a family (NaN entries are not members and stay NaN):
+    with the m p-values sorted ascending, ``p_adj(i) = max_{j <= i} min(1, (m − j + 1) p(j))``."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(scaled)
+    return out
+
+
+@dataclass(frozen=True)
+class Margin:
+    """An equivalence margin: ``relative`` (fraction of the baseline's median error) or absolute metres / degrees."""
+
+    text: str
+    relative: float | None = None
+    position_m: float | None = None
+    orientation_deg: float | None = None
+
+    def value(self, quantity: str, baseline_median: float) -> float:
+        """The margin (m or deg) of ``quantity`` (``position`` or ``orientation``) for this baseline."""
+        if self.relative is not None:
+            return self.relative * abs(baseline_median)
+        return float(self.position_m if quantity == "position" else self.orientation_deg)
+
+
+def parse_margin(text: str | None) -> Margin | None:
+    """``5%`` (of the baseline's median error) or ``0.01m,0.1deg`` (absolute; both needed). None for no margin."""
+    if text is None or str(text).strip() == "":
+        return None
+    s = str(text).strip().replace(" ", "")
+    rel = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)%", s)
+    if rel:
+        value = float(rel.group(1)) / 100
+        if not 0 < value < 10:
+            raise BenchError(f"--margin {text!r}: a relative margin must be above 0 % and below 1000 %")
+        return Margin(s, relative=value)
+    parts = dict()
+    for piece in s.split(","):
+        m = re.fullmatch(r"(\d+(?:\.\d*)?(?:e-?\d+)?|\.\d+)(m|deg|°)", piece)
+        if not m:
+            parts = None
+            break
+        parts["deg" if m.group(2) in ("deg", "°") else "m"] = float(m.group(1))
+    if not parts or set(parts) != {"m", "deg"} or min(parts.values()) <= 0:
+        raise BenchError(f"--margin {text!r}: expected a positive percentage of the baseline's median error "
+                         "(e.g. 5%) or positive absolute margins for both quantities (e.g. 0.01m,0.1deg)")
+    return Margin(s, position_m=parts["m"], orientation_deg=parts["deg"])
+
+
+def tost(d: Delta, margin: float) -> float:
+    """Two one-sided tests of ``|Δ| < margin``: the larger of the two one-sided p-values (equivalence is shown
+    when it is below α). Seeds: one-sided t-tests of the per-seed Δs against ``−margin`` and ``+margin``
+    (:func:`scipy.stats.ttest_1samp`); frames: the fraction of bootstrap Δs beyond each bound."""
+    if not np.isfinite(margin) or margin <= 0:
+        return float("nan")
+    if d.basis == SEEDS:
+        x = np.asarray(d.per_seed, dtype=np.float64)
+        if np.ptp(x) == 0:
+            return 0.0 if abs(x[0]) < margin else 1.0
+        lower = sst.ttest_1samp(x, -margin, alternative="greater").pvalue
+        upper = sst.ttest_1samp(x, margin, alternative="less").pvalue
+        return float(max(lower, upper))
+    boot = np.asarray(d.boot if d.boot is not None else [d.delta], dtype=np.float64)
+    return float(max(np.mean(boot <= -margin), np.mean(boot >= margin)))
 
 
 # ---------------------------------------------------------------- per-frame errors and their alignment
@@ -217,201 +315,3 @@ def group_over_seeds(rows: pd.DataFrame) -> pd.DataFrame:
             row[f"{m}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
         out.append(row)
     return pd.DataFrame(out)
-
-
-# ---------------------------------------------------------------- the stats view
-
-def _by_fingerprint(cells: Iterable[CellFile]) -> dict[str, CellFile]:
-    return {str(c.attrs["fingerprint"]): c for c in cells if c.kind == "pose"}
-
-
-def _teacher_cell(cells: list[CellFile], like: CellFile) -> CellFile | None:
-    """The teacher cell of ``like``: same dataset, teacher, scenes, fraction, seed; no student, no refiner
-    (the newest by ``created`` when several)."""
-    me = identity(like)
-    found = [c for c in cells if c.kind == "pose" and not c.attrs["cell"].get("student")
-             and not c.attrs["cell"].get("refiner")
-             and all(identity(c)[k] == me[k] for k in ("dataset", "teacher", "teacher_scenes", "fraction", "seed"))]
-    return max(found, key=lambda c: str(identity(c).get("created") or "")) if found else None
-
-
-def _delta_columns(baseline: str, pos: Delta | None, ori: Delta | None) -> dict[str, Any]:
-    nan = float("nan")
-    return {
-        "baseline": baseline,
-        "delta_position_m": pos.delta if pos else nan, "delta_position_ci_low": pos.ci_low if pos else nan,
-        "delta_position_ci_high": pos.ci_high if pos else nan, "delta_position_p": pos.p_value if pos else nan,
-        "delta_orientation_deg": ori.delta if ori else nan, "delta_orientation_ci_low": ori.ci_low if ori else nan,
-        "delta_orientation_ci_high": ori.ci_high if ori else nan, "delta_orientation_p": ori.p_value if ori else nan,
-    }
-
-
-def _group_frames(members: list[CellFile], iteration: int) -> pd.DataFrame:
-    return pd.concat([frame_errors(c, iteration) for c in members], ignore_index=True)
-
-
-def stats_table(cells: list[CellFile], iterations: Iterable[int] | None = None, confidence: float = 0.95,
-                n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> pd.DataFrame:
-    """One row per group (every column but the seed equal) and scene: the group's columns from
-    :func:`group_over_seeds`, ``method`` (:func:`harness.store.cells.method_name`), and the comparison with the
-    teacher (:data:`DELTA_COLUMNS`; ``baseline`` is the teacher's method name, NaN deltas and empty
-    ``baseline`` for a teacher row or when a seed's teacher cell is missing). Student and refiner rows of
-    seed s are compared with the teacher cell of seed s on the same frames of the row's scene.
-    ``iterations`` selects the refiner iterations shown, as in :func:`harness.store.cells.pose_rows`."""
-    cells = [c for c in cells if c.kind == "pose"]
-    grouped = group_over_seeds(pose_rows(cells, iterations))
-    if grouped.empty:
-        return grouped
-    by_fp = _by_fingerprint(cells)
-    grouped.insert(0, "method", [method_name(r) for _, r in grouped.iterrows()])
-    extra = []
-    for _, row in grouped.iterrows():
-        members = [by_fp[fp] for fp in row["cells"].split(",")]
-        if row["student"] in ("-", "") and row["refiner"] in ("-", ""):
-            extra.append(_delta_columns("", None, None))
-            continue
-        teachers = [_teacher_cell(cells, m) for m in members]
-        if any(t is None for t in teachers):
-            extra.append(_delta_columns("", None, None))
-            continue
-        k = int(row["iterations"]) if row["refiner"] not in ("-", "") else 0
-        pos, ori, _ = compare_frames(_group_frames(members, k), _group_frames(teachers, 0), scene=row["scene"],
-                                     confidence=confidence, n_resamples=n_resamples, seed=seed)
-        extra.append(_delta_columns(method_name(identity(teachers[0])), pos, ori))
-    return pd.concat([grouped, pd.DataFrame(extra, index=grouped.index)], axis=1)
-
-
-def extra_comparisons(cells: list[CellFile], iterations: Iterable[int] | None = None, confidence: float = 0.95,
-                      n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> pd.DataFrame:
-    """The other paired comparisons of issue 13, one row per pair of groups and scene:
-
-    * ``comparison = "estimate-vs-gt"``: a student trained on teacher estimates (``method``) vs the same
-      student trained on ground truth (``baseline``, the ``(gt)`` name); same dataset, teacher, scenes,
-      fraction, seeds; refiner rows excluded.
-    * ``comparison = "iteration"``: refiner iteration K (``method`` ``…@K``) vs K-1 of the same cells
-      (``baseline`` ``…@K-1``; for K = 1 the baseline is iteration 0 stored in the refiner cell, i.e. the
-      teacher's estimate the refiner started from).
-
-    Columns: ``comparison, method, baseline, dataset, teacher_scenes, fraction, scene, n_seeds, seeds``, then
-    :data:`DELTA_COLUMNS` without ``baseline``.
-    """
-    cells = [c for c in cells if c.kind == "pose"]
-    grouped = group_over_seeds(pose_rows(cells, iterations))
-    out: list[dict[str, Any]] = []
-    if grouped.empty:
-        return pd.DataFrame(out)
-    by_fp = _by_fingerprint(cells)
-
-    def emit(kind: str, row: pd.Series, base_name: str, cand: pd.DataFrame, base: pd.DataFrame) -> None:
-        pos, ori, _ = compare_frames(cand, base, scene=row["scene"], confidence=confidence,
-                                     n_resamples=n_resamples, seed=seed)
-        out.append({"comparison": kind, "method": method_name(row), **{k: row[k] for k in (
-            "dataset", "teacher_scenes", "fraction", "scene", "n_seeds", "seeds")}, **_delta_columns(base_name, pos, ori)})
-
-    for _, row in grouped.iterrows():
-        members = [by_fp[fp] for fp in row["cells"].split(",")]
-        if row["refiner"] not in ("-", ""):
-            k = int(row["iterations"])
-            base_name = method_name({**row.to_dict(), "iterations": k - 1}) if k > 1 else \
-                method_name({**row.to_dict(), "refiner": "-"}) + f"+{row['refiner']}@0"
-            emit("iteration", row, base_name, _group_frames(members, k), _group_frames(members, k - 1))
-        elif row["student"] not in ("-", "") and row["encode"] != "ground_truth":
-            same = grouped[(grouped["encode"] == "ground_truth") & (grouped["refiner"].isin(["-", ""]))]
-            for col in ("dataset", "teacher", "teacher_scenes", "fraction", "student", "scene", "seeds"):
-                same = same[same[col] == row[col]]
-            if same.empty:
-                continue
-            gt = same.iloc[-1]
-            emit("estimate-vs-gt", row, method_name(gt), _group_frames(members, 0),
-                 _group_frames([by_fp[fp] for fp in gt["cells"].split(",")], 0))
-    return pd.DataFrame(out)
-
-
-# ---------------------------------------------------------------- bench compare
-
-def method_frames(cells: list[CellFile], name: str) -> dict[tuple, pd.DataFrame]:
-    """Per-frame errors of the method called ``name`` (:func:`harness.store.cells.method_name`), keyed by
-    ``(dataset, teacher_scenes, fraction)``, seeds concatenated. Several cells of one key and seed
-    (e.g. different provenance): the newest by ``created`` wins."""
-    picked: dict[tuple, CellFile] = {}
-    iteration: dict[tuple, int] = {}
-    for cell in cells:
-        if cell.kind != "pose":
-            continue
-        ident = identity(cell)
-        ks = [k for k in cell.iterations if k >= 1] if cell.attrs["cell"].get("refiner") else [0]
-        for k in ks:
-            if method_name({**ident, "iterations": k}) != name:
-                continue
-            key = (ident["dataset"], ident["teacher_scenes"], ident["fraction"], ident["seed"])
-            old = picked.get(key)
-            if old is None or str(ident.get("created") or "") > str(identity(old).get("created") or ""):
-                picked[key], iteration[key] = cell, k
-    out: dict[tuple, list[pd.DataFrame]] = {}
-    for key, cell in picked.items():
-        out.setdefault(key[:3], []).append(frame_errors(cell, iteration[key]))
-    return {k: pd.concat(v, ignore_index=True) for k, v in out.items()}
-
-
-def known_methods(cells: list[CellFile]) -> list[str]:
-    """Every method name of the store's pose cells (all stored refiner iterations >= 1)."""
-    names = set()
-    for cell in cells:
-        if cell.kind != "pose":
-            continue
-        ident = identity(cell)
-        ks = [k for k in cell.iterations if k >= 1] if cell.attrs["cell"].get("refiner") else [0]
-        names.update(method_name({**ident, "iterations": k}) for k in ks)
-    return sorted(names)
-
-
-def compare_methods(cells: list[CellFile], a: str, b: str, confidence: float = 0.95,
-                    n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                    scenes: Callable[[str], bool] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Paired analysis of method ``a`` (candidate) vs ``b`` (baseline) on their common
-    ``(dataset, teacher_scenes, fraction)`` settings: ``(table, frames)``.
-
-    ``table``: one row per setting and scene plus one ``scene = "all"`` row per setting, columns
-    ``dataset, teacher_scenes, fraction, scene, n_seeds, frames``, then for ``position`` (m) and
-    ``orientation`` (deg): ``<q>_delta, <q>_ci_low, <q>_ci_high, <q>_p, <q>_improved, <q>_worsened,
-    <q>_significant``. ``frames``: the aligned per-frame errors of every setting (:func:`align`, plus the
-    setting columns). ``scenes``: keep only the frames of scenes it accepts (also in the ``all`` rows).
-    Unknown names raise BenchError listing the known ones.
-    """
-    known = known_methods(cells)
-    for n in (a, b):
-        if n not in known:
-            raise BenchError(f"unknown method {n!r}; known: {', '.join(known) or '(none: the store has no pose cells)'}")
-    fa, fb = method_frames(cells, a), method_frames(cells, b)
-    common = [k for k in fa if k in fb]
-    if not common:
-        raise BenchError(f"{a} and {b} share no dataset / scenes / fraction setting")
-    rows, frames = [], []
-    for key in common:
-        seeds_a, seeds_b = set(fa[key]["seed"]), set(fb[key]["seed"])
-        shared = sorted(seeds_a & seeds_b)
-        if not shared:
-            continue
-        ca, cb = fa[key][fa[key]["seed"].isin(shared)], fb[key][fb[key]["seed"].isin(shared)]
-        if scenes is not None:
-            ca, cb = ca[ca["scene"].map(scenes)], cb[cb["scene"].map(scenes)]
-            if ca.empty and cb.empty:
-                continue
-        joined = align(ca, cb)
-        joined.insert(0, "fraction", key[2])
-        joined.insert(0, "teacher_scenes", key[1])
-        joined.insert(0, "dataset", key[0])
-        frames.append(joined)
-        for scene in [*sorted(joined["scene"].unique()), None]:
-            pos, ori, part = compare_frames(ca, cb, scene=scene, confidence=confidence,
-                                            n_resamples=n_resamples, seed=seed)
-            row: dict[str, Any] = {"dataset": key[0], "teacher_scenes": key[1], "fraction": key[2],
-                                   "scene": scene or "all", "n_seeds": len(shared), "frames": len(part)}
-            for q, d in (("position", pos), ("orientation", ori)):
-                row.update({f"{q}_delta": d.delta, f"{q}_ci_low": d.ci_low, f"{q}_ci_high": d.ci_high,
-                            f"{q}_p": d.p_value, f"{q}_improved": d.improved, f"{q}_worsened": d.worsened,
-                            f"{q}_significant": d.significant})
-            rows.append(row)
-    if not rows:
-        raise BenchError(f"{a} and {b} share no seed (or no scene passed the filter)")
-    return pd.DataFrame(rows), pd.concat(frames, ignore_index=True)

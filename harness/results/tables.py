@@ -109,19 +109,12 @@ def _pair_text(row: pd.Series, marks: Marks, best_m: bool, best_d: bool, units: 
         text += marks.esc(f" (n={n})")
     dm, dd = row.get("delta_position_m", np.nan), row.get("delta_orientation_deg", np.nan)
     if dm is not None and isinstance(dm, float) and np.isfinite(dm):
-        sig_m = _excludes_zero(row, "delta_position")
-        sig_d = _excludes_zero(row, "delta_orientation")
-        text += marks.esc(f" (Δ {_signed(dm, fmt_m)}{'*' if sig_m else ''}"
-                          f"{' m' if units else ''}, {_signed(dd, fmt_deg)}{'*' if sig_d else ''}{'°' if units else ''})")
+        from aprbench.harness.results.significance import marker  # * seed-level, † frames only (Holm-adjusted)
+
+        text += marks.esc(f" (Δ {_signed(dm, fmt_m)}{marker(row, 'position')}"
+                          f"{' m' if units else ''}, {_signed(dd, fmt_deg)}{marker(row, 'orientation')}"
+                          f"{'°' if units else ''})")
     return text
-
-
-def _excludes_zero(row: pd.Series, prefix: str) -> bool:
-    lo, hi = row.get(f"{prefix}_ci_low", np.nan), row.get(f"{prefix}_ci_high", np.nan)
-    try:
-        return bool(np.isfinite(lo) and np.isfinite(hi) and (lo > 0 or hi < 0))
-    except TypeError:
-        return False
 
 
 def _best(values: pd.Series, how: str) -> float:
@@ -207,7 +200,20 @@ def render_machine(frame: pd.DataFrame, fmt: str, sort: str | None = None) -> st
         frame = frame.sort_values(col, ascending=not desc, kind="stable", ignore_index=True)
     if fmt == "csv":
         return frame.to_csv(index=False).rstrip("\n")
-    return json.dumps(json.loads(frame.to_json(orient="records")), indent=1)
+    return json.dumps([{k: _json_value(v) for k, v in r.items()} for r in frame.to_dict(orient="records")], indent=1)
+
+
+def _json_value(v: Any) -> Any:
+    """A JSON value that reads back to the same number: Python floats (shortest round-trip repr), NaN as null."""
+    if isinstance(v, (np.floating, float)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, (np.integer, np.bool_)):
+        return v.item()
+    if isinstance(v, (str, int, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple, dict)):
+        return json.loads(json.dumps(v, default=str))
+    return None if pd.isna(v) else str(v)
 
 
 def _title(text: str, fmt: str) -> str:

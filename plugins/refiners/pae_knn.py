@@ -47,7 +47,7 @@ from aprbench.harness.api.hookspecs import hookimpl
 from aprbench.harness.api.registry import ModelFamily
 from aprbench.harness.api.interfaces import PoseIndexRefiner
 
-VERSION = "1"
+VERSION = "2"  # 2: the estimate's orientation is kept bit for bit (not normalised again)
 
 OPTIONS: dict[str, Any] = {
     "k": 3, "steps": 3, "lr": 0.01, "weight_decay": 0.01, "orientation_weight": 1.0, "temperature": 0.1,
@@ -141,12 +141,13 @@ def fit_weights(neigh: Tensor, query: Tensor, valid: Tensor, temperature: float,
 
 
 def combine(weights: Tensor, neigh_pose: Tensor, estimate: Tensor, refine_orientation: bool) -> Tensor:
-    """Refined poses ``(B, 7)``: position ``sum_i w_i t_i``; orientation the estimate's, or (``refine_orientation``)
-    the normalised weighted sum of the neighbours' quaternions with signs aligned to the estimate."""
+    """Refined poses ``(B, 7)``: position ``sum_i w_i t_i``; orientation the estimate's (unchanged, bit for bit),
+    or (``refine_orientation``) the normalised weighted sum of the neighbours' quaternions with signs aligned to
+    the estimate."""
     t = torch.einsum("bk,bkc->bc", weights, neigh_pose[..., :3])
-    q_est = P.normalize_quat(estimate[:, 3:])
     if not refine_orientation:
-        return P.join_pose(t, q_est)
+        return P.join_pose(t, estimate[:, 3:])  # the estimate's quaternion bit for bit (it is unit already)
+    q_est = P.normalize_quat(estimate[:, 3:])
     qn = neigh_pose[..., 3:]
     qn = torch.where((qn * q_est[:, None, :]).sum(-1, keepdim=True) < 0, -qn, qn)
     q = torch.einsum("bk,bkc->bc", weights, qn)

@@ -29,9 +29,10 @@ def register(commands) -> None:
         "leaderboard", parents=[commands.common], help="print the store's results as tables (scenes, cells, recall)",
         description="Read every cell file of the work directory and print it: by default one row per method and one "
         "column per scene (median m, median °) with their Average; --view cells gives one row per cell, --view "
-        "recall the accuracy within thresholds, --view stats the mean ± std over seeds and the paired Δ against "
-        "each row's baseline with its 95 % bootstrap interval and Wilcoxon p. csv and json carry every column as plain "
-        "numbers.",
+        "recall the accuracy within thresholds, --view stats the mean ± std over seeds and the paired Δ of the "
+        "median errors against each row's baseline: with several seeds a t-interval and t-test over the per-seed Δs, "
+        "with one seed a bootstrap interval and permutation p over test frames; Holm-adjusted p over the table; "
+        "--margin adds equivalence tests. csv and json carry every column as plain numbers.",
     )
     p.add_argument("--format", default="github", help="github (default), plain, latex, html, csv or json")
     p.add_argument("--view", choices=["scenes", "cells", "recall", "stats"],
@@ -43,6 +44,8 @@ def register(commands) -> None:
                    "in the scenes view a scene name, average, SCENE:deg, mb or ms_per_frame")
     p.add_argument("--group-by", metavar="COLUMN", help="one table per value of this column, e.g. student")
     add_selection_options(p)
+    p.add_argument("--margin", metavar="PCT%|Mm,Ddeg", help="stats view: equivalence test (TOST) of every comparison "
+                   "within this margin: a percentage of the baseline's median error (5%%) or absolute (0.01m,0.1deg)")
     p.add_argument("--iterations", metavar="K,K", help="refiner iterations to show (default: those run)")
     p.add_argument("--published", action="store_true",
                    help="add published results of known methods for 7Scenes / Cambridge scenes, kept apart, with sources")
@@ -88,4 +91,5 @@ def _text(args: argparse.Namespace, store: Store) -> str:
             return leaderboard.render_machine(board.decoders, fmt, args.sort)
         return leaderboard.render_table(leaderboard.decoders_table(board, fmt), fmt)
     return leaderboard.text(board, args.view, args.format, sort=args.sort, group_by=args.group_by,
-                            columns=args.columns, thresholds=args.thresholds, published=args.published)
+                            columns=args.columns, thresholds=args.thresholds, published=args.published,
+                            margin=args.margin)

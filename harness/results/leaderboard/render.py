@@ -15,7 +15,9 @@ from aprbench.harness.store.hdf5 import Store
 from aprbench.harness.results.leaderboard.board import Board, VIEWS, build
 from aprbench.harness.results.leaderboard.thresholds import parse_thresholds
 from aprbench.harness.results.leaderboard.provenance import provenance_lines
-from aprbench.harness.results.leaderboard.seeds import stats_frame
+from aprbench.harness.results.leaderboard.seeds import _stats_frame, stats_frame
+from aprbench.harness.results.significance import legend_lines, marker
+from aprbench.harness.results.stats import Margin, parse_margin
 from aprbench.harness.results.leaderboard.scenes import scenes_frame, scenes_table
 from aprbench.harness.results.leaderboard.cells import cells_frame, cells_table
 from aprbench.harness.results.leaderboard.recall import recall_frame, recall_table
@@ -23,7 +25,7 @@ from aprbench.harness.results.leaderboard.decoders import decoders_table
 
 
 def machine_frame(board: Board, view: str | None, thresholds=None, published: bool = False,
-                  poses: pd.DataFrame | None = None) -> pd.DataFrame:
+                  poses: pd.DataFrame | None = None, margin: Margin | None = None) -> pd.DataFrame:
     """The table a machine format writes for ``view`` (default ``cells``: one row per cell, every column)."""
     poses = board.poses if poses is None else poses
     if view in (None, "cells"):
@@ -33,7 +35,7 @@ def machine_frame(board: Board, view: str | None, thresholds=None, published: bo
         frame = scenes_frame(board, poses)
         frame["published"] = False
     elif view == "stats":
-        return stats_frame(board)
+        return stats_frame(board, margin)
     else:
         frame = recall_frame(board, thresholds, poses)
         frame["published"] = False
@@ -45,36 +47,61 @@ def machine_frame(board: Board, view: str | None, thresholds=None, published: bo
     return frame
 
 
+def _p_text(p: float, p_adj: float) -> str:
+    return "" if p != p else f"{p:.2g} / {p_adj:.2g}"
+
+
 def _stats_text(frame: pd.DataFrame) -> pd.DataFrame:
-    """The stats view for people: method, scene, n, mean ± std of the medians, Δ [95 % CI] and p against the baseline."""
+    """The stats view for people: method, scene, n, mean ± std of the medians, then per quantity Δ [CI] with its
+    marker (:mod:`harness.results.significance`), p / Holm-adjusted p, the per-seed Δs, and the equivalence
+    verdict when a margin was given."""
     if frame.empty:
         return frame
-    out = pd.DataFrame({"comparison": frame.get("comparison", pd.Series("vs teacher", index=frame.index)).fillna("vs teacher"),
-                        "method": frame["method"], "scene": frame["scene"], "n": frame["n_seeds"]})
+    comparison = frame["comparison"] if "comparison" in frame else pd.Series(index=frame.index, dtype=object)
+    out = pd.DataFrame({"comparison": comparison.fillna("vs teacher"), "method": frame["method"],
+                        "scene": frame["scene"], "n": frame["n_seeds"]})
     for metric, unit in (("median_m", "m"), ("median_deg", "°")):
         if f"{metric}_mean" in frame:
             out[f"{metric} ({unit})"] = [f"{m:.3f} ± {s:.3f}" if s == s else f"{m:.3f}"
                                          for m, s in zip(frame[f"{metric}_mean"], frame[f"{metric}_std"])]
     out["baseline"] = frame["baseline"].fillna("")
-    for part, unit in (("position", "m"), ("orientation", "°")):
-        d, lo, hi, p = (frame[f"delta_{part}{suffix}"] for suffix in ("_m" if part == "position" else "_deg",
-                                                                      "_ci_low", "_ci_high", "_p"))
-        out[f"Δ {part} ({unit}) [95 % CI], p"] = [
-            "" if x != x else f"{x:+.3f} [{a:+.3f}, {b:+.3f}]{'*' if a > 0 or b < 0 else ''}, p={q:.2g}"
-            for x, a, b, q in zip(d, lo, hi, p)]
+    out["basis"] = frame["ci_basis"].fillna("")
+    several = bool((frame["n_seeds"].astype(float) > 1).any())
+    conf = float(frame["confidence"].dropna().iloc[0]) if frame["confidence"].notna().any() else 0.95
+    for part, unit, suffix in (("position", "m", "_m"), ("orientation", "°", "_deg")):
+        d, lo, hi = (frame[f"delta_{part}{x}"] for x in (suffix, "_ci_low", "_ci_high"))
+        marks = [marker(r, part) for _, r in frame.iterrows()]
+        out[f"Δ {part} ({unit}) [{100 * conf:g} % CI]"] = [
+            "" if x != x else f"{x:+.3f} [{a:+.3f}, {b:+.3f}]{m}" for x, a, b, m in zip(d, lo, hi, marks)]
+        out[f"p / p_adj ({unit})"] = [_p_text(p, q) for p, q in zip(frame[f"delta_{part}_p"],
+                                                                     frame[f"delta_{part}_p_adj"])]
+        if several:
+            out[f"per-seed Δ ({unit})"] = [", ".join(f"{float(v):+.3f}" for v in str(t).split(",")) if t else ""
+                                           for t in frame[f"delta_{part}_seeds"].fillna("")]
+        if f"equivalence_{part}" in frame:
+            out[f"equivalent ({unit})"] = frame[f"equivalence_{part}"].fillna("")
     return out
+
+
+def _legend(fmt: str, frame: pd.DataFrame | None, family: str, margin: Margin | None = None) -> list[str]:
+    lines = legend_lines(frame, family, margin) if frame is not None else []
+    return [_with_notes(fmt, lines)] if lines else []
 
 
 def text(board: Board, view: str | None = None, fmt: str = "github", sort: str | None = None,
          group_by: str | None = None, columns: str | None = None, thresholds: str | None = None,
-         published: bool = False, decoders: bool = True, header: bool = True) -> str:
+         published: bool = False, decoders: bool = True, header: bool = True, margin: str | None = None) -> str:
     """The leaderboard as text in ``fmt`` (github, plain, html, latex, csv, json) for ``view``
-    (scenes, cells, recall; default scenes for people and cells for machines)."""
+    (scenes, cells, recall, stats; default scenes for people and cells for machines). ``margin`` (stats view):
+    equivalence margin, ``5%`` or ``0.01m,0.1deg`` (:func:`harness.results.stats.parse_margin`)."""
     if fmt not in FORMATS:
         raise BenchError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if view is not None and view not in VIEWS:
         raise BenchError(f"--view {view!r}: expected one of {', '.join(VIEWS)}")
     ts = parse_thresholds(thresholds)
+    equivalence = parse_margin(margin)
+    if equivalence is not None and view != "stats":
+        raise BenchError(f"--margin {margin}: equivalence tests are part of --view stats (and bench compare)")
     if board.poses.empty and board.decoders.empty:
         return "(no cells in the store match: run `bench run` first, or loosen --filter)"
     if group_by and not board.poses.empty and group_by not in board.poses:
@@ -82,7 +109,7 @@ def text(board: Board, view: str | None = None, fmt: str = "github", sort: str |
     if fmt in MACHINE_FORMATS:
         if board.poses.empty:
             return render_machine(board.decoders, fmt, sort)
-        frame = machine_frame(board, view, ts, published)
+        frame = machine_frame(board, view, ts, published, margin=equivalence)
         if columns and columns != "all":
             wanted = [c.strip() for c in columns.split(",") if c.strip()]
             missing = [c for c in wanted if c not in frame]
@@ -95,6 +122,10 @@ def text(board: Board, view: str | None = None, fmt: str = "github", sort: str |
     groups = [(None, board.poses)] if not group_by else [
         (f"{group_by} = {value}", part) for value, part in board.poses.groupby(group_by, sort=True)]
     view = view or "scenes"
+    if view == "stats":  # one table of every selected row: its comparisons are one family
+        stats = stats_frame(board, equivalence)
+        out += [render_table(_stats_text(stats), fmt), *_legend(fmt, stats, "this table", equivalence)]
+        groups = []
     for heading, poses in groups:
         if poses.empty:
             continue
@@ -102,9 +133,6 @@ def text(board: Board, view: str | None = None, fmt: str = "github", sort: str |
             out.append(_title(heading, fmt))
         if view == "cells":
             out.append(render_table(cells_table(board, fmt, columns, poses, sort), fmt))
-            continue
-        if view == "stats":
-            out.append(render_table(_stats_text(stats_frame(board)), fmt))
             continue
         tables = scenes_table(board, fmt, sort, published, poses) if view == "scenes" else \
             recall_table(board, fmt, ts, poses)
@@ -114,8 +142,7 @@ def text(board: Board, view: str | None = None, fmt: str = "github", sort: str |
             if table.attrs.get("footnotes"):
                 out.append(_with_notes(fmt, table.attrs["footnotes"]))
         if view == "scenes" and fmt != "latex" and "delta_position_m" in scenes_frame(board, poses):
-            out.append(_with_notes(fmt, ["Δ: against the teacher (negative is better); * its 95 % interval "
-                                         "excludes zero"]))
+            out += _legend(fmt, _stats_frame(board), "this leaderboard")
         if view == "scenes" and fmt != "latex":
             out.append(_with_notes(fmt, [MS_NOTE]))
     if decoders and not board.decoders.empty:

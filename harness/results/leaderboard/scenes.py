@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable
 
 import numpy as np
@@ -10,7 +11,7 @@ import pandas as pd
 from aprbench.harness.errors import BenchError
 from aprbench.harness.results.published import _published_table
 from aprbench.harness.results.tables import Marks, _best, _pair_text, _scene_header, _short, fmt_mb, mean_std
-from aprbench.harness.results.leaderboard.board import Board, GROUP_KEYS, MERGE_KEYS
+from aprbench.harness.results.leaderboard.board import Board, GROUP_KEYS, MERGE_KEYS, _overrides_text
 from aprbench.harness.results.leaderboard.provenance import recipe_labels
 from aprbench.harness.results.leaderboard.seeds import _stats_frame
 
@@ -63,8 +64,12 @@ def scenes_frame(board: Board, poses: pd.DataFrame | None = None) -> pd.DataFram
     if stats is not None:
         on = [c for c in ["dataset", "scene", "method", "fraction", "teacher_scenes", *MERGE_KEYS]
               if c in stats and c in frame]
-        deltas = [c for c in stats.columns if c.startswith("delta_") or c == "baseline"]
+        deltas = [c for c in stats.columns
+                  if c.startswith("delta_") or c in ("baseline", "baseline_cells", "ci_basis", "confidence")]
         stats = stats[on + deltas].copy()
+        if "overrides" in on:  # grouped as JSON text of the stored record; the board shows it as k=v,…
+            stats["overrides"] = stats["overrides"].map(
+                lambda v: _overrides_text(json.loads(v)) if str(v)[:1] in "{[" and v else v)
         for c in on:
             stats[c] = stats[c].astype(frame[c].dtype, errors="ignore")
         frame = frame.merge(stats.drop_duplicates(on), on=on, how="left")

@@ -408,7 +408,7 @@ def refine(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact
            iterations: int) -> dict[str, Any]:
     """Refinement on ``split``: ``iterations`` steps from the teacher's stored estimate, batched over all frames.
 
-    Returns numpy ``poses (K+1, N, 7)`` (index 0 = teacher estimate),
+    Returns numpy ``poses (K+1, N, 7)`` (index 0 = the teacher's stored estimate, bit for bit),
     ``pose_gt (N, 7)``, ``scene_id (N,)`` (ground truth), ``scene_pred (N,)``
     (the scene used), ``time_s (K+1,)`` seconds per frame, cumulative: the
     teacher's forward pass plus k times one step's measured cost, and ``stored_bytes`` (int): what the
@@ -425,8 +425,9 @@ def refine(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact
         raise BenchError(f"iterations must be >= 0, got {iterations}")
     refiner.model.to(ctx.device).eval()
     out = _outputs(ctx, teacher, split)
-    p = torch.as_tensor(np.asarray(out["pose_est"]), dtype=torch.float32)
-    p = P.join_pose(p[:, :3], P.normalize_quat(p[:, 3:]))
+    # iteration 0 is the teacher's stored estimate bit for bit (stored unit-normalised by the teacher stage;
+    # normalising it again would change the last bits and make "iteration 0 vs teacher" a test of rounding)
+    p = torch.as_tensor(np.asarray(out["pose_est"], dtype=np.float32))
     N = len(p)
     multi = bool(getattr(teacher.model, "multi_scene", False))
     logp = np.asarray(out.get("scene_logp", np.zeros((N, 1))))
