@@ -242,18 +242,24 @@ def test_latex_is_booktabs_with_units_escapes_and_bold(store):
 
 
 def test_statistics_fill_the_delta_slot(store, monkeypatch):
-    from aprbench.harness.results import stats
+    """The scenes view's Δ carries the marker of the Holm-adjusted p: * seed-level, † frames only."""
+    from aprbench.harness.results import comparisons
 
-    def stats_table(cells, iterations=None):
+    def stats_table(cells, iterations=None, **options):
         return pd.DataFrame([{"dataset": "synthetic", "scene": "room", "method": "posenet+pae", "fraction": 1.0,
-                              "teacher_scenes": "room+site", "baseline": "posenet", "delta_position_m": -0.012,
-                              "delta_position_ci_low": -0.02, "delta_position_ci_high": -0.004,
-                              "delta_orientation_deg": 0.3, "delta_orientation_ci_low": -0.1,
-                              "delta_orientation_ci_high": 0.7}])
+                              "teacher_scenes": "room+site", "baseline": "posenet", "ci_basis": basis,
+                              "confidence": 0.95, "delta_position_m": -0.012, "delta_position_p": 0.001,
+                              "delta_position_p_adj": 0.004, "delta_orientation_deg": 0.3, "delta_orientation_p": 0.02,
+                              "delta_orientation_p_adj": 0.08}])
 
-    monkeypatch.setattr(stats, "stats_table", stats_table)
+    monkeypatch.setattr(comparisons, "stats_table", stats_table)
+    basis = "seeds"
     out = lb.text(lb.build(store, filters=["overrides="]), fmt="plain")
-    assert "(Δ −0.012* m, +0.30°)" in out  # the position interval excludes zero, the orientation one does not
+    assert "(Δ −0.012* m, +0.30°)" in out  # position: adjusted p < 0.05; orientation: only its raw p is
+    assert "* seed-level" in out and "Holm" in out and "† frames only" not in out
+    basis = "frames"
+    out = lb.text(lb.build(store, filters=["overrides="]), fmt="plain")
+    assert "(Δ −0.012† m, +0.30°)" in out and "--seeds 5" in out
 
 
 def test_export_one_row_per_frame_and_iteration(store, run_bench, tmp_path, capsys):
@@ -295,7 +301,9 @@ def test_stats_view_gives_one_row_per_group_with_the_paired_comparison(tmp_path,
     assert code == 0
     main_rows = frame[frame["comparison"].isna()]
     for col in ["n_seeds", "median_m_mean", "median_m_std", "baseline", "delta_position_m", "delta_position_ci_low",
-                "delta_position_ci_high", "delta_position_p", "delta_orientation_deg", "delta_orientation_p"]:
+                "delta_position_ci_high", "delta_position_p", "delta_orientation_deg", "delta_orientation_p",
+                "ci_basis", "delta_position_p_adj", "delta_orientation_p_adj", "delta_position_seeds",
+                "baseline_cells"]:
         assert col in frame, col
     other = main_rows["overrides"].astype(str).str.contains("epochs")  # the second recipe (--set teacher.epochs=2)
     quick = main_rows[~other]
@@ -309,4 +317,5 @@ def test_stats_view_gives_one_row_per_group_with_the_paired_comparison(tmp_path,
     assert "iteration" in set(frame["comparison"].dropna())
     assert main(["leaderboard", "--workdir", str(store.root), "--view", "stats"]) == 0
     human = capsys.readouterr().out
-    assert "±" in human and "[95 % CI]" in human
+    assert "±" in human and "[95 % CI]" in human and "Holm" in human and "per-seed Δ" in human
+    assert set(refined["ci_basis"]) == {"seeds"}

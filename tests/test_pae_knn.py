@@ -218,6 +218,25 @@ def test_index_is_built_once_stored_and_counted(tmp_path, fake_outputs, monkeypa
         stage.obtain_refiner(ctx, "pae-knn", teacher_artifact(), None)
 
 
+def test_iteration_zero_is_the_teachers_estimate_bit_for_bit(tmp_path, fake_outputs):
+    """Iteration 0 of a refiner cell is the stored teacher estimate, and a pae-knn that keeps the orientation keeps
+    its bits: "iteration K vs the teacher" then never tests rounding noise (quaternions a hair off unit length,
+    as a float32 normalisation leaves them, so that normalising again would change them)."""
+    data = make_data(tmp_path / "data", n_train=40, n_test=12)
+    outs = make_outputs(data, 8)
+    est = outs["test"]["pose_est"]
+    est[:, 3:] *= np.float32(1.0000003)
+    fake_outputs(outs)
+    ctx = make_ctx(tmp_path, data, refiner={"refine_orientation": False})
+    student = student_artifact()
+    ref = stage.obtain_refiner(ctx, "pae-knn", teacher_artifact(), student)
+    res = stage.refine(ctx, ref, teacher_artifact(), student, "test", iterations=2)
+    assert res["poses"].dtype == np.float32 and res["poses"][0].tobytes() == est.astype(np.float32).tobytes()
+    for k in (1, 2):
+        assert res["poses"][k][:, 3:].tobytes() == est[:, 3:].tobytes()
+        assert not np.array_equal(res["poses"][k][:, :3], est[:, :3])  # the positions did move
+
+
 def test_matrix_needs_a_student_for_pae_knn():
     from aprbench.harness.running.matrix import Axes, expand
     from aprbench.harness.api.manager import get_registry

@@ -260,7 +260,7 @@ def compare_methods(cells: list[CellFile], a: str, b: str, confidence: float = 0
     """Paired analysis of method ``a`` (candidate) vs ``b`` (baseline) on their common
     ``(dataset, teacher_scenes, fraction)`` settings: ``(table, frames)``.
 
-    ``table``: one row per setting and scene plus one ``scene = "all"`` row per setting, columns
+    ``table``: one row per setting and scene plus, with several scenes, one ``scene = "all"`` row, columns
     ``dataset, teacher_scenes, fraction, scene, n_seeds, frames``, ``improved_position``/``worsened_position`` (and
     orientation; fractions of frames), then :func:`delta_columns` with Holm over this table's comparisons.
     ``frames``: the aligned per-frame errors of every setting (:func:`align`, plus the setting columns).
@@ -288,7 +288,8 @@ def compare_methods(cells: list[CellFile], a: str, b: str, confidence: float = 0
             joined.insert(i, col, key[i])
         frames.append(joined)
         base_cells = ",".join(str(c.attrs["fingerprint"]) for _, _, c, _ in seeds)
-        for scene in [*sorted(joined["scene"].unique()), None]:
+        present = sorted(joined["scene"].unique())
+        for scene in [*present, None] if len(present) > 1 else present:  # one scene: "all" would repeat it
             pos, ori, part = compare_frames(ca, cb, scene=scene, confidence=confidence,
                                             n_resamples=n_resamples, seed=seed)
             rows.append({"dataset": key[0], "teacher_scenes": key[1], "fraction": key[2], "scene": scene or "all",

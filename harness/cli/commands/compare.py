@@ -56,7 +56,7 @@ def _plot(frames, table, a: str, b: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    overall = table[table["scene"] == "all"]
+    overall = table.groupby(["dataset", "teacher_scenes", "fraction"], sort=False).tail(1)  # "all", or its one scene
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, q, col, unit in ((axes[0], "position", "position_error_m", "m"),
                              (axes[1], "orientation", "orientation_error_deg", "deg")):
