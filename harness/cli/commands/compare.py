@@ -22,7 +22,7 @@ def register(commands) -> None:
         "orientation (deg), A − B so negative is better, per scene and over all scenes. B's cell of each seed is the "
         "one of A's setting (same data, and the same models where both name the same ones). With several seeds the "
         "interval and p-value are a t-interval and t-test over the per-seed Δs; with one seed a paired bootstrap "
-        "interval and a paired permutation test over the test frames. p-values are Holm-adjusted over the call's "
+        "interval over the test frames and the p-value of that bootstrap. p-values are Holm-adjusted over the call's "
         "comparisons; --margin adds equivalence tests (TOST).",
     )
     p.add_argument("a", metavar="A", help="candidate method name")
@@ -31,7 +31,7 @@ def register(commands) -> None:
                    help="only cells whose column KEY (dataset, teacher_scenes, fraction, seed, profile, …) matches GLOB "
                    "(repeatable)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
-    p.add_argument("--resamples", type=int, default=None, help="bootstrap / permutation resamples with one seed "
+    p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples with one seed "
                    "(default: 2000, the leaderboard's)")
     p.add_argument("--margin", metavar="PCT%|Mm,Ddeg", help="equivalence test (TOST) within this margin: a percentage "
                    "of B's median error (5%%) or absolute (0.01m,0.1deg)")

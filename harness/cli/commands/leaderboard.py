@@ -31,7 +31,7 @@ def register(commands) -> None:
         "column per scene (median m, median °) with their Average; --view cells gives one row per cell, --view "
         "recall the accuracy within thresholds, --view stats the mean ± std over seeds and the paired Δ of the "
         "median errors against each row's baseline: with several seeds a t-interval and t-test over the per-seed Δs, "
-        "with one seed a bootstrap interval and permutation p over test frames; Holm-adjusted p over the table; "
+        "with one seed a paired bootstrap interval and p over test frames; Holm-adjusted p over the table; "
         "--margin adds equivalence tests. csv and json carry every column as plain numbers.",
     )
     p.add_argument("--format", default="github", help="github (default), plain, latex, html, csv or json")

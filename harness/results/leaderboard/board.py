@@ -40,7 +40,7 @@ class Board:
     cells: dict[str, CellFile] = field(default_factory=dict)
     hook_columns: list[str] = field(default_factory=list)
     manager: Any = None
-    stats: pd.DataFrame | None = None  # harness.results.stats.stats_table of the cells, once computed
+    stats: pd.DataFrame | None = None  # harness.results.comparisons.stats_table of the rows, once computed
 
     def errors(self, fingerprint: str, scene: str, iteration: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-frame ``(position error m, orientation error deg)`` of one cell, scene and stored iteration."""
