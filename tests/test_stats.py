@@ -248,6 +248,7 @@ def test_statistics_follow_the_filter(tmp_path, capsys):
     rows = _stats_json(capsys, store.root, "--filter", "refiner=pae-rpr")
     assert {r["method"] for r in rows} == {"posenet+pae+pae-rpr@1", "posenet+pae+pae-rpr@3"}
     assert {r["comparison"] for r in rows} == {None, "iteration"} and {r["n_seeds"] for r in rows} == {3}
+    assert not [r for r in rows if r["baseline"].endswith("@0")]  # iteration 1 vs 0 is the vs-teacher row
     assert {r["ci_basis"] for r in rows} == {"seeds"}
 
 

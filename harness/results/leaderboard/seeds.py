@@ -47,13 +47,20 @@ def _stats_frame(board: Board) -> pd.DataFrame | None:
 def stats_frame(board: Board, margin: Margin | None = None) -> pd.DataFrame:
     """The ``stats`` view of the filtered rows: one row per group of cells that differ only in seed, per scene:
     ``n_seeds``, ``<metric>_mean`` / ``_std`` and the paired comparison with its teacher, then the extra
-    comparisons (``comparison``: student on estimates vs ground truth, refiner iteration K vs K-1). Holm over every
-    comparison listed; equivalence columns with ``margin``. An ambiguous baseline raises (BenchError)."""
+    comparisons (``comparison``: student on estimates vs ground truth, refiner iteration K vs K-1; iteration 1 vs 0
+    only where the row has no comparison with its teacher, which is the same one since iteration 0 is the teacher's
+    estimate). Holm over every comparison listed; equivalence columns with ``margin``. An ambiguous baseline raises
+    (BenchError)."""
     from aprbench.harness.results import comparisons
 
     main = _main(board, margin)
     cells, keep, shown = _selection(board)
     extra = comparisons.extra_comparisons(cells, shown, keep=keep, margin=margin) if cells else pd.DataFrame()
+    if not extra.empty and not main.empty:  # iteration 1 vs 0 is the row's vs-teacher comparison: list it once
+        compared = set(zip(main.loc[main["baseline"] != "", "method"], main.loc[main["baseline"] != "", "scene"]))
+        again = (extra["comparison"] == "iteration") & extra["baseline"].str.endswith("@0") & pd.Series(
+            [(m, s) in compared for m, s in zip(extra["method"], extra["scene"])], index=extra.index)
+        extra = extra[~again]
     parts = [f for f in (main, extra) if f is not None and not f.empty]
     if not parts:
         return pd.DataFrame()
