@@ -15,6 +15,10 @@ renders one of the views:
   (:func:`scene_thresholds`), machines (``csv``, ``json``) every column as plain
   numbers: bytes as integers, fractions 0-1, errors in metres and degrees.
 - ``recall``: the fraction of frames within each threshold, per scene and averaged.
+- ``stats``: per group of seeds and scene, mean ± std and the paired comparisons (:mod:`.seeds`,
+  :mod:`harness.results.comparisons`): Δ of the medians with its interval, p and Holm-adjusted p, per-seed Δs,
+  equivalence with ``--margin``; the Δ columns of ``scenes`` come from the same frame, marked and explained by
+  :mod:`harness.results.significance`.
 
 Several seeds of one recipe merge into one row (``mean ± std``, ``n``); rows
 whose provenance differs (:data:`MERGE_KEYS`: all of
