@@ -270,3 +270,27 @@ def test_stats_json_numbers_are_the_computed_ones(tmp_path, capsys):
     code, csv, _ = _bench(capsys, "leaderboard", "--workdir", store.root, "--view", "stats", "--format", "csv")
     back = pd.read_csv(io.StringIO(csv))
     assert back["delta_position_p"].dropna().tolist() == frame["delta_position_p"].dropna().tolist()
+
+
+def test_same_setting_compares_every_recorded_model_fingerprint():
+    from aprbench.harness.results.baselines import same_setting
+    from aprbench.harness.store.cells import CellFile
+
+    def cell(fp, student=None, upstream=None, models=None, overrides=None):
+        attrs = {"kind": "pose", "fingerprint": fp, "iterations": [0],
+                 "cell": {**axes(student=student, encode="estimate" if student else None)},
+                 "provenance": provenance(overrides=overrides), "upstream": upstream or {}}
+        if models is not None:
+            attrs["models"] = models
+        return CellFile(Path(f"{fp}.h5"), {}, attrs)
+
+    teacher = cell("t", upstream={"teacher": "A"}, models={"teacher": {"fingerprint": "m1"}})
+    student = cell("s", "pae", {"teacher": "A", "student": "S"}, {"teacher": {"fingerprint": "m1"}},
+                   overrides={"student": {"epochs": 5}})
+    assert same_setting(student, teacher)  # the same teacher model: the student's own --set does not matter
+    other_code = cell("s2", "pae", {"teacher": "A"}, {"teacher": {"fingerprint": "m2"}})
+    assert not same_setting(other_code, teacher)  # same artifact hash recorded, another model identity
+    assert not same_setting(cell("s3", "pae", {"teacher": "B"}), teacher)
+    # nothing recorded: the provenance decides, --set overrides included
+    assert same_setting(cell("s4", "pae"), cell("t4"))
+    assert not same_setting(cell("s5", "pae", overrides={"teacher": {"epochs": 1}}), cell("t5"))

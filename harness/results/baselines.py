@@ -6,8 +6,9 @@ Two cells are *the same setting* when they agree on the data they were evaluated
   and ``dataset_fingerprint``;
 * the models both cells name alike, along their chains (the teacher when both name the same teacher and weight
   file; then the student when both also have the same student and encoding; then the refiner) must be the same
-  model: equal fingerprints in the cells' ``upstream`` attribute (a model's fingerprint covers its resolved
-  recipe, ``--set`` overrides included, its seed and its data);
+  model: equal fingerprints wherever both cells record them (``upstream``: each model's artifact fingerprint,
+  covering its resolved recipe, ``--set`` overrides included, its seed and its data; ``models``: each model's
+  own identity, where a store records it);
 * when a cell does not record those fingerprints, also ``overrides``, ``recipe_fingerprint`` and ``device``.
 
 A row's teacher baseline is the teacher cell (no student, no refiner) of the same setting. It is looked for
@@ -39,9 +40,17 @@ def _norm(value: Any) -> str:
 
 
 def model_fingerprints(cell: CellFile) -> dict[str, str]:
-    """``{kind: fingerprint}`` of the models a cell was made with (its ``upstream`` attribute; {} if absent)."""
+    """The fingerprints a cell records of its models: ``{kind: artifact fingerprint}`` from its ``upstream``
+    attribute, and ``{"kind:model": fingerprint}`` from a ``models`` attribute (per-model identity) when present."""
+    out: dict[str, str] = {}
     up = cell.attrs.get("upstream") or {}
-    return {str(k): str(v) for k, v in up.items()} if isinstance(up, dict) else {}
+    if isinstance(up, dict):
+        out.update({str(k): str(v) for k, v in up.items() if v})
+    models = cell.attrs.get("models") or {}
+    if isinstance(models, dict):
+        out.update({f"{k}:model": str(m["fingerprint"]) for k, m in models.items()
+                    if isinstance(m, dict) and m.get("fingerprint")})
+    return out
 
 
 def _shared_kinds(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -60,10 +69,13 @@ def same_setting(a: CellFile, b: CellFile) -> bool:
     if any(_norm(ia.get(k)) != _norm(ib.get(k)) for k in HARD_KEYS):
         return False
     fa, fb = model_fingerprints(a), model_fingerprints(b)
-    kinds = _shared_kinds(ia, ib)
-    if all(k in fa and k in fb for k in kinds):
-        return all(fa[k] == fb[k] for k in kinds)
-    return all(_norm(ia.get(k)) == _norm(ib.get(k)) for k in FALLBACK_KEYS)
+    recorded = True
+    for kind in _shared_kinds(ia, ib):
+        both = [k for k in (kind, f"{kind}:model") if k in fa and k in fb]
+        if any(fa[k] != fb[k] for k in both):
+            return False
+        recorded = recorded and bool(both)
+    return recorded or all(_norm(ia.get(k)) == _norm(ib.get(k)) for k in FALLBACK_KEYS)
 
 
 def is_teacher_cell(cell: CellFile) -> bool:
