@@ -62,7 +62,7 @@ def _stats_text(frame: pd.DataFrame) -> pd.DataFrame:
                         "scene": frame["scene"], "n": frame["n_seeds"]})
     for metric, unit in (("median_m", "m"), ("median_deg", "°")):
         if f"{metric}_mean" in frame:
-            out[f"{metric} ({unit})"] = [f"{m:.3f} ± {s:.3f}" if s == s else f"{m:.3f}"
+            out[f"{metric} ({unit})"] = ["" if m != m else f"{m:.3f} ± {s:.3f}" if s == s else f"{m:.3f}"
                                          for m, s in zip(frame[f"{metric}_mean"], frame[f"{metric}_std"])]
     out["baseline"] = frame["baseline"].fillna("")
     out["basis"] = frame["ci_basis"].fillna("")
