@@ -60,13 +60,13 @@ def test_bf16_autocast_trains_and_evaluates_a_teacher_on_the_cpu(tmp_path, monke
     assert np.abs(out["pose_est"][:, :3] - ref["pose_est"][:, :3]).max() < 0.05
     assert not np.array_equal(out["latent_x"], ref["latent_x"])  # bf16 really ran
 
-    # another artifact, other outputs; the fp32 fingerprint is the plain formula (stores made before stay valid)
+    # another artifact, other outputs; the fp32 fingerprint is the plain formula plus the device kind
     ctx32 = make_ctx(tmp_path, data, **{**TINY_POSENET, "epochs": 4})
     recipe = ctx32.recipe("teacher", "posenet-mobilenet")
-    plain = artifact_fingerprint(recipe, {"data": data.split("train").fingerprint()}, {})
+    plain = artifact_fingerprint(recipe, {"data": data.split("train").fingerprint()}, {"device": "cpu"})
     assert art.fingerprint != plain
     assert art.fingerprint == artifact_fingerprint(recipe, {"data": data.split("train").fingerprint()},
-                                                   {"precision": "bf16"})
+                                                   {"precision": "bf16", "device": "cpu"})
 
 
 def test_fp16_off_cuda_and_missing_devices_are_refused_before_any_work(tmp_path, capsys):
@@ -113,8 +113,9 @@ def test_precision_makes_other_cells_and_is_recorded_in_their_provenance(tmp_pat
     fps = {p: r.fingerprint(cell) for p, r in runners.items()}
     assert fps["fp32"] != fps["bf16"]
     r32 = runners["fp32"]
+    models = {kind: m["fingerprint"] for kind, m in r32.models(cell).items()}
     assert fps["fp32"] == cell_fingerprint(cell, r32.context(cell).data.fingerprint(), r32.recipes(cell),
-                                           {"teacher": None})  # fp32: the fingerprint of a plain run
+                                           {"teacher": None}, "fp32", models)  # fp32: the fingerprint of a plain run
     summary, _ = runners["bf16"].run(Plan([cell]))
     assert summary.computed == 1 and not summary.failed
     arrays, attrs = read_h5(runners["bf16"].store.cell_path(fps["bf16"]))

@@ -111,7 +111,7 @@ def teacher_artifact(latent_dim: int = 16, multi_scene: bool = False, num_scenes
                     HeadTeacher(latent_dim, multi_scene, num_scenes).eval())
 
 
-FAST = dict(epochs=2, batch_size=64, checkpoint_every=100, num_threads=1)
+FAST = dict(epochs=2, batch_size=64, checkpoint_every=100, threads=1)
 
 
 # =========================================================================== shapes
@@ -165,7 +165,7 @@ def _sidecar(art: Artifact) -> dict:
 def test_pae_learns_a_teachers_latents_and_is_reused(tmp_path, monkeypatch):
     data = make_data(n_train=600, n_test=60)
     ctx = make_ctx(tmp_path, data, epochs=60, batch_size=128, lr=3e-3, schedule="cosine", gamma=0.05,
-                   checkpoint_every=1000, num_threads=1)
+                   checkpoint_every=1000, threads=1)
     teacher = teacher_artifact()
     outs = store_fake_outputs(ctx, teacher, noise_m=0.1, noise_deg=3.0)
     recipe = ctx.recipe("student", "pae")

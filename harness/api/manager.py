@@ -40,6 +40,7 @@ class Entry:
     name: str
     factory: Callable[..., Any]
     source: str
+    plugin: Any = None  # the registered plugin object (usually its module)
 
 
 @dataclass
@@ -123,7 +124,11 @@ class BenchPluginManager:
         if spec.endswith(".py") or path.is_file():  # a folder named like a package is still a module name
             if not path.is_file():
                 raise BenchError(f"--plugin {spec}: no such file")
-            name = f"bench_plugin_{path.stem}"
+            name = file_module_name(path)
+            folder = str(path.resolve().parent)
+            added = folder not in sys.path
+            if added:  # a helper module beside the plugin file imports as it would from that folder
+                sys.path.insert(0, folder)
             try:
                 module_spec = importlib.util.spec_from_file_location(name, path)
                 module = importlib.util.module_from_spec(module_spec)
@@ -133,6 +138,9 @@ class BenchPluginManager:
                 sys.modules.pop(name, None)
                 self.broken[source] = _short_error(exc)
                 return
+            finally:
+                if added and folder in sys.path:
+                    sys.path.remove(folder)
             self._register(module, source)
         else:
             self._register_module(spec, source)
@@ -156,7 +164,7 @@ class BenchPluginManager:
                     if name in reg.entries[kind]:
                         other = reg.entries[kind][name].source
                         raise BenchError(f"{kind} {name!r} is registered twice: by {other} and by {source}")
-                    reg.entries[kind][name] = Entry(kind, name, factory, source)
+                    reg.entries[kind][name] = Entry(kind, name, factory, source, impl.plugin)
         self._registry = reg
         return reg
 
@@ -167,6 +175,15 @@ class BenchPluginManager:
             hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
             rows.append((name, hooks))
         return rows
+
+
+def file_module_name(path: Path) -> str:
+    """The module name a ``--plugin`` file is loaded under: its stem plus a hash of its absolute path, so two
+    files of the same name in different folders are two modules."""
+    import hashlib
+
+    where = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:10]
+    return f"bench_plugin_{Path(path).stem}_{where}"
 
 
 def _short_error(exc: BaseException) -> str:

@@ -21,8 +21,13 @@ A recipe is resolved from ``(kind, name, dataset, profile, overrides)``:
 Each value remembers where it came from (``Recipe.sources``). Keys are checked
 here, before any work: an unknown key is refused with the closest known one,
 a value of the wrong type or out of range names the key and what is accepted.
-The resolved values plus the plugin's ``VERSION`` are the recipe's
-fingerprint, which both artifact and cell fingerprints hash.
+The resolved values plus the plugin's code identity (``harness.api.identity``: its
+declared ``VERSION`` or a digest of its source, and the registered variant's
+config) are the recipe's fingerprint, which both artifact and cell fingerprints
+hash. ``threads`` (a training key of every kind) is the number of CPU threads
+the model trains and evaluates with (``harness.training.devices.model_threads``):
+a value, not a guess from the machine, so the numbers do not depend on how many
+processes run side by side.
 """
 
 from __future__ import annotations
@@ -87,7 +92,6 @@ class StudentConfig:
     pose_weight: Union[float, dict] = _f(1.0, doc="weight of the pose loss through the teacher's heads; a number "
                                          "or a table by encode, {estimate = 0.0, ground_truth = 1.0}")
     from_teacher: list = _f([], doc="recipe keys copied from the teacher's resolved recipe")
-    num_threads: int = _f(0, low=0, doc="CPU threads while training (0: unchanged)")
     raw_quaternion: bool = _f(False, doc="encode the teacher's estimate with its raw, unnormalised quaternion "
                                         "(the reference)")
     description: str = _f("")
@@ -154,6 +158,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     seed: int = 0
     eps: float = 1e-8  # Adam's epsilon
+    threads: int = 1  # CPU threads (torch.set_num_threads) while this model trains and is evaluated on a CPU
 
     @classmethod
     def from_recipe(cls, recipe: dict[str, Any]) -> "TrainConfig":
@@ -167,7 +172,7 @@ TRAIN_RULES: dict[str, dict[str, Any]] = {
     "epochs": {"low": 0}, "batch_size": {"low": 1}, "lr": {"low": 0.0, "strict": True}, "eps": {"low": 0.0, "strict": True},
     "weight_decay": {"low": 0.0}, "step_size": {"low": 0}, "gamma": {"low": 0.0, "strict": True},
     "schedule": {"choices": ("step", "cosine")}, "grad_clip": {"low": 0.0}, "checkpoint_every": {"low": 1},
-    "seed": {"low": 0},
+    "seed": {"low": 0}, "threads": {"low": 1},
 }
 # keys the harness passes to factories itself (never from a recipe)
 
@@ -227,20 +232,32 @@ class Recipe:
     task: Any
     model: dict[str, Any]
     sources: dict[str, str]
-    version: str = "0"
+    version: str = "0"  # the plugin's declared VERSION, or src:<digest> (harness.api.identity.PluginIdentity.label)
     weights: dict[str, str] = field(default_factory=dict)  # pretrained weights' file hashes (model key -> hash)
+    code: str = ""  # the plugin's code identity (harness.api.identity.PluginIdentity.code)
 
     def values(self) -> dict[str, Any]:
         """Every value as one flat dict (train, task, model)."""
         return {**_asdict(self.train), **_asdict(self.task), **self.model}
 
     def fingerprint(self) -> str:
-        """Hash of the kind, name, plugin version and every resolved value; with pretrained weights, their file's
-        hash instead of its path (the same weights anywhere are the same recipe)."""
+        """Hash of the kind, name, plugin code identity and every resolved value; with pretrained weights, their
+        file's hash instead of its path (the same weights anywhere are the same recipe)."""
+        return fingerprint("recipe", self.kind, self.name, self.code or self.version, *self._identified())
+
+    def model_fingerprint(self, precision: str = "fp32", device: str = "cpu") -> str:
+        """The model's identity across seeds: everything :meth:`fingerprint` hashes but the seed, plus the
+        autocast ``precision`` and the ``device`` kind (``cpu``, ``cuda``, ``mps``). Cells whose every model
+        fingerprint is equal differ only in seed; a leaderboard row never merges cells whose differ."""
+        values, *weights = self._identified()
+        values = {k: v for k, v in values.items() if k != "seed"}
+        return fingerprint("model", self.kind, self.name, self.code or self.version, values, *weights, precision,
+                           device)
+
+    def _identified(self) -> list[Any]:
         if not self.weights:
-            return fingerprint("recipe", self.kind, self.name, self.version, self.values())
-        values = {k: v for k, v in self.values().items() if k != "pretrained_file"}
-        return fingerprint("recipe", self.kind, self.name, self.version, values, self.weights)
+            return [self.values()]
+        return [{k: v for k, v in self.values().items() if k != "pretrained_file"}, self.weights]
 
     @classmethod
     def of(cls, kind: str, name: str, values: dict[str, Any] | None = None) -> "Recipe":
@@ -264,9 +281,11 @@ def _asdict(obj: Any) -> dict[str, Any]:
 
 
 def plugin_version(registry: Any, kind: str, name: str) -> str:
-    """The ``VERSION`` of the module that registered ``name`` (``"0"`` if it has none)."""
-    module = sys.modules.get(getattr(registry.get(kind, name).factory, "__module__", ""), None)
-    return str(getattr(module, "VERSION", "0"))
+    """The declared ``VERSION`` of the plugin that registered ``name`` (class attribute, else module-level),
+    or ``src:<digest>`` when it declares none (:mod:`harness.api.identity`)."""
+    from aprbench.harness.api.identity import plugin_identity
+
+    return plugin_identity(registry, kind, name).label()
 
 
 def model_keys(registry: Any, kind: str, name: str) -> tuple[set[str], bool]:
@@ -350,8 +369,10 @@ def resolve(registry: Any, kind: str, name: str, dataset: str, profile: str,
     for f in fields(task):
         sources.setdefault(f.name, "default")
     model, weights = _settle_pretrained(registry, kind, name, profile, model, sources)
-    return Recipe(kind, name, dataset, profile, train, task, model, sources, plugin_version(registry, kind, name),
-                  weights)
+    from aprbench.harness.api.identity import plugin_identity
+
+    code = plugin_identity(registry, kind, name)
+    return Recipe(kind, name, dataset, profile, train, task, model, sources, code.label(), weights, code.code())
 
 
 _WARNED: set[str] = set()  # pretrained fall-backs already reported in this process

@@ -39,13 +39,13 @@ from scipy import stats as sst
 
 from aprbench.harness.errors import BenchError
 from aprbench.harness.results.metrics import THRESHOLDS, threshold_name
-from aprbench.harness.store.cells import CellFile
+from aprbench.harness.store.cells import MODEL_KINDS, CellFile
 
 # per-row metric columns aggregated over seeds (when present)
 METRIC_COLUMNS = ["median_m", "median_deg", "mean_m", "mean_deg",
                   *[threshold_name(m, d) for m, d in THRESHOLDS], "ms_per_frame", "scene_accuracy", "latent_mse"]
 # columns that vary between seeds of one group and are neither keys nor metrics
-SEED_COLUMNS = ["seed", "cell", "created"]
+SEED_COLUMNS = ["seed", "cell", "created", "torch", "cpu", *(f"{k}_origin" for k in MODEL_KINDS)]
 FRAME_KEYS = ["seed", "scene", "img_path"]
 DEFAULT_RESAMPLES = 2000
 SEEDS, FRAMES = "seeds", "frames"  # the two bases of an interval / p-value

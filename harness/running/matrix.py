@@ -276,14 +276,15 @@ def _expand_student(plan: Plan, base: Cell, student: str, axes: Axes, teacher: A
 
 
 def cell_fingerprint(cell: Cell, data_fp: str, recipes: dict[str, str], weights: dict[str, str | None],
-                     precision: str = "fp32") -> str:
-    """Stable identity of a cell: its axes, the fingerprints of the recipes it uses (values and plugin
-    versions), the hashes of given weight files, the data it sees and its autocast precision (fp32, the
-    plain run, adds nothing: ``harness.training.devices.precision_part``)."""
+                     precision: str = "fp32", models: dict[str, str] | None = None) -> str:
+    """Stable identity of a cell: its axes, the fingerprints of the recipes it uses (values and plugin code
+    identity), its models' fingerprints (``models``, kind -> :meth:`harness.api.recipes.Recipe.model_fingerprint`:
+    code, threads, precision, device kind), the hashes of given weight files, the data it sees and its autocast
+    precision (fp32, the plain run, adds nothing: ``harness.training.devices.precision_part``)."""
     from aprbench.harness.training.devices import precision_part
 
     extra = precision_part(precision)
-    return fingerprint("cell", cell.identity(), data_fp, recipes, weights, *([extra] if extra else []))
+    return fingerprint("cell", cell.identity(), data_fp, recipes, weights, models or {}, *([extra] if extra else []))
 
 
 def shard(cells: list[Cell], fps: list[str], spec: str | None) -> list[int]:

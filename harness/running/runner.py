@@ -30,7 +30,7 @@ from aprbench.harness.running.matrix import Cell, Plan, cell_fingerprint, shard,
 from aprbench.harness.results.metrics import errors, per_scene
 from aprbench.harness.api.manager import BenchPluginManager, call_observers
 from aprbench.harness.running.progress import TIMES, CellProgress, duration, load_estimates, resolve_mode, say
-from aprbench.harness.api.recipes import Override, overrides_text, resolve
+from aprbench.harness.api.recipes import Override, Recipe, overrides_text, resolve
 from aprbench.harness.api.registry import load_registry
 from aprbench.harness.running.stages.chain import Chain, obtain_chain, split_name
 from aprbench.harness.running.stages.context import Context, file_hash
@@ -59,6 +59,19 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else :func:`platform.processor` or the machine type)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class MatrixRunner:
@@ -103,18 +116,37 @@ class MatrixRunner:
             self._hashes[path] = file_hash(path)
         return self._hashes[path]
 
-    def recipes(self, cell: Cell) -> dict[str, str]:
-        """The fingerprints of the recipes of every model the cell uses, resolved with the cell's seed."""
+    def resolved(self, cell: Cell) -> dict[str, Recipe]:
+        """The resolved recipes of every model the cell uses (kind -> recipe), with the cell's seed."""
         args = (self.registry,)
         rest = (self.dataset, self.profile, self.overrides, cell.seed)
         teacher = resolve(*args, "teacher", cell.teacher.name, *rest)
-        out = {"teacher": teacher.fingerprint()}
+        out = {"teacher": teacher}
         if cell.student:
-            out["student"] = resolve(*args, "student", split_name(cell.student)[0], *rest, teacher=teacher).fingerprint()
+            out["student"] = resolve(*args, "student", split_name(cell.student)[0], *rest, teacher=teacher)
         for kind in ("refiner", "decoder"):
             name = getattr(cell, kind)
             if name:
-                out[kind] = resolve(*args, kind, split_name(name)[0], *rest).fingerprint()
+                out[kind] = resolve(*args, kind, split_name(name)[0], *rest)
+        return out
+
+    def recipes(self, cell: Cell, resolved: dict[str, Recipe] | None = None) -> dict[str, str]:
+        """The fingerprints of the recipes of every model the cell uses, resolved with the cell's seed."""
+        return {kind: recipe.fingerprint() for kind, recipe in (resolved or self.resolved(cell)).items()}
+
+    def models(self, cell: Cell, resolved: dict[str, Recipe] | None = None) -> dict[str, dict[str, Any]]:
+        """What identifies each model of the cell (kind -> ``name``, ``version``, ``origin``, ``source_digest``,
+        ``fingerprint`` (:meth:`harness.api.recipes.Recipe.model_fingerprint`: the same for every seed),
+        ``recipe_fingerprint`` (this seed's recipe), ``threads``): stored as the cell's ``models`` attribute."""
+        from aprbench.harness.api.identity import plugin_identity
+
+        out = {}
+        for kind, recipe in (resolved or self.resolved(cell)).items():
+            code = plugin_identity(self.registry, kind, recipe.name)
+            out[kind] = {"name": recipe.name, "version": code.label(), "origin": code.origin,
+                         "source_digest": code.digest, "code": code.code(),
+                         "fingerprint": recipe.model_fingerprint(self.precision, self.device.type),
+                         "recipe_fingerprint": recipe.fingerprint(), "threads": recipe.train.threads}
         return out
 
     def fingerprint(self, cell: Cell) -> str:
@@ -123,19 +155,25 @@ class MatrixRunner:
             name = getattr(cell, kind)
             if name:
                 weights[kind] = self._hash(split_name(name)[1])
-        return cell_fingerprint(cell, self.context(cell).data.fingerprint(), self.recipes(cell), weights,
-                                self.precision)
+        resolved = self.resolved(cell)
+        models = {kind: m["fingerprint"] for kind, m in self.models(cell, resolved).items()}
+        return cell_fingerprint(cell, self.context(cell).data.fingerprint(), self.recipes(cell, resolved), weights,
+                                self.precision, models)
 
-    def provenance(self, cell: Cell) -> dict[str, Any]:
-        """What produced a cell (:data:`harness.store.cells.PROVENANCE_KEYS`)."""
+    def provenance(self, cell: Cell, models: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """What produced a cell (:data:`harness.store.cells.PROVENANCE_KEYS`; the run's own recipe tables, profile
+        and overrides are ``recipes_digest``) and where (:data:`harness.store.cells.MACHINE_KEYS`)."""
         import aprbench.harness as harness
 
         ctx = self.context(cell)
+        models = self.models(cell) if models is None else models
         return {
             "profile": self.profile, "overrides": overrides_text(self.overrides),
-            "recipe_fingerprint": self._recipe_source, "aprbench_version": harness.__version__,
+            "models_fingerprint": fingerprint("models", {k: m["fingerprint"] for k, m in models.items()}),
+            "recipes_digest": self._recipe_source, "aprbench_version": harness.__version__,
             "git_commit": self._commit, "dataset_fingerprint": self._dataset_fp, "device": str(ctx.device),
             "precision": ctx.precision, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "cpu": cpu_model(), "threads": models["teacher"]["threads"],
         }
 
     # -- running ----------------------------------------------------------
@@ -244,9 +282,11 @@ class MatrixRunner:
         require_frames(ctx.data, "test")
         teacher_text = cell.teacher.name + (f"={cell.teacher.checkpoint}" if cell.teacher.checkpoint else "")
         chain = obtain_chain(ctx, teacher_text, cell.student, cell.encode or "estimate", cell.refiner, cell.decoder)
+        models = self.models(cell)
         attrs = {"cell": cell.record(), "fingerprint": fp, "scenes": ctx.data.scenes,
                  "upstream": {k: a.fingerprint for k, a in vars(chain).items() if a is not None},
-                 "profile": self.profile, "provenance": self.provenance(cell), "versions": software_versions()}
+                 "models": models, "profile": self.profile, "provenance": self.provenance(cell, models),
+                 "versions": software_versions()}
         if cell.decoder:
             return self._decoder_cell(ctx, chain, fp, attrs)
         return self._pose_cell(ctx, chain, cell, fp, attrs)

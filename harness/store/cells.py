@@ -12,10 +12,19 @@ A *pose cell* file (``cells/<fingerprint>.h5``) holds, for the N test frames::
 Attributes: ``kind = "pose"``, ``cell`` (the axes, :meth:`harness.running.matrix.Cell.record`),
 ``iterations`` (the iteration of each stored estimate: ``[0]`` for a teacher or
 student cell, ``[0, 1, …, K]`` for a refiner cell, where 0 is the teacher's
-estimate), ``scenes``, ``fingerprint``, ``upstream``, ``result``
+estimate), ``scenes``, ``fingerprint``, ``upstream`` (kind -> artifact fingerprint), ``result``
 (``per_iteration``: one ``{"iteration", "per_scene": [summary rows], "ms_per_frame"}``
-per stored iteration; ``stored_bytes``; optional ``scene_accuracy``, ``latent_mse``)
-and ``provenance`` (:data:`PROVENANCE_KEYS`). A *decoder cell* has ``kind = "decoder"``.
+per stored iteration; ``stored_bytes``; optional ``scene_accuracy``, ``latent_mse``),
+``models`` (kind -> ``name``, ``version``, ``origin``, ``source_digest``, ``code``,
+``fingerprint``, ``recipe_fingerprint``, ``threads``:
+:meth:`harness.running.runner.MatrixRunner.models`) and ``provenance``
+(:data:`PROVENANCE_KEYS` and :data:`MACHINE_KEYS`). A *decoder cell* has ``kind = "decoder"``.
+
+Read back (:func:`identity`), each model kind K of the cell gives the columns ``K_version``,
+``K_origin`` and ``K_fingerprint`` (:data:`MODEL_FIELDS`): the model's fingerprint is the same for
+every seed and changes with anything else that determines its numbers (recipe values, plugin code,
+variant config, threads, precision, device kind); ``models_fingerprint`` hashes them all, so cells
+that differ in it never merge into one row.
 
 A refiner cell runs K iterations once; the leaderboard shows one row per
 requested iteration ``>= 1`` (``cell["iterations"]`` lists them) and the
@@ -34,8 +43,14 @@ import pandas as pd
 from aprbench.harness.store.hdf5 import Store, read_h5
 
 # what every cell records of how it was produced (attrs["provenance"])
-PROVENANCE_KEYS = ["profile", "overrides", "recipe_fingerprint", "aprbench_version", "git_commit",
+PROVENANCE_KEYS = ["profile", "overrides", "models_fingerprint", "aprbench_version", "git_commit",
                    "dataset_fingerprint", "device", "precision", "created"]
+# where a cell was computed (recorded, shown in the cells view and exports; rows of one identity still merge)
+MACHINE_KEYS = ["torch", "cpu", "threads"]
+# the model kinds of a chain and, per model, the columns K_<field> a cell's rows carry
+MODEL_KINDS = ["teacher", "student", "refiner", "decoder"]
+MODEL_FIELDS = ["version", "origin", "fingerprint"]
+MODEL_COLUMNS = [f"{kind}_{f}" for kind in MODEL_KINDS for f in MODEL_FIELDS]
 # columns that identify a cell (besides its per-scene / per-iteration expansion)
 IDENTITY_COLUMNS = ["dataset", "teacher", "teacher_scenes", "fraction", "seed", "student", "encode", "refiner"]
 
@@ -97,9 +112,12 @@ def cell_files(store: Store, fingerprints: Iterable[str] | None = None) -> list[
 
 
 def identity(cell: CellFile) -> dict[str, Any]:
-    """The identifying columns of a cell (see :data:`IDENTITY_COLUMNS`) plus provenance and fingerprint."""
+    """The identifying columns of a cell (see :data:`IDENTITY_COLUMNS`) plus provenance, each model's
+    provenance (:data:`MODEL_COLUMNS`, empty for a kind the cell lacks or a cell stored before they were
+    recorded) and the cell fingerprint."""
     c = cell.attrs["cell"]
     prov = cell.attrs.get("provenance", {})
+    models = cell.attrs.get("models") or {}
     return {
         "dataset": c["dataset"],
         "teacher": c["teacher"] + (f"={Path(c['checkpoint']).name}" if c.get("checkpoint") else ""),
@@ -107,6 +125,8 @@ def identity(cell: CellFile) -> dict[str, Any]:
         "fraction": float(c["fraction"]), "seed": int(c.get("seed", 0)),
         "student": c.get("student") or "-", "encode": c.get("encode") or "-", "refiner": c.get("refiner") or "-",
         **{k: prov.get(k) for k in PROVENANCE_KEYS},
+        **{k: prov.get(k) for k in MACHINE_KEYS},
+        **{f"{kind}_{f}": str((models.get(kind) or {}).get(f) or "") for kind in MODEL_KINDS for f in MODEL_FIELDS},
         "cell": cell.attrs["fingerprint"],
     }
 

@@ -14,7 +14,7 @@ teacher outputs, cells); fp32 adds nothing, so fp32 fingerprints are those of a 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, ContextManager
+from typing import TYPE_CHECKING, Any, ContextManager, Iterator
 
 from aprbench.harness.errors import BenchError
 
@@ -95,3 +95,26 @@ def precision_part(precision: str) -> dict[str, str]:
 
 
 __all__ = ["PRECISIONS", "resolve_device", "check_precision", "autocast", "grad_scaler", "precision_part"]
+
+
+@contextlib.contextmanager
+def model_threads(recipe: Any, device: "torch.device | str") -> Iterator[None]:
+    """``torch.set_num_threads(recipe.train.threads)`` for the block when ``device`` is a CPU, restored afterwards.
+
+    A model's numbers depend on how many threads split its reductions: the count is a recipe value
+    (``threads``, default 1; part of the model's fingerprint), never taken from the machine, the number of
+    worker processes or ``OMP_NUM_THREADS``. Worker processes, one thread each, give the parallelism.
+    """
+    import torch
+
+    threads = int(getattr(getattr(recipe, "train", None), "threads", 0) or 0)
+    kind = device.type if hasattr(device, "type") else str(device).split(":")[0]
+    if threads < 1 or kind != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -22,7 +22,8 @@ INDOOR_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.05, 5.0), (0.10, 10.0))
 OUTDOOR_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
 # a scene whose test positions span more than this (bounding-box side, metres) is outdoor
 OUTDOOR_EXTENT_M = 10.0
-# provenance that separates rows; the creation date does not (seeds run at different times still merge)
+# provenance that separates rows (models_fingerprint: every model's identity); the creation date does not (seeds run
+# at different times still merge), nor the machine (harness.store.cells.MACHINE_KEYS, not provenance keys)
 MERGE_KEYS = [k for k in PROVENANCE_KEYS if k != "created"]
 VIEWS = ("scenes", "cells", "recall", "stats")
 # what makes one leaderboard row: all but seed, cell fingerprint and date

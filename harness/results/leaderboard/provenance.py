@@ -1,10 +1,31 @@
-"""Provenance labels: what separates rows of one method (recipe, overrides, precision, device)."""
+"""Provenance labels: what separates rows of one method (recipe, overrides, plugin versions, precision, device)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from aprbench.harness.results.leaderboard.board import MERGE_KEYS
+from aprbench.harness.store.cells import MODEL_KINDS
+
+
+def models_label(frame: pd.DataFrame, row: pd.Series) -> str:
+    """The models of ``row`` whose fingerprint differs from another row's model of the same name in ``frame``,
+    with their plugin versions (``myapr v2``), or their fingerprint when the versions are equal."""
+    parts = []
+    for kind in MODEL_KINDS:
+        fp_col, name = f"{kind}_fingerprint", row.get(kind, kind) if kind != "decoder" else row.get("decoder", kind)
+        if fp_col not in frame or not row.get(fp_col):
+            continue
+        same_name = frame[frame[kind] == name] if kind in frame else frame
+        if same_name[fp_col].nunique() < 2:
+            continue
+        version = str(row.get(f"{kind}_version", ""))
+        versions = same_name.loc[same_name[fp_col] != row[fp_col], f"{kind}_version"].astype(str)
+        if version and not (versions == version).any():
+            parts.append(f"{name} {version if version.startswith('src:') else 'v' + version}")
+        else:
+            parts.append(f"{name} {row[fp_col][:8]}")
+    return " ".join(parts) or f"models {str(row.get('models_fingerprint', ''))[:8]}"
 
 
 def recipe_labels(frame: pd.DataFrame) -> pd.Series:
@@ -28,7 +49,9 @@ def recipe_labels(frame: pd.DataFrame) -> pd.Series:
         parts = []
         for key in used:
             value = str(row[key])
-            if key in ("recipe_fingerprint", "dataset_fingerprint", "git_commit"):
+            if key == "models_fingerprint":
+                value = models_label(frame, row) if value else ""
+            elif key in ("dataset_fingerprint", "git_commit"):
                 value = f"{key.split('_')[0]} {value[:8]}" if value else ""
             elif key == "aprbench_version":
                 value = f"v{value}" if value else ""

@@ -10,6 +10,7 @@ given weights or train once under the store's lock, write the metadata.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import shutil
 import sys
@@ -21,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from aprbench.harness.training.devices import precision_part
+from aprbench.harness.training.devices import model_threads, precision_part
 from aprbench.harness.errors import BenchError
 from aprbench.harness.api.interfaces import PoseData
 from aprbench.harness.api.manager import Registry
@@ -145,6 +146,18 @@ def build_named(registry: Registry, kind: str, name: str, dataset: str = "synthe
     return build_model(registry, resolve(registry, kind, name, dataset, profile, as_overrides(overrides)), **fixed)
 
 
+def under_threads(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a stage function ``fn(ctx, artifact, ...)`` at the artifact's recipe thread count on a CPU
+    (:func:`harness.training.devices.model_threads`), so its outputs do not depend on the process's setting."""
+
+    @functools.wraps(fn)
+    def wrapper(ctx: Context, artifact: "Artifact", *args: Any, **kwargs: Any) -> Any:
+        with model_threads(artifact.recipe, ctx.device):
+            return fn(ctx, artifact, *args, **kwargs)
+
+    return wrapper
+
+
 def file_hash(path: Path | None) -> str | None:
     """SHA-256 prefix of a file's bytes (given weights enter fingerprints by content)."""
     if path is None:
@@ -183,10 +196,12 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
     """The model ``name`` of ``stage``'s kind for ``upstream`` (kind -> artifact), from the store, from
     ``checkpoint``, or trained with its recipe on ``ctx.data``'s training split.
 
-    Fingerprint: the recipe (values + plugin version), the upstream artifacts'
-    fingerprints, the training split's fingerprint, ``options``, the
-    checkpoint's file hash and ``ctx.precision`` unless it is fp32 (an artifact
-    trained, or given weights evaluated, under autocast is another artifact).
+    Fingerprint: the recipe (values, ``threads`` among them, and the plugin's
+    code identity), the upstream artifacts' fingerprints, the training split's
+    fingerprint, ``options``, the checkpoint's file hash, the device kind
+    (``cpu``, ``cuda``, ``mps``) and ``ctx.precision`` unless it is fp32 (an
+    artifact trained, or given weights evaluated, under autocast is another
+    artifact). Training runs at the recipe's ``threads`` on a CPU.
     Training runs under a store lock (re-checked once taken), so two processes
     never train the same artifact; an interrupted training resumes from
     ``<artifact>/checkpoints``.
@@ -202,7 +217,7 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
         if not checkpoint.is_file():
             raise BenchError(f"{stage.kind} checkpoint {checkpoint} does not exist")
         ids["checkpoint"] = file_hash(checkpoint)
-    options = {**(options or {}), **precision_part(ctx.precision)}
+    options = {**(options or {}), **precision_part(ctx.precision), "device": ctx.device.type}
     fp = artifact_fingerprint(recipe, ids, options)
     if fp in ctx.artifacts:  # already built and loaded for an earlier cell of this context
         return ctx.artifacts[fp]
@@ -230,7 +245,8 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
         from aprbench.harness.running.progress import TIMES, resolve_mode, say, duration
 
         t0 = time.perf_counter()
-        history, meta = stage.train(ctx, art, upstream, out_dir)
+        with model_threads(recipe, ctx.device):
+            history, meta = stage.train(ctx, art, upstream, out_dir)
         if distributed_env()[0] != 0:
             return
         took = time.perf_counter() - t0
@@ -256,9 +272,14 @@ def training_paths(out_dir: Path, stage: int | None = None) -> dict[str, Path]:
 def _metadata(ctx: Context, art: Artifact, history: list[dict[str, float]], seconds: float,
               extra: dict[str, Any]) -> dict[str, Any]:
     """The JSON sidecar of trained weights: what made them (recipe and its sources, data, upstream) and how it went."""
+    from aprbench.harness.api.identity import plugin_identity
+
+    code = plugin_identity(ctx.registry, art.kind, art.name)
     return {
         "kind": art.kind, "name": art.name, "source": ctx.registry.get(art.kind, art.name).source,
         "recipe": art.recipe.values(), "recipe_sources": art.recipe.sources, "plugin_version": art.recipe.version,
+        "origin": code.origin, "source_digest": code.digest, "code": code.code(), "fingerprint": art.fingerprint,
+        "model_fingerprint": art.recipe.model_fingerprint(ctx.precision, ctx.device.type),
         "options": art.options, "dataset": ctx.dataset, "scenes": ctx.data.scenes,
         "train_frames": len(ctx.data.split("train").labels), "upstream": art.upstream, "epochs": len(history),
         "train_seconds": sum(h.get("seconds", 0.0) for h in history), "wall_seconds": seconds,

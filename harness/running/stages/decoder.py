@@ -26,7 +26,7 @@ from aprbench.harness.api.interfaces import Decoder, PoseData
 from aprbench.harness.training.batches import Batches
 from aprbench.harness.api.compat import check_decoder
 from aprbench.harness.api.recipes import Recipe
-from aprbench.harness.running.stages.context import Artifact, Context, Stage, obtain, training_paths
+from aprbench.harness.running.stages.context import Artifact, Context, Stage, obtain, training_paths, under_threads
 from aprbench.harness.store.hdf5 import atomic_path
 from aprbench.harness.training.loop import fit
 
@@ -121,6 +121,7 @@ def decode_split(ctx: Context, decoder: Artifact, student: Artifact, split: str,
     return out, images.float() / 255.0
 
 
+@under_threads
 def decoder_scores(ctx: Context, decoder: Artifact, teacher: Artifact, student: Artifact, split: str) -> dict[str, float]:
     """Mean PSNR (dB) and SSIM of images decoded from ``split``'s ground-truth poses against the true images."""
     _check_pairing(decoder.name, teacher, student)
@@ -131,6 +132,7 @@ def decoder_scores(ctx: Context, decoder: Artifact, teacher: Artifact, student: 
     return {"psnr": float(p.mean()), "ssim": float(s.mean()), "frames": int(len(out))}
 
 
+@under_threads
 def write_grid(ctx: Context, decoder: Artifact, teacher: Artifact, student: Artifact, split: str, out: Path,
                n: int = 16) -> Path:
     """A PNG of ``n`` frames (evenly spaced over ``split``): each ground truth beside its decoded image, 4 pairs a row."""

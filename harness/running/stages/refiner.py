@@ -57,7 +57,8 @@ from aprbench.harness.results.metrics import per_scene
 from aprbench.harness.training.batches import Batches
 from aprbench.harness.api.recipes import Recipe
 from aprbench.harness.api.compat import check_refiner, uses_student
-from aprbench.harness.running.stages.context import Artifact, Context, Stage, build_model, obtain, training_paths
+from aprbench.harness.running.stages.context import (Artifact, Context, Stage, build_model, obtain, training_paths,
+                                                     under_threads)
 from aprbench.harness.running.timing import seconds_per_frame
 from aprbench.harness.training.loop import fit
 
@@ -404,6 +405,7 @@ def _image_bytes(ctx: Context) -> int:
     return int(total)
 
 
+@under_threads
 def refine(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifact | None, split: str,
            iterations: int) -> dict[str, Any]:
     """Refinement on ``split``: ``iterations`` steps from the teacher's stored estimate, batched over all frames.

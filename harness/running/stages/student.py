@@ -59,7 +59,7 @@ from aprbench.harness.poses import normalize_quat
 from aprbench.harness.training.batches import Batches
 from aprbench.harness.api.compat import check_student
 from aprbench.harness.api.recipes import ENCODES, Recipe
-from aprbench.harness.running.stages.context import Artifact, Context, Stage, obtain, training_paths
+from aprbench.harness.running.stages.context import Artifact, Context, Stage, obtain, training_paths, under_threads
 from aprbench.harness.running.timing import seconds_per_frame
 from aprbench.harness.training.loop import fit
 
@@ -120,24 +120,6 @@ def student_inputs(out: dict[str, np.ndarray], teacher: Teacher, source: str,
         poses, scenes = out["pose_gt"], out["scene_id"]
     return (torch.as_tensor(np.asarray(poses), dtype=torch.float32),
             torch.as_tensor(np.asarray(scenes), dtype=torch.int64))
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int, device: torch.device) -> Iterator[None]:
-    """``torch.set_num_threads(n)`` for the block when training on the CPU (``n`` <= 0: unchanged).
-
-    A PAE step is a few small matrix products: one thread avoids the cost of
-    synchronising several, which dominates on a shared or busy machine.
-    """
-    if n <= 0 or device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
@@ -220,7 +202,7 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     teacher_model = teacher.model.to(dev)
     task = StudentTask(student.to(dev), teacher_model, cfg.sx, cfg.sq, cfg.learn_weights, cfg.latent_weight,
                        weight).to(dev)
-    with frozen(teacher_model), cpu_threads(cfg.num_threads, dev):
+    with frozen(teacher_model):
         history = fit(task, Batches(tensors, recipe.train.batch_size, recipe.train.seed, device=dev), recipe.train,
                       desc=f"{art.name} <- {teacher.name}", progress=ctx.progress, device=dev,
                       precision=ctx.precision, log_kind=ctx.log, **training_paths(out_dir))
@@ -239,6 +221,7 @@ STUDENT = Stage("student", Student, _build_args, _check, _train)
 
 
 # =========================================================================== outputs
+@under_threads
 @torch.inference_mode()
 def student_outputs(ctx: Context, student: Artifact, teacher: Artifact, split: str) -> dict[str, np.ndarray]:
     """The student on ``split``: it encodes the teacher's *estimated* poses (and predicted scenes),

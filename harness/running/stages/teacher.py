@@ -34,6 +34,7 @@ from aprbench.harness.api.recipes import Recipe
 from aprbench.harness.running.stages.context import Artifact, Context, Stage, obtain, training_paths
 from aprbench.harness.running.timing import seconds_per_frame
 from aprbench.harness.store.hdf5 import fingerprint, read_h5, write_h5
+from aprbench.harness.training.devices import model_threads
 from aprbench.harness.training.loop import fit
 
 
@@ -210,7 +211,8 @@ def teacher_outputs(ctx: Context, teacher: Artifact, split: str) -> dict[str, np
         size = teacher.recipe.task.image_size
         images = Preprocess.of(teacher.recipe.task).test_images(data, ctx.store)
         model = teacher.model
-        out = predict(model, images, teacher.recipe.task.eval_batch_size, ctx.device, ctx.precision)
+        with model_threads(teacher.recipe, ctx.device):
+            out = predict(model, images, teacher.recipe.task.eval_batch_size, ctx.device, ctx.precision)
         if len(data.labels) == 0:
             out = {"pose_est": np.zeros((0, 7), np.float32), "latent_x": np.zeros((0, model.latent_dim), np.float32),
                    "latent_q": np.zeros((0, model.latent_dim), np.float32),
