@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from aprbench.harness.errors import BenchError  # noqa: E402
 
 COMMAND_MODULES = ["plugins", "recipe", "data", "teacher", "student", "refiner", "decode", "run", "leaderboard", "report",
-                   "compare", "export", "logs"]
+                   "compare", "export", "logs", "store"]
 
 
 class Commands:

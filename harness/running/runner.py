@@ -50,7 +50,7 @@ class RunSummary:
 
 def git_commit() -> str | None:
     """The commit of the checkout aprbench runs from (``None`` when installed from a wheel)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # harness/running/runner.py -> the checkout
     if not (root / ".git").exists():
         return None
     try:

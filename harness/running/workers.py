@@ -1,7 +1,8 @@
 """``bench run --jobs N`` without a launcher: the matrix's teacher chains as N worker processes on this machine.
 
 Each worker runs the same ``bench run`` command with ``--shard i/N --worker`` on the shared work directory
-(whole teacher chains per shard, :func:`harness.running.matrix.shard`), with ``cores // N`` CPU threads; its
+(whole teacher chains per shard, :func:`harness.running.matrix.shard`); each model trains and runs at its
+recipe's ``threads`` (default 1) whatever the number of workers, so the numbers are those of ``--jobs 1``; its
 progress lines are relayed here, prefixed with the teachers it trains. Cells land in the store as they
 finish and the locks keep two workers off one model, so a failed or interrupted worker loses only its own
 unfinished cells. On a CPU with several cores, ``bench run`` picks this by itself when the cells to compute
@@ -71,13 +72,11 @@ def _relay(stream: IO[str], prefix: str, outcome: WorkerOutcome, lock: threading
 
 def run_workers(argv: list[str], workdir: str, labels: list[str]) -> list[WorkerOutcome]:
     """Run ``bench ARGV --workdir WORKDIR --shard i/N --worker`` for each of the N ``labels`` (what each shard
-    trains), each with ``cores // N`` threads, relaying their output prefixed ``[label]``; wait for all and
+    trains), one OpenMP thread each outside the models (which run at their recipe's ``threads``), relaying their output prefixed ``[label]``; wait for all and
     return their outcomes in shard order. Ctrl-C reaches the workers too (one process group): each saves what
     it finished and stops; this waits for them, then raises KeyboardInterrupt."""
     jobs = len(labels)
-    threads = max(1, cpu_cores() // jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "BENCH_JOBS": "1",
-           "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "BENCH_JOBS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("BENCH_PROGRESS", None)
     width = max(len(label) for label in labels)
     lock = threading.Lock()

@@ -12,8 +12,10 @@ def register(commands) -> None:
     p = commands.top.add_parser(
         "plugins", parents=[commands.common],
         help="list registered datasets, teachers, students, refiners and decoders",
-        description="List every registered plugin name by kind with the plugin that provides it "
-        "(builtin:, entrypoint:DIST:NAME or --plugin:), and plugins that failed to load with their error.",
+        description="List every registered plugin name by kind with its version (the plugin's declared VERSION: a "
+        "model class attribute, else module-level; src:DIGEST when it declares none, then any edit of its source "
+        "is a new version), where it comes from (built-in, entry point DIST VERSION, --plugin file with its "
+        "digest), and plugins that failed to load with their error.",
     )
     p.add_argument("--hooks", action="store_true", help="also list each loaded plugin module with the hooks it implements")
     p.set_defaults(func=run)
@@ -36,13 +38,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version(registry, kind: str, name: str) -> tuple[str, str]:
+    """``(version, origin)`` of a registered model plugin (:mod:`harness.api.identity`); a dataset's source."""
+    if kind == "dataset":
+        return "", registry.entries[kind][name].source
+    from aprbench.harness.api.identity import plugin_identity
+
+    code = plugin_identity(registry, kind, name)
+    return code.label(), code.origin
+
+
 def _text(args: argparse.Namespace) -> str:
     from aprbench.harness.api.manager import KINDS, get_manager
 
     manager = get_manager(args.plugin, refresh=True, strict=False)
     reg = manager.registry()
-    rows = [(kind, name, reg.entries[kind][name].source) for kind in KINDS for name in reg.names(kind)]
-    lines = [tabulate(rows, headers=["kind", "name", "source"], tablefmt="github")]
+    rows = [(kind, name, *_version(reg, kind, name)) for kind in KINDS for name in reg.names(kind)]
+    lines = [tabulate(rows, headers=["kind", "name", "version", "source"], tablefmt="github", disable_numparse=True)]
     if args.hooks:
         lines += ["", tabulate([(n, ", ".join(h)) for n, h in manager.plugin_hooks()], headers=["plugin", "hooks"],
                                tablefmt="github")]

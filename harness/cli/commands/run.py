@@ -66,14 +66,17 @@ def register(commands) -> None:
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="number of jobs (shards) for --launcher; without one, N worker processes on this machine, "
                    "whole teacher chains each, progress shown here (default on a CPU: one per teacher chain with work "
-                   "left, up to the cores, each with cores/N threads; 1 runs everything in this process; "
-                   "or $BENCH_JOBS)")
+                   "left, up to the cores; each model runs at its recipe's threads, so any N gives the same numbers; "
+                   "1 runs everything in this process; or $BENCH_JOBS)")
     p.add_argument("--slurm", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="submitit executor parameters for --launcher, e.g. slurm_partition=gpu timeout_min=120 "
                    "gpus_per_node=1 cpus_per_task=8 mem_gb=32 (defaults: one GPU, 8 CPUs, 24 h per job)")
     p.add_argument("--format", default="github", help="leaderboard format: github, latex, html, plain, csv")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML/PNG report")
     add_progress_options(p)
+    p.add_argument("--recompute", action="append", metavar="NAME",
+                   help="compute again the stored cells of this run that use model NAME (any kind), with NAME's "
+                   "weights and those of the models after it in their chains (repeatable)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of --jobs' processes: cells only
     p.set_defaults(func=run)
 
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     axes = axes_from_args(args)
     _check_launcher(args)
     store = Store(args.workdir)
-    replay = None if args.shard or args.worker else Replay(store.root, "run", options_of(args, QUIET_OPTIONS), args.plugin)
+    replay = None if args.shard or args.worker or args.recompute else Replay(store.root, "run", options_of(args, QUIET_OPTIONS), args.plugin)
     recorded = replay.load() if replay else None
     if recorded is not None and (args.no_report or Path(recorded["report"]).is_file()):
         return _print_run(recorded, store, time.perf_counter() - start, args.no_report, replayed=True)
@@ -176,17 +179,26 @@ def _keep_times(store: Store) -> None:
 
 
 def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | None, start: float) -> int:
-    import contextlib
-    import io
-    import time
-
-    from aprbench.harness.running.progress import TIMES, StageTimes, duration, mode_from_args
+    """Check the options, plan the cells, compute those not stored, print the leaderboard and the summary."""
+    from aprbench.harness.running.progress import TIMES, mode_from_args
 
     TIMES.seconds.clear()  # this run's stages only
+    device, precision, overrides, manager = _checked_options(args, axes)
+    data, plan, runner = _planned(args, axes, store, manager, overrides, device, precision)
+    if args.worker:
+        return _work(args, runner, plan)
+    mode = mode_from_args(args)
+    summary, fps, jobs = _computed(args, runner, plan, store, device, mode)
+    out, status = _shown(args, store, manager, plan, summary, fps)
+    _say_times(summary, mode, jobs, args.launcher, start)
+    if replay is not None and not summary.failed:
+        _remember(args, axes, replay, out, plan, data, store)
+    return status
 
+
+def _checked_options(args: argparse.Namespace, axes: Axes):
+    """``(device, precision, overrides, plugin manager)``: every option checked before any data is opened."""
     from aprbench.harness.results import leaderboard
-    from aprbench.harness.data.datasets import open_dataset, parse_dataset_spec
-    from aprbench.harness.running.runner import MatrixRunner
 
     if args.format not in leaderboard.FORMATS:
         raise BenchError(f"--format {args.format!r}: expected one of {', '.join(leaderboard.FORMATS)}")
@@ -204,29 +216,88 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
     for kind, names in used.items():
         for name in names:
             resolve(registry, kind, name, axes.dataset, args.profile, overrides)
+    unknown = [n for n in args.recompute or [] if not any(n in names for names in used.values())]
+    if unknown:
+        models = sorted({n for names in used.values() for n in names})
+        raise BenchError(f"--recompute {unknown[0]}: no model of this run has that name (its models: "
+                         f"{', '.join(models)})")
+    return device, precision, overrides, manager
+
+
+def _planned(args: argparse.Namespace, axes: Axes, store: Store, manager, overrides, device, precision):
+    """``(data, plan, runner)``: the dataset opened, the matrix expanded (refused combinations said) and its runner."""
+    import time
+
+    from aprbench.harness.data.datasets import open_dataset
+    from aprbench.harness.running.progress import TIMES, mode_from_args
+    from aprbench.harness.running.runner import MatrixRunner
+
     t0 = time.perf_counter()
-    name, data = open_dataset(args.dataset, store, registry, scenes=args.scenes, profile=args.profile)
+    name, data = open_dataset(args.dataset, store, manager.registry(), scenes=args.scenes, profile=args.profile)
     TIMES.add("render/data", time.perf_counter() - t0)
-    plan = expand(axes, data, registry, args.profile, overrides)
-    out: dict = {"refused": [list(r) for r in plan.refused]}
+    plan = expand(axes, data, manager.registry(), args.profile, overrides)
     if plan.refused and not args.worker:  # said before the (long) run as well as with its results
         print(f"refused {len(plan.refused)} combination(s):", file=sys.stderr)
         for what, why in plan.refused:
             print(f"  {what}: {why}", file=sys.stderr)
     if not plan.cells:
         raise BenchError("no compatible cells to run")
-    mode = mode_from_args(args)
-    runner = MatrixRunner(store, manager, data, name, args.profile, overrides, progress=mode,
+    runner = MatrixRunner(store, manager, data, name, args.profile, overrides, progress=mode_from_args(args),
                           device=device, precision=precision, log=args.log)
-    if args.worker:
-        return _work(args, runner, plan)
-    jobs, fps = _jobs(args, runner, plan, device)
+    return data, plan, runner
+
+
+def _computed(args: argparse.Namespace, runner, plan, store: Store, device, mode: str):
+    """``(summary, fingerprints, jobs)``: the plan's cells obtained from the store or computed, here, in worker
+    processes or as launched jobs; ``--recompute`` models forgotten first; a source changed under an unchanged
+    VERSION said once."""
+    fps = [runner.fingerprint(c) for c in plan.cells]
+    if args.recompute:
+        _forget(args, runner, plan, fps, store)
+    _note_changed_sources(runner, fps, store)
+    jobs = _jobs(args, runner, plan, device, fps)
     if args.launcher != "none":
-        summary, fps = _launch(args, runner, plan, store)
+        summary, fps = _launch(args, runner, plan, store, fps)
     elif jobs > 1:
         summary, fps = _run_workers(args, runner, plan, store, jobs, mode, fps)
     else:
         summary, fps = runner.run(plan, args.shard, first_run=_first_run(args, 1))
+    return summary, fps, jobs
+
+
+def _forget(args: argparse.Namespace, runner, plan, fps: list[str], store: Store) -> None:
+    """``--recompute NAME``: remove this run's (this shard's) stored cells that use NAME, with NAME's weights and
+    those of the models after it in their chains, so they are computed again."""
+    from aprbench.harness.running.progress import say
+    from aprbench.harness.store.housekeeping import forget
+
+    mine = [fps[k] for k in shard(plan.cells, fps, args.shard)]
+    cells, models = forget(store, mine, args.recompute)
+    say(f"--recompute {', '.join(args.recompute)}: {cells} stored cell(s) and {models} trained model(s) removed; "
+        "computing them again")
+
+
+def _note_changed_sources(runner, fps: list[str], store: Store) -> None:
+    """Say once per plugin when stored cells of this run were made by another source under the same VERSION."""
+    from aprbench.harness.api.identity import plugin_identity
+    from aprbench.harness.store.housekeeping import changed_sources
+
+    for (kind, name), count in changed_sources(store, runner.registry, fps).items():
+        code = plugin_identity(runner.registry, kind, name)
+        print(f"bench: note: {kind} {name} ({code.origin}): its source changed since {count} stored cell(s) were "
+              f"computed, but its VERSION ({code.version}) did not, so they are reused; to recompute them, bump "
+              f"VERSION in its source or run with --recompute {name}", file=sys.stderr)
+
+
+def _shown(args: argparse.Namespace, store: Store, manager, plan, summary, fps: list[str]) -> tuple[dict, int]:
+    """Print the leaderboard, write the report and print the summary; return the record to replay and the status."""
+    import contextlib
+    import io
+    import time
+
+    from aprbench.harness.results import leaderboard
+    from aprbench.harness.running.progress import TIMES
+
     t0 = time.perf_counter()
     board, board_err = io.StringIO(), io.StringIO()
     try:
@@ -235,8 +306,8 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
     except BaseException:
         sys.stderr.write(board_err.getvalue())
         raise
-    out.update(board=board.getvalue(), board_stderr=board_err.getvalue(), total=summary.total,
-               computed=summary.computed, failed=[list(f) for f in summary.failed], report=None)
+    out = {"refused": [], "board": board.getvalue(), "board_stderr": board_err.getvalue(), "total": summary.total,
+           "computed": summary.computed, "failed": [list(f) for f in summary.failed], "report": None}
     if not args.no_report and not args.shard and not (args.launcher != "none" and summary.failed):
         from aprbench.harness.results.report import write_report
 
@@ -245,24 +316,37 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
     if summary.computed:
         TIMES.add("evaluation per cell", TIMES.seconds.get("evaluation", 0.0) / summary.computed)
         _keep_times(store)
-    out["refused"] = []  # printed above
-    status = _print_run(out, store, summary.seconds, args.no_report)
-    if summary.computed and mode != "quiet":
-        shown = {k: v for k, v in TIMES.seconds.items() if k != "evaluation per cell"}
-        print("\ntime per stage:\n" + StageTimes.table_of(shown), file=sys.stderr)
-        if jobs > 1 and args.launcher == "none":
-            print(f"  ({jobs} worker processes ran side by side: the run took {duration(time.perf_counter() - start)} "
-                  "of wall-clock time)", file=sys.stderr)
-    if replay is not None and not summary.failed:
-        out["refused"] = [list(r) for r in plan.refused]
-        given = [split_name(v.partition("@")[0])[1] for v in [*axes.teachers, *axes.students, *axes.refiners, *axes.decoders]]
-        paths = [Path(v) for v in parse_dataset_spec(args.dataset)[1].values() if isinstance(v, str) and Path(v).exists()]
-        report = [Path(out["report"])] if out["report"] else []
-        replay.save(out, [data.root, store.root / "cells", *[g for g in given if g], *paths, *report])
-    return status
+    status = _print_run(out, store, summary.seconds, args.no_report)  # refused combinations were said before
+    out["refused"] = [list(r) for r in plan.refused]
+    return out, status
 
 
-def _launch(args: argparse.Namespace, runner, plan, store: Store):
+def _say_times(summary, mode: str, jobs: int, launcher: str, start: float) -> None:
+    """The time per stage of a run that computed something."""
+    import time
+
+    from aprbench.harness.running.progress import TIMES, StageTimes, duration
+
+    if not summary.computed or mode == "quiet":
+        return
+    shown = {k: v for k, v in TIMES.seconds.items() if k != "evaluation per cell"}
+    print("\ntime per stage:\n" + StageTimes.table_of(shown), file=sys.stderr)
+    if jobs > 1 and launcher == "none":
+        print(f"  ({jobs} worker processes ran side by side: the run took {duration(time.perf_counter() - start)} "
+              "of wall-clock time)", file=sys.stderr)
+
+
+def _remember(args: argparse.Namespace, axes: Axes, replay: Replay, out: dict, plan, data, store: Store) -> None:
+    """Keep what the run printed, to replay it while nothing it read changes (:mod:`harness.store.replay`)."""
+    from aprbench.harness.data.datasets import parse_dataset_spec
+
+    given = [split_name(v.partition("@")[0])[1] for v in [*axes.teachers, *axes.students, *axes.refiners, *axes.decoders]]
+    paths = [Path(v) for v in parse_dataset_spec(args.dataset)[1].values() if isinstance(v, str) and Path(v).exists()]
+    report = [Path(out["report"])] if out["report"] else []
+    replay.save(out, [data.root, store.root / "cells", *[g for g in given if g], *paths, *report])
+
+
+def _launch(args: argparse.Namespace, runner, plan, store: Store, fps: list[str]):
     """Submit the plan's shards as jobs (``--launcher``), wait, and sum up what the store holds afterwards."""
     import time
 
@@ -270,9 +354,9 @@ def _launch(args: argparse.Namespace, runner, plan, store: Store):
     from aprbench.harness.running.launch import launch, parse_parameters
 
     start = time.perf_counter()
-    fps = [runner.fingerprint(c) for c in plan.cells]
     before = {fp for fp in fps if store.cell_path(fp).is_file()}
-    outcomes = launch(args.launcher, args.jobs, args.argv, store.root, parse_parameters(args.slurm), job=run_shard)
+    argv = without_option(args.argv, "--recompute")  # done here, once, before the jobs start
+    outcomes = launch(args.launcher, args.jobs, argv, store.root, parse_parameters(args.slurm), job=run_shard)
     summary = _summary_from_store(plan, fps, store, before, "not computed (its job failed, see below)")
     bad = [o for o in outcomes if not o.ok]
     if bad:
@@ -312,19 +396,17 @@ def _first_run(args: argparse.Namespace, jobs: int) -> str:
     return DEFAULT_COLD_RUN[min(jobs, 2)] if default else ""
 
 
-def _jobs(args: argparse.Namespace, runner, plan, device) -> tuple[int, list[str] | None]:
+def _jobs(args: argparse.Namespace, runner, plan, device, fps: list[str]) -> int:
     """Worker processes for this run (:mod:`harness.running.workers`): ``--jobs``, else automatic when no shard or
-    launcher is given and the cells to compute span several teacher chains; with the cells' fingerprints
-    when they were needed to tell (``None`` otherwise)."""
+    launcher is given and the cells to compute (fingerprints ``fps``) span several teacher chains."""
     if args.launcher != "none" or args.shard:
-        return 1, None
+        return 1
     if args.jobs is not None:
-        return args.jobs, None
+        return args.jobs
     from aprbench.harness.running.workers import auto_jobs
 
-    fps = [runner.fingerprint(cell) for cell in plan.cells]
     todo = {cell.chain() for cell, fp in zip(plan.cells, fps) if not runner.store.cell_path(fp).is_file()}
-    return (auto_jobs(device.type, len(todo)) if len(todo) > 1 else 1), fps
+    return auto_jobs(device.type, len(todo)) if len(todo) > 1 else 1
 
 
 def _run_workers(args: argparse.Namespace, runner, plan, store: Store, jobs: int, mode: str,
@@ -336,7 +418,7 @@ def _run_workers(args: argparse.Namespace, runner, plan, store: Store, jobs: int
 
     from aprbench.harness.running.progress import TIMES, say
     from aprbench.harness.running.runner import Interrupted
-    from aprbench.harness.running.workers import cpu_cores, run_workers
+    from aprbench.harness.running.workers import run_workers
 
     start = time.perf_counter()
     fps = fps or [runner.fingerprint(c) for c in plan.cells]
@@ -346,11 +428,11 @@ def _run_workers(args: argparse.Namespace, runner, plan, store: Store, jobs: int
     labels = [", ".join(dict.fromkeys(c.teacher.label() for c in cells)) or "-" for cells in shards]
     if mode != "quiet":
         say(runner.plan_text(todo, len(before), jobs, _first_run(args, jobs)))
-        say(f"  processes: {jobs} workers with {max(1, cpu_cores() // jobs)} CPU thread(s) each, a teacher chain "
-            f"per worker (--jobs 1: one process): " + "; ".join(f"[{lab}] {len(cells)} cell(s)"
-                                                              for lab, cells in zip(labels, shards)))
+        say(f"  processes: {jobs} workers, each model at its recipe's threads (default 1), a teacher chain per "
+            "worker (--jobs 1: one process; the same numbers): "
+            + "; ".join(f"[{lab}] {len(cells)} cell(s)" for lab, cells in zip(labels, shards)))
     try:
-        outcomes = run_workers(args.argv, str(store.root), labels)
+        outcomes = run_workers(without_option(args.argv, "--recompute"), str(store.root), labels)
     except KeyboardInterrupt:
         raise Interrupted(_summary_from_store(plan, fps, store, before, ""), store) from None
     for outcome in outcomes:
@@ -361,6 +443,19 @@ def _run_workers(args: argparse.Namespace, runner, plan, store: Store, jobs: int
                                   f"ended: {', '.join(f'[{k}] status {v}' for k, v in crashed.items()) or 'no status'})")
     summary.seconds = time.perf_counter() - start
     return summary, fps
+
+
+def without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without every ``OPTION VALUE`` and ``OPTION=VALUE`` of ``option``."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == option:
+            skip = True
+        elif not item.startswith(option + "="):
+            out.append(item)
+    return out
 
 
 def _work(args: argparse.Namespace, runner, plan) -> int:

@@ -28,19 +28,33 @@ def models_label(frame: pd.DataFrame, row: pd.Series) -> str:
     return " ".join(parts) or f"models {str(row.get('models_fingerprint', ''))[:8]}"
 
 
+SAME_ROW = ["dataset", "method", "teacher_scenes", "fraction", "scene", "iterations"]  # what one row of a table is
+
+
+def varying_keys(frame: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
+    """``(keys, recipes)``: the :data:`MERGE_KEYS` that differ between rows of one method (same dataset, scenes,
+    fraction, iterations), and the distinct recipes (those keys with the row's columns)."""
+    same = [c for c in SAME_ROW if c in frame]
+    recipes = frame[same + MERGE_KEYS].drop_duplicates()
+    counts = recipes.groupby(same, dropna=False)[MERGE_KEYS].nunique(dropna=False) if same else \
+        recipes[MERGE_KEYS].nunique(dropna=False).to_frame().T
+    return [k for k in MERGE_KEYS if (counts[k] > 1).any()], recipes
+
+
 def recipe_labels(frame: pd.DataFrame) -> pd.Series:
-    """A short label per row naming the provenance that varies within ``frame`` (``quick``, ``quick, epochs=2``);
-    empty when every row comes from one recipe. Keys are added in :data:`MERGE_KEYS` order until the labels tell
-    every recipe apart (a differing ``--set`` explains a differing recipe fingerprint)."""
+    """A short label per row naming the provenance that varies between rows of one method (``quick``,
+    ``quick, epochs=2``, ``quick, myapr v2``); empty when every method comes from one recipe. Keys are added in
+    :data:`MERGE_KEYS` order until the labels tell every recipe of a method apart (a differing ``--set`` explains a
+    differing model fingerprint)."""
     if frame.empty:
         return pd.Series([], dtype=str)
-    recipes = frame[MERGE_KEYS].drop_duplicates()
-    varying = [k for k in MERGE_KEYS if recipes[k].nunique(dropna=False) > 1]
+    varying, recipes = varying_keys(frame)
     if not varying:
         return pd.Series([""] * len(frame), index=frame.index)
+    same = [c for c in SAME_ROW if c in frame]
     used = ["profile"]
     for key in varying:
-        if recipes[used].drop_duplicates().shape[0] == len(recipes):
+        if recipes[same + used].drop_duplicates().shape[0] == len(recipes):
             break
         if key not in used:
             used.append(key)
@@ -80,10 +94,10 @@ def provenance_lines(frame: pd.DataFrame) -> list[str]:
     if dates:
         head += f" · {dates[0][:10]}" + (f" … {dates[-1][:10]}" if dates[-1][:10] != dates[0][:10] else "")
     lines = [head]
-    recipes = frame[MERGE_KEYS].drop_duplicates()
-    if len(recipes) > 1:
-        varying = [k for k in MERGE_KEYS if recipes[k].nunique() > 1]
-        lines.append(f"note: the store holds results of {len(recipes)} recipes (they differ in {', '.join(varying)}); "
+    varying, recipes = varying_keys(frame)
+    if varying:
+        count = len(recipes[MERGE_KEYS].drop_duplicates())
+        lines.append(f"note: the store holds results of {count} recipes (they differ in {', '.join(varying)}); "
                      f"rows are labelled by recipe; select one with --filter, e.g. --filter {varying[0]}="
                      f"{recipes[varying[0]].iloc[0] or chr(39) * 2}")
     return lines
