@@ -230,9 +230,12 @@ def test_bench_plugins_subprocess(thirdparty, local_plugins, run_bench, tmp_path
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     rows = {ln.split("|")[2].strip(): ln for ln in out.splitlines() if ln.startswith("|") and "tp_" in ln}
-    assert "teacher" in rows["tp_tiny_apr"] and "entrypoint:" in rows["tp_tiny_apr"] and ":thirdapr" in rows["tp_tiny_apr"]
-    assert "student" in rows["tp_file_student"] and f"--plugin:{local_plugins['file']}" in rows["tp_file_student"]
-    assert "refiner" in rows["tp_dotted_refiner"] and "--plugin:tp_pkg.bench_plugin" in rows["tp_dotted_refiner"]
+    # each with its version (src:DIGEST where none is declared) and where it comes from
+    assert "teacher" in rows["tp_tiny_apr"] and "entry point thirdparty-apr 0.1 (thirdapr)" in rows["tp_tiny_apr"]
+    assert "student" in rows["tp_file_student"] and f"file {Path(local_plugins['file']).resolve()} (sha256 " in \
+        rows["tp_file_student"]
+    assert "refiner" in rows["tp_dotted_refiner"] and "module tp_pkg.bench_plugin" in rows["tp_dotted_refiner"]
+    assert all(ln.split("|")[3].strip() for ln in rows.values())
     assert "decoder" in rows["tp_dotted_decoder"]
     broken = out[out.index("broken plugins"):]
     assert f"--plugin:{local_plugins['broken']}" in broken

@@ -59,13 +59,17 @@ def plugin_identity(registry: Any, kind: str, name: str) -> PluginIdentity:
     if source is None:
         source = _source(entry, cls, factory_module)
         object.__setattr__(entry, "_source", source)
-    digest, origin, files = source
+    digest, origin, files, helpers = source
     variant = dict(getattr(factory, "defaults", {}) or {})
-    return PluginIdentity(_declared(cls, factory_module, plugin), digest, origin, variant, files)
+    version = _declared(cls, factory_module, plugin)
+    if version is None:  # the model and its VERSION may live in a helper module the plugin imports
+        found = {v for v in (_declared(None, sys.modules.get(h)) for h in helpers) if v is not None}
+        version = found.pop() if len(found) == 1 else None
+    return PluginIdentity(version, digest, origin, variant, files)
 
 
-def _source(entry: Any, cls: type | None, factory_module: Any) -> tuple[str, str, tuple[str, ...]]:
-    """``(digest, origin, files)`` of a registry entry's plugin."""
+def _source(entry: Any, cls: type | None, factory_module: Any) -> tuple[str, str, tuple[str, ...], tuple[str, ...]]:
+    """``(digest, origin, files, module names)`` of a registry entry's plugin."""
     plugin = getattr(entry, "plugin", None)
     home = _home(plugin if isinstance(plugin, types.ModuleType) else factory_module)
     modules = [m for m in (plugin, factory_module) if isinstance(m, types.ModuleType)]
@@ -75,15 +79,28 @@ def _source(entry: Any, cls: type | None, factory_module: Any) -> tuple[str, str
             path = _file(sys.modules.get(c.__module__))
             if path is not None and any(h is not None and path.is_relative_to(h) for h in (home, builtin)):
                 modules.append(sys.modules[c.__module__])
-    files = _source_files(modules, home)
+    found = _source_modules(modules, home)
+    files = sorted({_file(m) for m in found} - {None})
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16], _origin(entry, plugin), tuple(str(p) for p in files)
+    names = tuple(m.__name__ for m in found if m not in modules)
+    return digest.hexdigest()[:16], _origin(entry, plugin), tuple(str(p) for p in files), names
 
 
 def _declared(cls: type | None, *modules: Any) -> str | None:
-    """The declared VERSION: the model class's attribute, else the factory module's, else the plugin module's."""
+    """The declared VERSION: the model class's attribute, else the factory module's, else the plugin module's.
+
+    A factory that is neither a class nor carries ``model_class`` (a lambda, a function) names no class: the
+    class attribute counted is then that of the one class defined in the factory's (else the plugin's) module
+    that declares ``VERSION`` itself."""
+    if cls is None:
+        for module in modules:
+            declaring = {str(c.VERSION) for c in vars(module).values() if inspect.isclass(c)
+                         and c.__module__ == getattr(module, "__name__", None) and "VERSION" in vars(c)} \
+                if isinstance(module, types.ModuleType) else set()
+            if len(declaring) == 1:
+                return declaring.pop()
     for owner in (cls, *modules):
         value = getattr(owner, "VERSION", None) if owner is not None else None
         if value is not None and not isinstance(value, types.ModuleType):
@@ -102,10 +119,10 @@ def _file(module: Any) -> Path | None:
     return Path(path).resolve() if path and str(path).endswith(".py") and Path(path).is_file() else None
 
 
-def _source_files(start: list[types.ModuleType], home: Path | None) -> list[Path]:
-    """Source files of ``start`` and of every module they reference (as a module, or as the module of a class or
-    function they hold) that lives under ``home``, transitively; sorted."""
-    seen: dict[Path, None] = {}
+def _source_modules(start: list[types.ModuleType], home: Path | None) -> list[types.ModuleType]:
+    """``start`` and every module they reference (as a module, or as the module of a class or function they hold)
+    that lives under ``home``, transitively (modules with a ``.py`` file only)."""
+    seen: list[types.ModuleType] = []
     todo = list(start)
     visited: set[int] = set()
     while todo:
@@ -113,10 +130,9 @@ def _source_files(start: list[types.ModuleType], home: Path | None) -> list[Path
         if id(module) in visited:
             continue
         visited.add(id(module))
-        path = _file(module)
-        if path is None:
+        if _file(module) is None:
             continue
-        seen[path] = None
+        seen.append(module)
         for value in list(vars(module).values()):
             ref = value if isinstance(value, types.ModuleType) else sys.modules.get(getattr(value, "__module__", "") or "")
             if not isinstance(ref, types.ModuleType) or id(ref) in visited:
@@ -124,7 +140,7 @@ def _source_files(start: list[types.ModuleType], home: Path | None) -> list[Path
             ref_path = _file(ref)
             if ref_path is not None and home is not None and ref_path.is_relative_to(home):
                 todo.append(ref)
-    return sorted(seen)
+    return seen
 
 
 def _origin(entry: Any, plugin: Any) -> str:
