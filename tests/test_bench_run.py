@@ -172,7 +172,7 @@ def test_readme_third_party_apr_installed_by_entry_point_runs_in_a_matrix(tmp_pa
 
     listing = bench(tmp_path, "plugins", env=env)
     assert listing.returncode == 0
-    assert re.search(r"teacher\s*\|\s*tiny-apr\s*\|\s*entrypoint:tiny-apr:tiny_apr", listing.stdout)
+    assert re.search(r"teacher\s*\|\s*tiny-apr\s*\|\s*1\s*\|\s*entry point tiny-apr 0.1 \(tiny_apr\)", listing.stdout)
 
     out = bench(tmp_path, "run", "--dataset", TINY, "--scenes", "room", "--teacher", "tiny-apr", "posenet-mobilenet",
                 "--student", "none", "pae", *FAST, env=env)

@@ -249,6 +249,10 @@ def test_versions_reuse_recompute_split_rows_and_prune(tmp_path, capsys):
     cells = pd.read_csv(io.StringIO(out))
     assert sorted(cells["teacher_version"].astype(str)) == ["1", "2"] and cells["teacher_fingerprint"].nunique() == 2
     assert cells["teacher_origin"].str.startswith(f"file {plugin.resolve()}").all()
+    status, out, err = bench(capsys, "--workdir", work, "--plugin", str(plugin), "recipe", "teacher", "ident-apr",
+                             "--set", "epochs=1")  # one name, one meaning: bench recipe's fingerprint is the cell's
+    v2_fp = cells.loc[cells["teacher_version"].astype(str) == "2", "teacher_fingerprint"].iloc[0]
+    assert status == 0 and f"fingerprint {v2_fp} on a CPU in fp32" in out and "plugin version 2" in out
     status, out, err = bench(capsys, "--workdir", work, "--plugin", str(plugin), "leaderboard")
     rows = [ln for ln in out.splitlines() if ln.startswith("| ident-apr")]
     assert len(rows) == 2 and any("ident-apr v1" in r for r in rows) and any("ident-apr v2" in r for r in rows), out

@@ -358,9 +358,26 @@ def _provenance_rows(board: lb.Board) -> list[tuple[str, str]]:
             ("--set overrides", vals("overrides")), ("aprbench version", vals("aprbench_version")),
             ("git commit", vals("git_commit")), ("dataset fingerprint", vals("dataset_fingerprint")),
             ("device / precision", f"{vals('device')} / {vals('precision')}"),
+            ("torch / CPU / threads", f"{vals('torch')} / {vals('cpu')} / {vals('threads')}"),
+            ("models (plugin version, source)", _models_text(frame)),
             ("seeds", ", ".join(map(str, sorted(frame["seed"].unique())))),
             ("created (UTC)", f"{dates[0]} … {dates[-1]}" if dates else "–"),
             ("cells", str(frame["cell"].nunique())), ("recipes", str(len(recipes)))]
+
+
+def _models_text(frame: pd.DataFrame) -> str:
+    """Every model of the rows with its plugin version and where it came from: ``pae 1 (built-in …)``."""
+    from aprbench.harness.store.cells import MODEL_KINDS
+
+    seen: dict[str, None] = {}
+    for kind in MODEL_KINDS:
+        cols = [kind, f"{kind}_version", f"{kind}_origin"]
+        if not all(c in frame for c in cols):
+            continue
+        for name, version, origin in frame[cols].drop_duplicates().itertuples(index=False):
+            if version:
+                seen[f"{name} {version} ({origin})"] = None
+    return "; ".join(seen) or "–"
 
 
 def _provenance_html(board: lb.Board) -> str:

@@ -36,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
     if args.teacher:
         teacher = resolve(registry, "teacher", args.teacher, dataset, args.profile, overrides)
     recipe = resolve(registry, args.kind, args.name, dataset, args.profile, overrides, teacher=teacher)
-    print(f"{args.kind} {args.name} on {dataset}, profile {args.profile} (plugin version {recipe.version}, "
-          f"recipe fingerprint {recipe.fingerprint()})")
+    print(f"{args.kind} {args.name} on {dataset}, profile {args.profile} (plugin version {recipe.version}; "
+          f"fingerprint {recipe.model_fingerprint('fp32', 'cpu')} on a CPU in fp32, the {args.kind}_fingerprint of "
+          "its cells: the same for every seed)")
     rows = [{**r, "value": repr(r["value"]) if isinstance(r["value"], str) else r["value"]} for r in describe(recipe)]
     print(tabulate(rows, headers="keys", tablefmt="github"))
     return 0
