@@ -39,6 +39,13 @@ def bench_decoders():
 
 
 @hookspec
+def bench_recipes():
+    """Return recipe tables for this plugin's models: a list of dicts in ``registry.toml``'s ``[[recipe]]`` form
+    (``kind``, optional ``models`` / ``datasets`` / ``profiles`` glob lists, then values), merged after the
+    built-in tables."""
+
+
+@hookspec
 def bench_cell_finished(cell, result):
     """Observe one evaluated matrix cell (``cell``: its config dict, ``result``: its summary dict)."""
 

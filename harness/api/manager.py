@@ -49,6 +49,7 @@ class Registry:
 
     entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
     broken: dict[str, str] = field(default_factory=dict)
+    recipes: list = field(default_factory=list)  # plugins' recipe tables (harness.api.tables.Table), in load order
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.entries[kind])
@@ -165,8 +166,23 @@ class BenchPluginManager:
                         other = reg.entries[kind][name].source
                         raise BenchError(f"{kind} {name!r} is registered twice: by {other} and by {source}")
                     reg.entries[kind][name] = Entry(kind, name, factory, source, impl.plugin)
+        reg.recipes = self._recipe_tables(reg)
         self._registry = reg
         return reg
+
+    def _recipe_tables(self, reg: Registry) -> list:
+        """The tables every plugin's ``bench_recipes()`` returns (a malformed one is an error naming the plugin)."""
+        from aprbench.harness.api.tables import plugin_tables
+
+        tables = []
+        for impl in self.pm.hook.bench_recipes.get_hookimpls():
+            try:
+                provided = impl.function()
+            except (Exception, SystemExit) as exc:
+                reg.broken[impl.plugin_name] = _short_error(exc)
+                continue
+            tables += plugin_tables(impl.plugin_name, provided)
+        return tables
 
     def plugin_hooks(self) -> list[tuple[str, list[str]]]:
         """Every loaded plugin with the hooks it implements."""

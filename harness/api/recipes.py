@@ -5,9 +5,12 @@ A recipe is resolved from ``(kind, name, dataset, profile, overrides)``:
 1. the defaults of the kind's dataclasses (:class:`TrainConfig`
    and the kind's task config below);
 2. every ``[[recipe]]`` table of ``registry.toml`` matching the kind, model,
-   dataset and profile, in file order (later, more specific tables win);
+   dataset and profile, in file order (later, more specific tables win), then
+   the tables plugins return from ``bench_recipes()`` (:mod:`harness.api.tables`);
+   a *generic* table (``models = ["*"]``) sets only train and task keys;
 3. for a student, the keys its ``from_teacher`` list copies from its teacher's recipe;
-4. the ``--set [KIND.]KEY=VALUE`` overrides (:func:`parse_sets`), and the seed of the matrix cell;
+4. the ``--set [KIND.|NAME.]KEY=VALUE`` overrides (:func:`parse_sets`; the more specific win), and the seed
+   of the matrix cell;
 5. pretrained weights (model keys ``pretrained``, ``pretrained_file``), settled
    through the plugin's ``model_class.pretrained_weights`` (see
    :meth:`harness.api.interfaces.Teacher.pretrained_weights`): the weights file's
@@ -28,6 +31,9 @@ hash. ``threads`` (a training key of every kind) is the number of CPU threads
 the model trains and evaluates with (``harness.training.devices.model_threads``):
 a value, not a guess from the machine, so the numbers do not depend on how many
 processes run side by side.
+A model's keys are the ones it declares (:mod:`harness.api.keys`); its factory
+receives only those, and only values that a table naming the model, ``--set``
+or ``from_teacher`` gave (``Recipe.model``): otherwise its own defaults hold.
 """
 
 from __future__ import annotations
@@ -37,11 +43,13 @@ import inspect
 import sys
 import types
 import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Union
 
 from aprbench.harness.errors import BenchError
-from aprbench.harness.api.registry import matching_tables, parse_value
+from aprbench.harness.api.keys import HARNESS_ARGS, NO_DEFAULT, Key, check_value, declared_keys
+from aprbench.harness.api.registry import parse_value
+from aprbench.harness.api.tables import known_profiles, recipe_tables
 from aprbench.harness.store.hdf5 import fingerprint
 
 KINDS = ("teacher", "student", "refiner", "decoder")
@@ -180,28 +188,41 @@ TRAIN_RULES: dict[str, dict[str, Any]] = {
 # =========================================================================== --set
 @dataclass(frozen=True)
 class Override:
-    """One ``--set [KIND.]KEY=VALUE``: ``kind`` None applies to every kind that knows ``key``."""
+    """One ``--set [KIND.|NAME.]KEY=VALUE``: ``kind`` None applies to every kind that knows ``key``; ``model``
+    (a registered name) to that model only."""
 
     kind: str | None
     key: str
     value: Any
     text: str
+    model: str | None = None
+
+    @property
+    def rank(self) -> int:
+        """0 for ``KEY``, 1 for ``KIND.KEY``, 2 for ``NAME.KEY``: the more specific wins."""
+        return 2 if self.model is not None else int(self.kind is not None)
+
+    def applies(self, kind: str, name: str) -> bool:
+        return (self.kind is None or self.kind == kind) and (self.model is None or self.model == name)
 
 
 def parse_sets(pairs: list[str] | None) -> list[Override]:
-    """``["teacher.epochs=2", "lr=1e-4"]`` -> overrides (values in TOML literal syntax, else strings)."""
+    """``["teacher.epochs=2", "posenet-mobilenet.lr=1e-3", "lr=1e-4"]`` -> overrides (values in TOML literal
+    syntax, else strings). A prefix that is not a kind is a model name (checked by :func:`check_overrides`)."""
     out = []
     for pair in pairs or []:
         if "=" not in pair:
-            raise BenchError(f"--set {pair!r}: expected [KIND.]KEY=VALUE, e.g. teacher.epochs=2")
+            raise BenchError(f"--set {pair!r}: expected [KIND.|NAME.]KEY=VALUE, e.g. teacher.epochs=2")
         key, raw = (s.strip() for s in pair.split("=", 1))
-        kind, dot, rest = key.partition(".")
-        if dot and kind in KINDS:
-            out.append(Override(kind, rest, parse_value(raw), pair))
-        elif dot:
-            raise BenchError(f"--set {pair!r}: {kind!r} is not a kind; use one of {', '.join(KINDS)} (or no prefix)")
-        else:
+        prefix, dot, rest = key.rpartition(".")
+        if not dot:
             out.append(Override(None, key, parse_value(raw), pair))
+        elif not prefix or not rest:
+            raise BenchError(f"--set {pair!r}: expected [KIND.|NAME.]KEY=VALUE, e.g. teacher.epochs=2")
+        elif prefix in KINDS:
+            out.append(Override(prefix, rest, parse_value(raw), pair))
+        else:
+            out.append(Override(None, rest, parse_value(raw), pair, model=prefix))
     return out
 
 
@@ -288,31 +309,21 @@ def plugin_version(registry: Any, kind: str, name: str) -> str:
     return plugin_identity(registry, kind, name).label()
 
 
+def model_key_table(registry: Any, kind: str, name: str) -> dict[str, Key]:
+    """Every key the model ``name`` declares (:func:`harness.api.keys.declared_keys`), with type and default."""
+    return declared_keys(registry.get(kind, name).factory)
+
+
 def model_keys(registry: Any, kind: str, name: str) -> tuple[set[str], bool]:
-    """``(keys, open)``: model keys known for a plugin (its factory's and model class's named parameters,
-    keys its registry tables set) and whether the factory also takes arbitrary ``**kwargs`` (then a
-    kind-specific ``--set`` of another key is passed on, and the model itself accepts or refuses it)."""
-    keys: set[str] = set()
-    factory = registry.get(kind, name).factory
-    targets = [factory, getattr(factory, "model_class", None)]
-    targets += [t.__init__ for t in targets if inspect.isclass(t)]
-    open_ = True
-    for target in filter(None, targets):
-        try:
-            params = list(inspect.signature(target).parameters.values())
-        except (TypeError, ValueError):
-            continue
-        keys |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"}
-        open_ = open_ and any(p.kind == p.VAR_KEYWORD for p in params)
-    for table in matching_tables(kind, name):
-        keys |= set(table)
+    """``(keys, open)``: the model keys a plugin declares beside the train and task keys; ``open`` is always
+    False now (``**kwargs`` alone declares nothing, see :mod:`harness.api.keys`)."""
     task = {f.name for f in fields(TASK_CONFIGS[kind])} | set(TRAIN_RULES)
-    return keys - task - {"kind", "models", "datasets", "profiles"}, open_
+    return set(model_key_table(registry, kind, name)) - task, False
 
 
 def known_keys(registry: Any, kind: str, name: str) -> set[str]:
     """Every key a recipe of this plugin may set."""
-    return set(TRAIN_RULES) | {f.name for f in fields(TASK_CONFIGS[kind])} | model_keys(registry, kind, name)[0]
+    return set(TRAIN_RULES) | {f.name for f in fields(TASK_CONFIGS[kind])} | set(model_key_table(registry, kind, name))
 
 
 def resolve(registry: Any, kind: str, name: str, dataset: str, profile: str,
@@ -325,45 +336,42 @@ def resolve(registry: Any, kind: str, name: str, dataset: str, profile: str,
     """
     if kind not in KINDS:
         raise BenchError(f"unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
-    check_profile(profile)
+    check_profile(profile, registry)
     registry.get(kind, name)  # unknown names are refused with the known ones
-    known = known_keys(registry, kind, name)
-    open_model = model_keys(registry, kind, name)[1]
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for number, table in matching_tables(kind, name, dataset, profile, with_index=True):
-        where = f"registry.toml recipe #{number} ({_table_label(table)})"
-        for key, value in table.items():
-            if key in ("kind", "models", "datasets", "profiles"):
-                continue
-            values[key], sources[key] = value, where
-    taken_by_parts = set(TRAIN_RULES) | {f.name for f in fields(TASK_CONFIGS[kind])}  # checked by their dataclasses
+    declared = model_key_table(registry, kind, name)
+    parts = set(TRAIN_RULES) | {f.name for f in fields(TASK_CONFIGS[kind])}  # checked by their dataclasses
+    known = parts | set(declared)
+    values, sources, own = _table_values(registry, kind, name, dataset, profile, parts)
     inherit = values.get("from_teacher") or []
     if teacher is not None:
         for key in [inherit] if isinstance(inherit, str) else inherit:
             if teacher.sources.get(key, "default") != "default":  # a value the teacher's recipe sets
                 values[key], sources[key] = teacher.values()[key], f"teacher {teacher.name} recipe (from_teacher)"
-    for o in overrides or []:
-        if o.kind is not None and o.kind != kind:
+                own.add(key)
+    for o in sorted(overrides or [], key=lambda o: o.rank):  # stable: KEY, then KIND.KEY, then NAME.KEY
+        if not o.applies(kind, name):
             continue
         if o.key not in known:
-            if o.kind is None:
+            if o.kind is None and o.model is None:
                 continue  # a kind-less key applies where it is known (checked across kinds by check_overrides)
-            if not open_model:
-                raise BenchError(_unknown_key(o, known, kind, name))
-            known.add(o.key)  # the model's **kwargs take it (and refuse it when it builds, if it is wrong)
-        if o.key in values and o.key not in taken_by_parts:
-            _same_type(o, values[o.key], kind, name)
+            raise BenchError(_unknown_key(o, known, kind, name))
+        if o.key in declared and o.key not in parts:
+            _check_model_value(declared[o.key], o.value, values.get(o.key), f"--set {o.text}", kind, name)
         values[o.key], sources[o.key] = o.value, f"--set {o.text}"
+        own.add(o.key)
     if seed is not None:
         values["seed"], sources["seed"] = int(seed), "--seeds"
+        own.add("seed")
     unknown = sorted(set(values) - known)
-    if unknown:  # a registry table naming a key no part accepts
-        raise BenchError(f"{kind} {name!r}: recipe key(s) {', '.join(unknown)} ({sources[unknown[0]]}) are not known")
+    if unknown:  # a table naming this model sets a key no part accepts
+        raise BenchError(f"{kind} {name!r}: recipe key(s) {', '.join(unknown)} ({sources[unknown[0]]}) are not known"
+                         f"{suggest(unknown[0], known)}")
     train = _build(TrainConfig, values, sources, kind, name, TRAIN_RULES)
     task = _build(TASK_CONFIGS[kind], values, sources, kind, name)
-    taken = {f.name for f in fields(TrainConfig)} | {f.name for f in fields(task)}
-    model = {k: v for k, v in values.items() if k not in taken}
+    model = {k: v for k, v in values.items() if k in declared and (k not in parts or k in own)}
+    for key, value in model.items():
+        if not sources[key].startswith("--set "):  # table values (--set ones were checked above)
+            _check_model_value(declared[key], value, None, sources[key], kind, name)
     for f in fields(TrainConfig):
         sources.setdefault(f.name, "default")
     for f in fields(task):
@@ -373,6 +381,35 @@ def resolve(registry: Any, kind: str, name: str, dataset: str, profile: str,
 
     code = plugin_identity(registry, kind, name)
     return Recipe(kind, name, dataset, profile, train, task, model, sources, code.label(), weights, code.code())
+
+
+def _table_values(registry: Any, kind: str, name: str, dataset: str, profile: str,
+                  parts: set[str]) -> tuple[dict[str, Any], dict[str, str], set[str]]:
+    """``(values, sources, own)`` merged from the matching tables; ``own``: keys last set by a table naming the
+    model. A generic table (``models = ["*"]``) sets train and task keys only: model keys it holds are meant
+    for other models, and it never replaces a model's own defaults."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    own: set[str] = set()
+    for table in recipe_tables(registry, kind, name, dataset, profile):
+        for key, value in table.settings.items():
+            if table.generic and key not in parts:
+                continue
+            values[key], sources[key] = value, table.label
+            (own.discard if table.generic else own.add)(key)
+    return values, sources, own
+
+
+def _check_model_value(key: Key, value: Any, current: Any, source: str, kind: str, name: str) -> None:
+    """A model key's value against its declared type (or, where it declares none, the type it has so far)."""
+    expected = check_value(key, value)
+    if expected is None and key.hint is None and current is not None:
+        _same_type(Override(kind, key.name, value, source.removeprefix("--set ")), current, kind, name)
+        return
+    if expected is not None:
+        default = "" if key.default is NO_DEFAULT else f" (default {key.default!r})"
+        raise BenchError(f"{source}: {kind} {name}: {key.name} expects a {expected}{default}, got "
+                         f"{type(value).__name__} {value!r}")
 
 
 _WARNED: set[str] = set()  # pretrained fall-backs already reported in this process
@@ -394,7 +431,7 @@ def _settle_pretrained(registry: Any, kind: str, name: str, profile: str, model:
     try:
         path = locate({**getattr(factory, "defaults", {}), **model})
     except PretrainedMissing as exc:
-        wished = sources.get("pretrained", "").startswith("registry.toml") and not model.get("pretrained_file")
+        wished = sources.get("pretrained", "").startswith(("registry.toml", "plugin ")) and not model.get("pretrained_file")
         if not wished:
             raise BenchError(f"{kind} {name}: {exc}") from None
         message = (f"bench: warning: {kind} {name}: profile {profile!r} asks for ImageNet-pretrained weights, but "
@@ -420,6 +457,12 @@ def check_overrides(registry: Any, overrides: list[Override], used: dict[str, li
     """Refuse a ``--set`` that would change nothing: a kind the command does not use, or a kind-less
     ``KEY=VALUE`` that no plugin in ``used`` (kind -> names) knows. Kind-specific keys are checked by :func:`resolve`."""
     for o in overrides:
+        if o.model is not None:
+            names = sorted({n for ns in used.values() for n in ns})
+            if o.model not in names:
+                raise BenchError(f"--set {o.text}: {o.model!r} is neither a kind ({', '.join(KINDS)}) nor a model "
+                                 f"this command uses ({', '.join(names) or 'none'}){suggest(o.model, names)}")
+            continue
         if o.kind is not None:
             if not used.get(o.kind):
                 raise BenchError(f"--set {o.text}: this command uses no {o.kind} (it uses "
@@ -436,11 +479,9 @@ def check_overrides(registry: Any, overrides: list[Override], used: dict[str, li
                              f"(known: {', '.join(sorted(known))})")
 
 
-def check_profile(profile: str) -> None:
-    """Refuse a profile no recipe table mentions."""
-    from aprbench.harness.api.registry import profiles
-
-    known = profiles()
+def check_profile(profile: str, registry: Any = None) -> None:
+    """Refuse a profile no recipe table (built-in, or of a plugin in ``registry``) mentions."""
+    known = known_profiles(registry)
     if profile not in known:
         raise BenchError(f"--profile {profile!r}: unknown profile; known: {', '.join(known)}")
 
@@ -466,14 +507,6 @@ def _same_type(o: Override, current: Any, kind: str, name: str) -> None:
     if not same:
         raise BenchError(f"--set {o.text}: {kind} {name}: {o.key} expects a {type(current).__name__} like "
                          f"{current!r}, got {type(o.value).__name__} {o.value!r}")
-
-
-def _table_label(table: dict[str, Any]) -> str:
-    parts = [f"kind={table.get('kind')}"]
-    for key in ("models", "datasets", "profiles"):
-        if key in table:
-            parts.append(f"{key}={','.join(table[key])}")
-    return " ".join(parts)
 
 
 def _build(cls: type, values: dict[str, Any], sources: dict[str, str], kind: str, name: str,
@@ -534,12 +567,28 @@ def _convert(value: Any, allowed: tuple) -> Any:
     return _BAD
 
 
-def describe(recipe: Recipe) -> list[dict[str, Any]]:
-    """Rows ``part, key, value, source`` of a resolved recipe (for ``bench recipe``)."""
+def describe(recipe: Recipe, keys: dict[str, Key] | None = None) -> list[dict[str, Any]]:
+    """Rows ``part, key, type, value, default, source`` of a resolved recipe (for ``bench recipe``): every train
+    and task key, and every model key ``keys`` declares (:func:`model_key_table`), set or not."""
     rows = []
-    for part, obj in (("train", _asdict(recipe.train)), ("task", _asdict(recipe.task)), ("model", recipe.model)):
-        for key, value in obj.items():
-            rows.append({"part": part, "key": key, "value": value, "source": recipe.sources.get(key, "default")})
+    for part, obj in (("train", recipe.train), ("task", recipe.task)):
+        hints = typing.get_type_hints(type(obj))
+        for f in fields(obj):
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            rows.append({"part": part, "key": f.name, "type": Key(f.name, hints[f.name], None, "").type_name(),
+                         "value": getattr(obj, f.name), "default": default,
+                         "source": recipe.sources.get(f.name, "default")})
+    keys = keys or {}
+    for key in sorted(set(keys) | set(recipe.model)):
+        k = keys.get(key, Key(key, None, NO_DEFAULT, "?"))
+        default = "(required)" if k.default is NO_DEFAULT else k.default
+        if key in recipe.model:
+            value, source = recipe.model[key], recipe.sources.get(key, "default")
+        else:
+            value = default
+            source = "the harness (from the data and upstream models)" if key in HARNESS_ARGS else f"default ({k.origin})"
+        rows.append({"part": "model", "key": key, "type": k.type_name(), "value": value, "default": default,
+                     "source": source})
     return rows
 
 

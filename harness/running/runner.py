@@ -94,8 +94,8 @@ class MatrixRunner:
         self._dataset_fp = data.fingerprint()  # the whole dataset (a cell's own subset is in its fingerprint)
         # what the recipes of this run come from (the same for every cell of it, whatever its models and seed):
         # the registry's tables, the profile and the --set overrides
-        self._recipe_source = fingerprint("recipes", load_registry().get("recipe", []), profile,
-                                          overrides_text(self.overrides))
+        tables = load_registry().get("recipe", []) + [t.table for t in self.registry.recipes]  # plugins' after
+        self._recipe_source = fingerprint("recipes", tables, profile, overrides_text(self.overrides))
 
     # -- identity ---------------------------------------------------------
     def context(self, cell: Cell) -> Context:
@@ -230,17 +230,21 @@ class MatrixRunner:
         """What a run with cells ``todo`` to compute will do and, from earlier runs' times, roughly how long
         (shared by ``jobs`` worker processes side by side); ``first_run``: what to say when there are none."""
         models: dict[str, list[str]] = {}
+        trained: set[tuple[str, str]] = set()  # (kind, name) trained with a recipe, not given weights
         for cell in todo:
             names = {"teacher": cell.teacher.name, "student": cell.student, "refiner": cell.refiner,
                      "decoder": cell.decoder}
             for kind, name in names.items():
                 if name and name != "none":
-                    name = split_name(name)[0]
+                    name, given = split_name(name)
                     if name not in models.setdefault(kind, []):
                         models[kind].append(name)
+                    if given is None and not (kind == "teacher" and cell.teacher.checkpoint):
+                        trained.add((kind, name))
         lines = [f"plan: {len(todo)} cell(s) to compute, {stored} from the store; models they need "
                  "(trained unless already stored):"]
         lines += [f"  {kind}: {', '.join(names)}" for kind, names in models.items()]
+        lines += self._generic_recipe_notes([(k, n) for k, names in models.items() for n in names if (k, n) in trained])
         known = load_estimates(self.store.timings_path())
         per_cell = known.get("evaluation per cell")
         times = [known.get(f"{kind} {name}") for kind, names in models.items() for name in names]
@@ -253,6 +257,20 @@ class MatrixRunner:
             lines.append(f"  time: roughly {duration(rough)} (from earlier runs in this work directory{side}; "
                          "less when models are already stored)")
         return "\n".join(lines)
+
+    def _generic_recipe_notes(self, models: list[tuple[str, str]]) -> list[str]:
+        """One line per plugin model (not a built-in) that no recipe table names under this profile."""
+        from aprbench.harness.api.tables import has_own_recipe
+
+        lines = []
+        for kind, name in models:
+            if self.registry.get(kind, name).source.startswith("builtin:"):
+                continue  # the built-in tables are written for the built-in models, the generic ones included
+            if not has_own_recipe(self.registry, kind, name, self.dataset, self.profile):
+                lines.append(f"  note: no recipe names {kind} {name} for profile {self.profile!r}: it trains with the "
+                             f"generic {kind} recipe (`bench recipe {kind} {name}`; a plugin ships its own with "
+                             "the bench_recipes hook)")
+        return lines
 
     @staticmethod
     def _stored(path: Path, fp: str) -> bool:

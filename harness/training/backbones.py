@@ -136,6 +136,11 @@ def weights_digest(path: str | Path) -> str:
     return _DIGESTS[key]
 
 
+TIMM_KEYS: dict[str, Any] = {"drop_rate": 0.0, "drop_path_rate": 0.0}
+"""``timm.create_model`` arguments a teacher may pass on to its backbone (declared model keys, ``harness.api.keys``):
+dropout before the pooled features, stochastic depth."""
+
+
 def create_backbone(model_name: str, pretrained: bool = False, pretrained_file: str | Path | None = None,
                     **kwargs: Any) -> nn.Module:
     """``timm.create_model(model_name, **kwargs)``, with ImageNet weights from :func:`find_pretrained` when

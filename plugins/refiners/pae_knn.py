@@ -163,6 +163,8 @@ class PaeKnn(PoseIndexRefiner):
     ``index_x``/``index_q (M, D)`` (PAE encodings), ``latent_mean``/``latent_std (2, D)``.
     """
 
+    declared_keys = OPTIONS  # the recipe keys `configure` reads (harness.api.keys)
+
     def __init__(self, latent_dim: int = 256) -> None:
         super().__init__()
         self.latent_dim = int(latent_dim)
@@ -266,7 +268,7 @@ def _pae_knn_closed() -> dict:
 
 def factory(latent_dim: int = 256, **config: Any) -> PoseIndexRefiner:
     """``pae-knn``: :class:`PaeKnn`. Its hyper-parameters come from the recipe through ``configure`` (keys of
-    ``OPTIONS``); other keys the factory receives (the RPR tables' architecture keys) do not apply to it."""
+    ``OPTIONS``, declared as the model's keys)."""
     model = PaeKnn(latent_dim)
     model.configure(config)
     return model

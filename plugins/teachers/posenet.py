@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from aprbench.harness.training.backbones import create_backbone, requested_weights
+from aprbench.harness.training.backbones import TIMM_KEYS, create_backbone, requested_weights
 from aprbench.harness.errors import BenchError
 from aprbench.harness.api.hookspecs import hookimpl
 from aprbench.harness.api.registry import ModelFamily
@@ -91,6 +91,7 @@ class PoseNet(Teacher):
     """Single-scene PoseNet APR over any timm backbone."""
 
     version = VERSION
+    declared_keys = TIMM_KEYS  # what **timm_kwargs passes on to timm.create_model (harness.api.keys)
 
     def __init__(
         self,

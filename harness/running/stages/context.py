@@ -119,8 +119,13 @@ class Stage:
 
 
 def build_model(registry: Registry, recipe: Recipe, interface: type | None = None, **fixed: Any) -> nn.Module:
-    """The untrained model of ``recipe`` (its model part plus ``fixed`` arguments), type-checked."""
-    config = {**fixed, **recipe.model}
+    """The untrained model of ``recipe`` (its model part plus the ``fixed`` arguments the harness sets, passed where
+    the model declares them or takes ``**kwargs``), type-checked."""
+    from aprbench.harness.api.keys import declared_keys, receives_any
+
+    factory = registry.get(recipe.kind, recipe.name).factory
+    declared, open_ = declared_keys(factory), receives_any(factory)
+    config = {**{k: v for k, v in fixed.items() if k in declared or open_}, **recipe.model}
     try:
         model = registry.build(recipe.kind, recipe.name, **config)
     except BenchError:

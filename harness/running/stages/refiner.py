@@ -216,7 +216,7 @@ def _prepare(ctx: Context, recipe: Recipe, model: Refiner, upstream: dict[str, A
     """Fine-tuning: the refiner keeps its own copy of the teacher's image encoder. A pose-index refiner takes
     its settings from the whole recipe and is sized for the training split (so that a stored index loads)."""
     if isinstance(model, PoseIndexRefiner):
-        model.configure(recipe.values())
+        model.configure(recipe.model)  # the keys it declares (harness.api.keys)
         model.reserve_index(len(ctx.data.split("train").labels))
     reference = recipe.task.protocol == "reference"
     if recipe.task.finetune or reference:
