@@ -93,8 +93,9 @@ def open_dataset(spec: str, store: Store, registry: Any, scenes: Iterable[str] |
     if scenes is not None:
         options["scenes"] = list(scenes)
     data = registry.build("dataset", name, store=store, **options)
-    if not isinstance(data, PoseData):
-        raise BenchError(f"dataset plugin {name!r} returned {type(data).__name__}, expected PoseData")
+    from aprbench.harness.api.contracts import check_dataset  # the documented fields (one line naming the plugin)
+
+    check_dataset(name, registry.get("dataset", name).source, data)
     if scenes is not None and set(data.scenes) - set(scenes):
         data = make_pose_data(data.name, data.root, data.labels, scenes, data.options)
     if not isinstance(fraction, (int, float)):

@@ -53,11 +53,25 @@ def resolve(root: Path, target: str) -> list[Path]:
     if with_logs:
         return with_logs
     if matches:
+        untrained = [m for m in matches if _epochs(m) == 0]
+        if len(untrained) == len(matches):
+            raise BenchError(f"{target}: {matches[0].parent.name} {target.rpartition('/')[2]} has no training loop "
+                             "(it is built without epochs, e.g. an index of training poses), so it has no learning "
+                             "curve: " + ", ".join(str(m) for m in matches))
         raise BenchError(f"{target}: {len(matches)} trained artifact(s) but no {LOG_NAME} (trained before learning "
                          "curves were logged, or given weights): " + ", ".join(str(m) for m in matches))
     known = sorted({f"{f.parent.name}/{_ARTIFACT.match(f.name)['name']}" for f in artifacts.glob("*/*")
                     if _ARTIFACT.match(f.name) and _logs(f)})
     raise BenchError(f"no trained model {target!r} in {artifacts}; with logs: {', '.join(known) or '(none)'}")
+
+
+def _epochs(folder: Path) -> int | None:
+    """The epochs an artifact's sidecar records (``None`` without one)."""
+    meta = folder / "weights.json"
+    try:
+        return int(json.loads(meta.read_text()).get("epochs", -1))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _logs(folder: Path) -> list[Path]:

@@ -331,12 +331,13 @@ def software_versions() -> dict[str, str]:
     }
 
 
-def parse_list(text: str, kind: type = str) -> list:
-    """Comma-separated axis values, e.g. ``0,1,3``."""
+def parse_list(text: str, kind: type = str, option: str = "") -> list:
+    """Comma-separated axis values, e.g. ``0,1,3``; ``option`` (``--iterations``) names where they were given."""
     try:
         return [kind(v.strip()) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise BenchError(f"could not read {text!r} as a comma-separated list of {kind.__name__}") from None
+        where = f"{option} {text}: " if option else ""
+        raise BenchError(f"{where}could not read {text!r} as a comma-separated list of {kind.__name__}") from None
 
 
 def flatten(values: Iterable[str]) -> list[str]:

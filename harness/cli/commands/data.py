@@ -45,10 +45,13 @@ def register(commands) -> None:
         "check", parents=[commands.common], help="validate a dataset folder or label CSV and summarise it",
         description="Validate ROOT: a native 7Scenes layout (scene folders with TrainSplit.txt / TestSplit.txt), "
         "a Cambridge Landmarks layout (scene folders with dataset_train.txt / dataset_test.txt), or with --labels "
-        "reference label CSVs whose img_path are relative to ROOT. Prints scenes, frames per split and pose extents; "
+        "reference label CSVs whose img_path are relative to ROOT, or with --dataset what a dataset plugin builds. Prints scenes, frames per split and pose extents; "
         "on bad input prints every problem found (file, row, column) and exits with status 1.",
     )
-    c.add_argument("root", type=Path, metavar="ROOT", help="dataset root folder (or one scene folder)")
+    c.add_argument("root", type=Path, metavar="ROOT", nargs="?", help="dataset root folder (or one scene folder)")
+    c.add_argument("--dataset", metavar="NAME[:OPTIONS]",
+                   help="check what a dataset plugin builds instead, e.g. 'my-data:root=/data/x' (the documented "
+                   "PoseData fields, scene ids, splits, finite poses, image files)")
     c.add_argument("--labels", nargs="+", type=Path, metavar="FILE.csv",
                    help="reference label CSV(s) to check instead of a native layout (image paths relative to ROOT)")
     c.add_argument("--decode", action="store_true", help="also decode every image (slower; finds corrupt files)")

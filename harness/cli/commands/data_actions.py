@@ -111,8 +111,33 @@ def _detect(root: Path) -> tuple[str, Path, list[str] | None]:
     )
 
 
+def _check_plugin(args: argparse.Namespace) -> tuple[str, pd.DataFrame, Path]:
+    """``--dataset SPEC``: the dataset as its plugin builds it, checked against the dataset contract
+    (:func:`harness.api.contracts.check_dataset`) and for image files that exist."""
+    from aprbench.harness.api.manager import get_registry
+    from aprbench.harness.data.labels import open_dataset
+    from aprbench.harness.store.hdf5 import Store
+
+    from aprbench.harness.api.contracts import ContractError
+
+    registry = get_registry(args.plugin)
+    args.root = args.dataset  # what the problems are said to be in
+    try:
+        name, data = open_dataset(args.dataset, Store(args.workdir), registry)
+    except ContractError as exc:  # listed as a problem (status 1), like a bad label file
+        raise DataError(str(exc)) from None
+    source = registry.get("dataset", name).source
+    check_image_files(data.labels, Path(data.root), source=f"dataset {name} ({source})")
+    args.root = Path(data.root)
+    return f"dataset {name} ({source})", data.labels, Path(data.root)
+
+
 def _check(args: argparse.Namespace) -> tuple[str, pd.DataFrame, Path]:
+    if getattr(args, "dataset", None):
+        return _check_plugin(args)
     root: Path = args.root
+    if root is None:
+        raise DataError("bench data check: give ROOT (a dataset folder) or --dataset NAME[:OPTIONS] (a dataset plugin)")
     if args.labels:
         errors: list[str] = []
         frames = []

@@ -83,7 +83,7 @@ def _text(args: argparse.Namespace, store: Store) -> str:
     from aprbench.harness.running.matrix import parse_list
     from aprbench.harness.api.manager import get_manager
 
-    iterations = parse_list(args.iterations, int) if args.iterations else None
+    iterations = parse_list(args.iterations, int, "--iterations") if args.iterations else None
     board = leaderboard.build(store, get_manager(args.plugin), filters=selection(args), iterations=iterations)
     if args.decoders:
         fmt = args.format

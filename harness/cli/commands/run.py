@@ -50,7 +50,7 @@ def register(commands) -> None:
     p.add_argument("--student", nargs="+", action="extend", metavar="S",
                    help="students (pae, pae-shallow, ...; NAME=WEIGHTS.pth; 'none' = teacher alone)")
     p.add_argument("--encode", nargs="+", action="extend", metavar="E", help="what students encode in training: estimate, ground_truth")
-    p.add_argument("--refiner", nargs="+", action="extend", metavar="R", help="refiners (pae-rpr, image-rpr; NAME=WEIGHTS.pth; 'none')")
+    p.add_argument("--refiner", nargs="+", action="extend", metavar="R", help="refiners (pae-rpr, image-rpr, pae-knn, pae-knn-closed, or a plugin's; NAME=WEIGHTS.pth; 'none')")
     p.add_argument("--iterations", help="refinement iterations to show, comma-separated, e.g. 0,1,3 (a refiner cell runs the "
                    "largest once and stores every step; default: each refiner recipe's `iterations`)")
     p.add_argument("--fraction", help="training-data fractions, comma-separated, e.g. 1.0,0.3")
@@ -85,7 +85,7 @@ def parse_seeds(text: str | None) -> list[int]:
     """``"0,1,2"`` -> [0, 1, 2]; a single count ``"3"`` -> [0, 1, 2]; ``None`` -> [0]."""
     if text is None:
         return [0]
-    values = parse_list(text, int)
+    values = parse_list(text, int, "--seeds")
     if len(values) == 1 and "," not in text:
         if values[0] < 1:
             raise BenchError(f"--seeds {text}: a count must be >= 1 (or list seeds: 0,1,2)")
@@ -106,8 +106,8 @@ def axes_from_args(args: argparse.Namespace) -> Axes:
         students=flatten(axis("student", args.student) or [NONE]),
         encodes=flatten(axis("encode", args.encode) or ["estimate"]),
         refiners=flatten(axis("refiner", args.refiner) or [NONE]),
-        iterations=parse_list(iterations, int) if iterations is not None else None,
-        fractions=parse_list(args.fraction or "1.0", float),
+        iterations=parse_list(iterations, int, "--iterations") if iterations is not None else None,
+        fractions=parse_list(args.fraction or "1.0", float, "--fraction"),
         decoders=flatten(axis("decoder", args.decoder) or []),
         seeds=parse_seeds(args.seeds),
     )

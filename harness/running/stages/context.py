@@ -145,6 +145,16 @@ def build_model(registry: Registry, recipe: Recipe, interface: type | None = Non
     return model
 
 
+def probe_plugin(registry: Registry, recipe: Recipe, model: nn.Module) -> None:
+    """Probe a third-party plugin's freshly built model once on a tiny batch (:mod:`harness.api.contracts`);
+    the built-in ones are covered by their tests."""
+    from aprbench.harness.api.contracts import probe
+
+    source = registry.get(recipe.kind, recipe.name).source
+    if not source.startswith("builtin:"):
+        probe(recipe.kind, recipe.name, source, model, int(getattr(recipe.task, "image_size", 64)))
+
+
 def build_named(registry: Registry, kind: str, name: str, dataset: str = "synthetic", profile: str = "quick",
                 overrides: list[Override] | dict | None = None, **fixed: Any) -> nn.Module:
     """The untrained model ``name`` with its resolved recipe (and ``fixed`` factory arguments)."""
@@ -228,6 +238,7 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
         return ctx.artifacts[fp]
     torch.manual_seed(recipe.train.seed)
     model = build_model(ctx.registry, recipe, stage.interface, **stage.build_args(ctx, upstream))
+    probe_plugin(ctx.registry, recipe, model)
     stage.check(ctx, recipe, model, upstream)
     if stage.prepare is not None:
         stage.prepare(ctx, recipe, model, upstream)

@@ -462,7 +462,15 @@ def _stepper(ctx: Context, refiner: Artifact, teacher: Artifact, student: Artifa
     """One refinement step ``(N, 7) -> (N, 7)`` for this refiner's kind of neighbours, and its stored bytes."""
     model = refiner.model
     if isinstance(model, PoseIndexRefiner):  # refines from its index of training poses (no RPR, no PAE at test time)
-        return (lambda p: model.refine_batch(p, qx, qq, scene_pred if multi else None)), module_bytes(model)
+        from aprbench.harness.api.contracts import expect_poses
+
+        source = ctx.registry.get("refiner", refiner.name).source
+
+        def refine_step(p: Tensor) -> Tensor:  # its contract, checked at every iteration: (N, 7) in, (N, 7) out
+            out = model.refine_batch(p, qx, qq, scene_pred if multi else None)
+            return expect_poses(out, len(p), "refiner", refiner.name, source, f"refine_batch(poses of shape {tuple(p.shape)})")
+
+        return refine_step, module_bytes(model)
     bs = refiner.recipe.task.eval_batch_size
     reference = refiner.recipe.task.protocol == "reference"
     if uses_student(model):
