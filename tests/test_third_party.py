@@ -315,3 +315,67 @@ def test_iterations_error_names_the_option_and_refiner_help_lists_pae_knn(tmp_pa
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     assert "pae-knn" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- given weights define the architecture
+
+
+def _one_scene_labels(root: Path, scene: str, n: int = 3) -> Path:
+    """``n`` test frames of ``scene`` as a reference label file (the reference's abs_7scenes_pose.csv_<scene>_test.csv
+    form), with 256-px images (Resize(256) is then the identity and CenterCrop(224) exact)."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(n):
+        rel = f"{scene}/seq-01/frame-{i:06d}.color.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(root / rel)
+        rows.append([scene, "test", 1, rel, 0.1 * i, 0.2, 0.3, 1.0, 0.0, 0.0, 0.0])
+    path = root / f"abs_7scenes_pose.csv_{scene}_test.csv"
+    pd.DataFrame(rows, columns=["scene", "split", "seq", "img_path", "t1", "t2", "t3", "q1", "q2", "q3", "q4"]).to_csv(
+        path, index=False)
+    return path
+
+
+def test_seven_scene_reference_checkpoint_runs_on_one_scene_label_file(tmp_path, capsys):
+    """The reference's documented protocol: its 7-scene MS-Transformer tested on one scene's label file, no --set.
+    The checkpoint's scene classifier is zeroed, so it picks its first scene (chess) for every frame of fire: the
+    cell must score that against fire's index in the model's own order (1; accuracy 0), not in the file's (0)."""
+    pytest.importorskip("efficientnet_pytorch")
+    import numpy as np
+    from test_reference_parity import RefEMSTransPoseNet, _randomise
+
+    from aprbench.harness.store.hdf5 import read_h5
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    ref = _randomise(RefEMSTransPoseNet(scenes=7, d=256, h=8, ffn=256, n_enc=6, n_dec=6))
+    with torch.no_grad():
+        ref.scene_embed.weight.zero_()
+        ref.scene_embed.bias.zero_()
+    scene = "fire"
+    ckpt = tmp_path / "7scenes_ems.pth"
+    torch.save(ref.state_dict(), ckpt)
+    labels = _one_scene_labels(tmp_path / "data", scene)
+    rc, out, err = bench(capsys, "--workdir", tmp_path / "w", "run", "--profile", "paper", "--dataset",
+                         f"labels:root={tmp_path / 'data'},labels={labels}", "--teacher", f"mstransformer={ckpt}",
+                         "--no-progress", "--no-report")
+    assert rc == 0, err[-3000:]
+    assert f"teacher mstransformer: num_scenes = 7 from the weights in {ckpt} (the data has 1 scene(s): {scene})" in err
+    (cell,) = (tmp_path / "w" / "cells").glob("*.h5")
+    arrays, attrs = read_h5(cell)
+    assert attrs["result"]["scene_accuracy"] == 0.0
+    # frame by frame, the reference's own forward pass on the same crops
+    from PIL import Image
+
+    frames = sorted((tmp_path / "data" / scene).rglob("*.png"))
+    images = torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1).float() / 255 for f in frames])
+    images = images[:, :, 16:240, 16:240]
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    with torch.no_grad():
+        pose, *_ = ref((images - mean) / std)
+    pose = torch.cat([pose[:, :3], torch.nn.functional.normalize(pose[:, 3:], dim=1)], 1)  # cells store unit quaternions
+    assert np.abs(arrays["pose_est"][0] - pose.numpy()).max() < 1e-4

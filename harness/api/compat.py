@@ -70,3 +70,22 @@ def _same_kind(kind: str, name: str, student_name: str | None, student: Any, tea
         which = ("multi-scene", "single-scene") if multi_scene(student) else ("single-scene", "multi-scene")
         raise Incompatible(f"{kind} {name!r}: student {student_name!r} is {which[0]} but teacher {teacher_name!r} "
                            f"is {which[1]}; a {kind} needs a student of the same kind as its teacher")
+
+
+# the scene order of the reference's multi-scene models: np.unique of the training labels' scene names
+SCENE_CATALOGUES = (
+    ("chess", "fire", "heads", "office", "pumpkin", "redkitchen", "stairs"),  # 7Scenes
+    ("KingsCollege", "OldHospital", "ShopFacade", "StMarysChurch"),  # Cambridge Landmarks (the reference's four)
+)
+
+
+def model_scene_index(scenes: list[str], num_model_scenes: int) -> list[int] | None:
+    """The model's scene index of each of the data's ``scenes``: the same order when the counts agree; for a model
+    of more scenes (given weights evaluated on a subset), the index in a known catalogue of that many scenes whose
+    names hold the data's (the reference's alphabetical order); ``None`` when unknown."""
+    if len(scenes) == num_model_scenes:
+        return list(range(len(scenes)))
+    for catalogue in SCENE_CATALOGUES:
+        if len(catalogue) == num_model_scenes and set(scenes) <= set(catalogue):
+            return [catalogue.index(s) for s in scenes]
+    return None

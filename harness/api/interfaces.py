@@ -111,6 +111,13 @@ class Teacher(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def shapes_from_state(cls, state: dict[str, Tensor]) -> dict:
+        """Factory arguments that the tensors of a checkpoint (its own layout or one ``from_reference_state_dict``
+        reads) fix, e.g. ``{"num_scenes": 7}`` for a multi-scene model: given weights define the architecture.
+        Optional; the default fixes none."""
+        return {}
+
+    @classmethod
     def pretrained_weights(cls, config: dict) -> Path | None:
         """The file of pretrained (e.g. ImageNet) weights a model built with factory arguments ``config`` would
         load, ``None`` when it loads none; :class:`harness.training.backbones.PretrainedMissing` when ``config`` asks for

@@ -342,7 +342,12 @@ class MatrixRunner:
         result = {"per_iteration": per_iteration, "stored_bytes": int(stored_bytes),
                   "timing_batch": int(chain.teacher.recipe.task.eval_batch_size), **extra}
         if getattr(chain.teacher.model, "multi_scene", False):
-            result["scene_accuracy"] = float(np.mean(outs["scene_logp"].argmax(1) == scene_id))
+            from aprbench.harness.api.compat import model_scene_index
+
+            index = model_scene_index(list(ctx.data.scenes), int(outs["scene_logp"].shape[1]))
+            if index is not None:  # the model's own scene index of each frame's scene (given weights: maybe more)
+                truth = np.asarray(index)[np.asarray(scene_id, dtype=np.int64)]
+                result["scene_accuracy"] = float(np.mean(outs["scene_logp"].argmax(1) == truth))
         write_h5(
             self.store.cell_path(fp),
             {"pose_est": np.stack(estimates).astype(np.float32), "pose_gt": gt, "scene_id": scene_id,

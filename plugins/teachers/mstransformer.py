@@ -269,6 +269,13 @@ class MSTransformer(Teacher):
         return [self.regressor_head_t, self.regressor_head_rot]
 
     @classmethod
+    def shapes_from_state(cls, state: dict[str, Tensor]) -> dict:
+        """The number of scenes of a checkpoint (its learned scene queries, the same key in the reference's
+        layout and in this one)."""
+        query = state.get("query_embed_t.weight")
+        return {"num_scenes": int(query.shape[0])} if query is not None and query.dim() == 2 else {}
+
+    @classmethod
     def pretrained_weights(cls, config: dict) -> Path | None:
         """The ImageNet weights file of ``config``'s backbone when it asks for one (``pretrained``,
         ``pretrained_file``); see :meth:`harness.api.interfaces.Teacher.pretrained_weights`."""

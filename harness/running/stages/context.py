@@ -237,7 +237,12 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
     if fp in ctx.artifacts:  # already built and loaded for an earlier cell of this context
         return ctx.artifacts[fp]
     torch.manual_seed(recipe.train.seed)
-    model = build_model(ctx.registry, recipe, stage.interface, **stage.build_args(ctx, upstream))
+    fixed = stage.build_args(ctx, upstream)
+    state = None
+    if checkpoint is not None:  # given weights define the shapes they fix
+        state = checkpoint_state(checkpoint)
+        fixed = {**fixed, **_shapes_from_checkpoint(ctx, recipe, fixed, state, checkpoint)}
+    model = build_model(ctx.registry, recipe, stage.interface, **fixed)
     probe_plugin(ctx.registry, recipe, model)
     stage.check(ctx, recipe, model, upstream)
     if stage.prepare is not None:
@@ -245,7 +250,6 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
     out_dir = ctx.store.artifact_dir(stage.kind, name, fp)
     art = Artifact(stage.kind, name, fp, recipe, model, out_dir / "weights.pth", ids, dict(options or {}))
     if checkpoint is not None:
-        state = checkpoint_state(checkpoint)
         convert = getattr(model, "from_reference_state_dict", None)  # a plugin's own layout (e.g. the reference's)
         load_into(model, convert(state) if convert is not None else state, source=f"checkpoint {checkpoint}")
         model.to(ctx.device).eval()
@@ -276,6 +280,25 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
     train_once(ctx, art, run)
     ctx.artifacts[fp] = art
     return art
+
+
+_SAID: set[tuple] = set()  # shapes taken from checkpoints, said once per process
+
+
+def _shapes_from_checkpoint(ctx: Context, recipe: Recipe, fixed: dict[str, Any], state: dict[str, torch.Tensor],
+                            checkpoint: Path) -> dict[str, Any]:
+    """The factory arguments ``checkpoint`` fixes (the model class's ``shapes_from_state``), said where they differ
+    from what the data would give (e.g. a 7-scene model evaluated on one scene's label file)."""
+    model_class = getattr(ctx.registry.get(recipe.kind, recipe.name).factory, "model_class", None)
+    shapes = dict(getattr(model_class, "shapes_from_state", lambda state: {})(state) or {})
+    changed = {k: v for k, v in shapes.items() if fixed.get(k, recipe.model.get(k)) != v}
+    said = (recipe.kind, recipe.name, str(checkpoint), tuple(sorted(changed.items())))
+    if changed and said not in _SAID:
+        _SAID.add(said)
+        parts = ", ".join(f"{k} = {v}" for k, v in changed.items())
+        scenes = f" (the data has {len(ctx.data.scenes)} scene(s): {', '.join(ctx.data.scenes)})" if "num_scenes" in changed else ""
+        print(f"bench: {recipe.kind} {recipe.name}: {parts} from the weights in {checkpoint}{scenes}", file=sys.stderr)
+    return shapes
 
 
 def training_paths(out_dir: Path, stage: int | None = None) -> dict[str, Path]:

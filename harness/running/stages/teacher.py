@@ -237,8 +237,13 @@ def evaluate_teacher(ctx: Context, teacher: Artifact, split: str = "test") -> pd
     frame = per_scene(out["pose_est"], out["pose_gt"], out["scene_id"], ctx.data.scenes)
     sid = np.asarray(out["scene_id"])
     if getattr(teacher.model, "multi_scene", False):
-        pred = np.asarray(out["scene_logp"]).argmax(1)
-        frame["scene_acc"] = [float(np.mean(pred[sid == ctx.data.scenes.index(s)] == ctx.data.scenes.index(s))) for s in frame["scene"]]
+        from aprbench.harness.api.compat import model_scene_index
+
+        logp = np.asarray(out["scene_logp"])
+        pred, index = logp.argmax(1), model_scene_index(list(ctx.data.scenes), logp.shape[1])
+        if index is not None:  # the model's scene index of each scene (a model of more scenes: its own order)
+            frame["scene_acc"] = [float(np.mean(pred[sid == ctx.data.scenes.index(s)] == index[ctx.data.scenes.index(s)]))
+                                  for s in frame["scene"]]
     frame["ms_per_frame"] = [1000 * float(np.mean(out["time_s"][sid == ctx.data.scenes.index(s)])) for s in frame["scene"]]
     return frame
 
