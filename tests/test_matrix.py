@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pandas as pd
@@ -12,8 +13,8 @@ from aprbench.harness.errors import BenchError
 from aprbench.harness.api.interfaces import PoseData
 from aprbench.harness.results.leaderboard import render_machine, render_table
 from aprbench.harness.running.matrix import Axes, Cell, TeacherSpec, expand, shard
-from aprbench.harness.api.recipes import Override, parse_sets
-from aprbench.harness.api.manager import Entry, Registry
+from aprbench.harness.api.recipes import Override, check_overrides, parse_sets
+from aprbench.harness.api.manager import Entry, Registry, get_registry
 
 
 class FakeTeacher(nn.Module):
@@ -141,9 +142,11 @@ def test_parse_sets_kinds_and_values():
     out = parse_sets(["teacher.epochs=2", "lr=1e-4", "refiner.pairs=both"])
     assert out == [Override("teacher", "epochs", 2, "teacher.epochs=2"), Override(None, "lr", 1e-4, "lr=1e-4"),
                    Override("refiner", "pairs", "both", "refiner.pairs=both")]
-    with pytest.raises(BenchError, match="not a kind"):
-        parse_sets(["teachr.epochs=2"])
-    with pytest.raises(BenchError, match="expected \\[KIND.\\]KEY=VALUE"):
+    (model,) = parse_sets(["teachr.epochs=2"])  # a prefix that is not a kind names a model (NAME.KEY)
+    assert (model.kind, model.model, model.key) == (None, "teachr", "epochs")
+    with pytest.raises(BenchError, match="'teachr' is neither a kind .* did you mean 'teacher'"):
+        check_overrides(get_registry(), [model], {"teacher": ["posenet-mobilenet"]})
+    with pytest.raises(BenchError, match=re.escape("expected [KIND.|NAME.]KEY=VALUE")):
         parse_sets(["epochs"])
 
 

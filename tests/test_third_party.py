@@ -174,6 +174,8 @@ def test_plan_says_which_plugin_model_gets_the_generic_recipe_once(tmp_path, cap
     assert text.count("note: no recipe names refiner tp-nbr-mean for profile 'quick'") == 1
     assert "note: no recipe names teacher tp-apr" not in text  # its plugin ships one
     assert "tp-nbr-mean" in out and "3 cell(s) in this run" in out
+    rc, out, err = bench(capsys, "--workdir", tmp_path / "w", "logs", "tp-nbr-mean")
+    assert rc == 2 and "refiner tp-nbr-mean has no training loop" in err and "trained before" not in err
 
 
 # ----------------------------------------------------------------------------- declared keys

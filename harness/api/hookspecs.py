@@ -1,8 +1,10 @@
 """Hook specifications: what a plugin (built-in or third-party) may implement.
 
 Every factory hook returns ``{name: factory}``; the factory is called with the
-resolved config as keyword arguments and returns the object the kind's
-interface (``harness.api.interfaces``) describes.
+resolved config as keyword arguments (only the keys the model declares,
+``harness.api.keys``) and returns the object the kind's interface
+(``harness.api.interfaces``) describes; a third-party model is probed once
+after it is built (``harness.api.contracts``).
 """
 
 from __future__ import annotations

@@ -184,8 +184,9 @@ class PoseIndexRefiner(Refiner):
     """A test-time refiner with no relative-pose regressor: it refines estimates directly from an index of
     the *training split's* ground-truth poses and their PAE encodings (built once, stored as its state).
 
-    The stage calls :meth:`configure` with the full resolved recipe (its keys may share names with the RPR
-    task keys: ``k``, ``lr``, ``orientation_weight``), :meth:`reserve_index` to size the state for a stored
+    The stage calls :meth:`configure` with the recipe's values of the keys it declares (``declared_keys``, see
+    :mod:`harness.api.keys`; they may share names with the RPR task keys: ``k``, ``lr``, ``orientation_weight``,
+    but only a table naming the refiner or ``--set`` gives them), :meth:`reserve_index` to size the state for a stored
     index, :meth:`build_index` once (training poses only: the index cannot hold a test pose), and
     :meth:`refine_batch` once per iteration for all frames of a split at once. It needs a student of the
     teacher to build the index, none at test time.

@@ -461,7 +461,7 @@ def check_overrides(registry: Any, overrides: list[Override], used: dict[str, li
             names = sorted({n for ns in used.values() for n in ns})
             if o.model not in names:
                 raise BenchError(f"--set {o.text}: {o.model!r} is neither a kind ({', '.join(KINDS)}) nor a model "
-                                 f"this command uses ({', '.join(names) or 'none'}){suggest(o.model, names)}")
+                                 f"this command uses ({', '.join(names) or 'none'}){suggest(o.model, [*KINDS, *names])}")
             continue
         if o.kind is not None:
             if not used.get(o.kind):

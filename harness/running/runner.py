@@ -94,7 +94,7 @@ class MatrixRunner:
         self._dataset_fp = data.fingerprint()  # the whole dataset (a cell's own subset is in its fingerprint)
         # what the recipes of this run come from (the same for every cell of it, whatever its models and seed):
         # the registry's tables, the profile and the --set overrides
-        tables = load_registry().get("recipe", []) + [t.table for t in self.registry.recipes]  # plugins' after
+        tables = load_registry().get("recipe", []) + [t.table for t in getattr(self.registry, "recipes", [])]  # plugins' after
         self._recipe_source = fingerprint("recipes", tables, profile, overrides_text(self.overrides))
 
     # -- identity ---------------------------------------------------------
