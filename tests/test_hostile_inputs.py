@@ -36,7 +36,7 @@ def snapshot(folder: Path) -> set[str]:
     (["--set", "batch_size=0"], "batch_size = 0 (from --set batch_size=0): must be >= 1"),
     (["--set", "lr=0"], "lr = 0.0 (from --set lr=0): must be > 0.0"),
     (["--set", "refiner.pairs=all"], "expected one of nearest, virtual, both"),
-    (["--set", "teachr.epochs=2"], "'teachr' is not a kind"),
+    (["--set", "teachr.epochs=2"], "'teachr' is neither a kind"),
     (["--fraction", "1.5"], "--fraction 1.5: must be in (0, 1]"),
     (["--fraction", "0"], "--fraction 0.0: must be in (0, 1]"),
     (["--format", "xlsx"], "--format 'xlsx': expected one of github, plain, html, latex, csv, json"),
