@@ -39,7 +39,6 @@ or ``from_teacher`` gave (``Recipe.model``): otherwise its own defaults hold.
 from __future__ import annotations
 
 import difflib
-import inspect
 import sys
 import types
 import typing

@@ -115,7 +115,7 @@ def _check_plugin(args: argparse.Namespace) -> tuple[str, pd.DataFrame, Path]:
     """``--dataset SPEC``: the dataset as its plugin builds it, checked against the dataset contract
     (:func:`harness.api.contracts.check_dataset`) and for image files that exist."""
     from aprbench.harness.api.manager import get_registry
-    from aprbench.harness.data.labels import open_dataset
+    from aprbench.harness.data.datasets import open_dataset
     from aprbench.harness.store.hdf5 import Store
 
     from aprbench.harness.api.contracts import ContractError
