@@ -97,7 +97,8 @@ def bench_refiners():
 @hookimpl
 def bench_recipes():
     return [{"kind": "teacher", "models": ["tp-apr"], "profiles": ["quick"], "epochs": 1, "batch_size": 16,
-             "lr": 2e-3, "sq": -1.0, "hidden": 24}]
+             "lr": 2e-3, "sq": -1.0, "hidden": 24},
+            {"kind": "teacher", "models": ["tp-*"], "profiles": ["tp-smoke"], "epochs": 2}]
 '''
 
 
@@ -136,6 +137,7 @@ def test_plugin_recipe_is_resolved_and_shown_with_its_source(tmp_path, capsys):
     assert r.model == {"hidden": 24}  # the plugin's table names its model: its value reaches the factory
     assert r.sources["epochs"].startswith(f"plugin --plugin:{plugin} recipe #1 (kind=teacher models=tp-apr")
     assert r.sources["image_size"].startswith("registry.toml recipe #1")  # generic task key still applies
+    assert R.resolve(reg, "teacher", "tp-apr", "synthetic", "tp-smoke").train.epochs == 2  # a plugin's own profile
 
     rc, out, err = bench(capsys, "--plugin", plugin, "recipe", "teacher", "tp-apr", "--workdir", tmp_path / "w")
     assert rc == 0, err

@@ -95,7 +95,7 @@ def make_context(args: argparse.Namespace, used: dict[str, list[str]]) -> Contex
 
     registry = get_registry(args.plugin)
     device, precision = device_from_args(args)
-    check_profile(args.profile)
+    check_profile(args.profile, registry)
     overrides = parse_sets(args.set)
     check_overrides(registry, overrides, used)
     if not 0 < args.fraction <= 1:

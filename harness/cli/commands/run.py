@@ -202,11 +202,11 @@ def _checked_options(args: argparse.Namespace, axes: Axes):
 
     if args.format not in leaderboard.FORMATS:
         raise BenchError(f"--format {args.format!r}: expected one of {', '.join(leaderboard.FORMATS)}")
-    check_profile(args.profile)
     device, precision = device_from_args(args)
     overrides = parse_sets(args.set)
     manager = get_manager(args.plugin)
     registry = manager.registry()
+    check_profile(args.profile, registry)  # a plugin's recipe tables may name profiles of their own
     validate(axes, registry)
     shard([], [], args.shard)  # a malformed --shard is refused before any work
     used = {"teacher": [TeacherSpec.parse(t).name for t in axes.teachers]}
