@@ -227,6 +227,8 @@ def test_versions_reuse_recompute_split_rows_and_prune(tmp_path, capsys):
     note = [ln for ln in err.splitlines() if "its source changed" in ln]
     assert len(note) == 1 and "teacher ident-apr" in note[0] and "1 stored cell(s)" in note[0]
     assert "bump VERSION" in note[0] and "--recompute ident-apr" in note[0]
+    status, out, again = bench(capsys, *run)  # the same command again is replayed, and says it again
+    assert status == 0 and "1 from the store, 0 computed" in out and note[0] in again
 
     status, out, err = bench(capsys, *run, "--recompute", "ident-apr")
     assert status == 0 and "1 stored cell(s) and 1 trained model(s) removed" in err, err[-2000:]

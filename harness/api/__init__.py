@@ -1,7 +1,8 @@
 """The plugin contract: hook specifications, the plugin manager, the interfaces a plugin implements, model
 families and the registry of recipes, and which models combine.
 
-Modules: ``hookspecs``, ``interfaces``, ``manager``, ``registry``, ``recipes``, ``compat``.
+Modules: ``hookspecs``, ``interfaces``, ``manager``, ``registry``, ``recipes``, ``compat``, ``identity`` (what a
+plugin's code is: its VERSION, source digest and origin).
 The names below are what the rest of aprbench and plugins may use; each imports its module on first use.
 """
 
@@ -38,6 +39,8 @@ _EXPORTS = {
     "parse_sets": ".recipes",
     "check_overrides": ".recipes",
     "check_profile": ".recipes",
+    "PluginIdentity": ".identity",
+    "plugin_identity": ".identity",
     "Incompatible": ".compat",
     "check_student": ".compat",
     "check_refiner": ".compat",

@@ -134,13 +134,22 @@ def _source_modules(start: list[types.ModuleType], home: Path | None) -> list[ty
             continue
         seen.append(module)
         for value in list(vars(module).values()):
-            ref = value if isinstance(value, types.ModuleType) else sys.modules.get(getattr(value, "__module__", "") or "")
+            ref = value if isinstance(value, types.ModuleType) else sys.modules.get(_module_name(value))
             if not isinstance(ref, types.ModuleType) or id(ref) in visited:
                 continue
             ref_path = _file(ref)
             if ref_path is not None and home is not None and ref_path.is_relative_to(home):
                 todo.append(ref)
     return seen
+
+
+def _module_name(value: Any) -> str:
+    """The ``__module__`` of a class or function (``""`` for anything else, or an object that refuses to say)."""
+    try:
+        name = getattr(value, "__module__", "")
+    except Exception:  # a lazy proxy may raise anything on attribute access
+        return ""
+    return name if isinstance(name, str) else ""
 
 
 def _origin(entry: Any, plugin: Any) -> str:

@@ -1,7 +1,7 @@
 """The store: the work directory's HDF5 files and weights with their fingerprints and atomic writes, the
 cell files the results are read from, replayed command output.
 
-Modules: ``hdf5``, ``cells``, ``replay``.
+Modules: ``hdf5``, ``cells``, ``replay``, ``housekeeping`` (``bench store list`` / ``prune``).
 The names below are what the rest of aprbench and plugins may use; each imports its module on first use.
 """
 
@@ -25,6 +25,11 @@ _EXPORTS = {
     "decoder_rows": ".cells",
     "IDENTITY_COLUMNS": ".cells",
     "PROVENANCE_KEYS": ".cells",
+    "MODEL_COLUMNS": ".cells",
+    "MACHINE_KEYS": ".cells",
+    "stored_cells": ".housekeeping",
+    "stored_models": ".housekeeping",
+    "prune_plan": ".housekeeping",
     "Replay": ".replay",
     "options_of": ".replay",
 }

@@ -20,7 +20,8 @@ from aprbench.harness.store.hdf5 import Store
 
 # measured: `bench` in an empty folder, quick profile, seed 0, synthetic, by worker processes (README)
 DEFAULT_COLD_RUN = {
-    1: "no earlier run here; the default matrix takes about 5-6 min in one process on an idle 2-core CPU",
+    1: "no earlier run here; the default matrix took about 5-6 min in one process on an idle 2-core CPU when that "
+       "process trained at two threads (models now train at their recipe's threads, 1: expect longer)",
     2: "no earlier run here; the default matrix takes about 4 min with two worker processes on an idle 2-core CPU",
 }
 QUIET_OPTIONS = ("no_progress", "quiet")  # options that change how a run looks, not what it prints at the end
@@ -148,6 +149,8 @@ def _check_launcher(args: argparse.Namespace) -> None:
 
 def _print_run(out: dict, store: Store, seconds: float, no_report: bool, replayed: bool = False) -> int:
     """What a run prints after its cells are done: refused combinations, the leaderboard, the summary."""
+    if replayed:
+        sys.stderr.write(out.get("notes", ""))
     if out["refused"]:
         print(f"refused {len(out['refused'])} combination(s):", file=sys.stderr)
         for what, why in out["refused"]:
@@ -188,8 +191,8 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
     if args.worker:
         return _work(args, runner, plan)
     mode = mode_from_args(args)
-    summary, fps, jobs = _computed(args, runner, plan, store, device, mode)
-    out, status = _shown(args, store, manager, plan, summary, fps)
+    summary, fps, jobs, notes = _computed(args, runner, plan, store, device, mode)
+    out, status = _shown(args, store, manager, plan, summary, fps, notes)
     _say_times(summary, mode, jobs, args.launcher, start)
     if replay is not None and not summary.failed:
         _remember(args, axes, replay, out, plan, data, store)
@@ -248,13 +251,13 @@ def _planned(args: argparse.Namespace, axes: Axes, store: Store, manager, overri
 
 
 def _computed(args: argparse.Namespace, runner, plan, store: Store, device, mode: str):
-    """``(summary, fingerprints, jobs)``: the plan's cells obtained from the store or computed, here, in worker
-    processes or as launched jobs; ``--recompute`` models forgotten first; a source changed under an unchanged
-    VERSION said once."""
+    """``(summary, fingerprints, jobs, notes)``: the plan's cells obtained from the store or computed, here, in
+    worker processes or as launched jobs; ``--recompute`` models forgotten first; a source changed under an
+    unchanged VERSION said once (``notes``, said again when the run is replayed)."""
     fps = [runner.fingerprint(c) for c in plan.cells]
     if args.recompute:
         _forget(args, runner, plan, fps, store)
-    _note_changed_sources(runner, fps, store)
+    notes = _note_changed_sources(runner, fps, store)
     jobs = _jobs(args, runner, plan, device, fps)
     if args.launcher != "none":
         summary, fps = _launch(args, runner, plan, store, fps)
@@ -262,7 +265,7 @@ def _computed(args: argparse.Namespace, runner, plan, store: Store, device, mode
         summary, fps = _run_workers(args, runner, plan, store, jobs, mode, fps)
     else:
         summary, fps = runner.run(plan, args.shard, first_run=_first_run(args, 1))
-    return summary, fps, jobs
+    return summary, fps, jobs, notes
 
 
 def _forget(args: argparse.Namespace, runner, plan, fps: list[str], store: Store) -> None:
@@ -277,19 +280,24 @@ def _forget(args: argparse.Namespace, runner, plan, fps: list[str], store: Store
         "computing them again")
 
 
-def _note_changed_sources(runner, fps: list[str], store: Store) -> None:
-    """Say once per plugin when stored cells of this run were made by another source under the same VERSION."""
+def _note_changed_sources(runner, fps: list[str], store: Store) -> str:
+    """Say once per plugin when stored cells of this run were made by another source under the same VERSION;
+    return what was said."""
     from aprbench.harness.api.identity import plugin_identity
     from aprbench.harness.store.housekeeping import changed_sources
 
+    lines = []
     for (kind, name), count in changed_sources(store, runner.registry, fps).items():
         code = plugin_identity(runner.registry, kind, name)
-        print(f"bench: note: {kind} {name} ({code.origin}): its source changed since {count} stored cell(s) were "
-              f"computed, but its VERSION ({code.version}) did not, so they are reused; to recompute them, bump "
-              f"VERSION in its source or run with --recompute {name}", file=sys.stderr)
+        lines.append(f"bench: note: {kind} {name} ({code.origin}): its source changed since {count} stored cell(s) "
+                     f"were computed, but its VERSION ({code.version}) did not, so they are reused; to recompute "
+                     f"them, bump VERSION in its source or run with --recompute {name}\n")
+    sys.stderr.write("".join(lines))
+    return "".join(lines)
 
 
-def _shown(args: argparse.Namespace, store: Store, manager, plan, summary, fps: list[str]) -> tuple[dict, int]:
+def _shown(args: argparse.Namespace, store: Store, manager, plan, summary, fps: list[str],
+           notes: str = "") -> tuple[dict, int]:
     """Print the leaderboard, write the report and print the summary; return the record to replay and the status."""
     import contextlib
     import io
@@ -306,7 +314,7 @@ def _shown(args: argparse.Namespace, store: Store, manager, plan, summary, fps: 
     except BaseException:
         sys.stderr.write(board_err.getvalue())
         raise
-    out = {"refused": [], "board": board.getvalue(), "board_stderr": board_err.getvalue(), "total": summary.total,
+    out = {"refused": [], "notes": notes, "board": board.getvalue(), "board_stderr": board_err.getvalue(), "total": summary.total,
            "computed": summary.computed, "failed": [list(f) for f in summary.failed], "report": None}
     if not args.no_report and not args.shard and not (args.launcher != "none" and summary.failed):
         from aprbench.harness.results.report import write_report
