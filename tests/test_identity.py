@@ -262,6 +262,15 @@ def test_versions_reuse_recompute_split_rows_and_prune(tmp_path, capsys):
                              "--format", "csv")
     assert status == 0 and len(pd.read_csv(io.StringIO(out))) == 2, err
 
+    status, out, err = bench(capsys, "--workdir", work, "export", "--out", str(tmp_path / "frames.csv"))
+    frames = pd.read_csv(tmp_path / "frames.csv")
+    assert status == 0 and sorted(frames["teacher_version"].astype(str).unique()) == ["1", "2"]
+    assert {"teacher_origin", "teacher_fingerprint", "torch", "cpu", "threads"} <= set(frames.columns)
+    status, out, err = bench(capsys, "--workdir", work, "--plugin", str(plugin), "report", "--out",
+                             str(tmp_path / "report"))
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert status == 0 and f"ident-apr 2 (file {plugin.resolve()}" in report and "ident-apr 1 (file" in report
+
     # housekeeping: the v1 cell and its model are superseded; the loaded code's are kept
     status, out, err = bench(capsys, "--workdir", work, "--plugin", str(plugin), "store", "list", "--cells")
     assert status == 0 and "1 superseded" in out and "1 current" in out, out
