@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     rows = [{**r, "value": shown(r["value"]), "default": shown(r["default"]) if r["default"] != "(required)" else
              r["default"]} for r in describe(recipe, model_key_table(registry, args.kind, args.name))]
     print(tabulate(rows, headers="keys", tablefmt="github"))
-    if not has_own_recipe(registry, args.kind, args.name, dataset, args.profile):
+    builtin = registry.get(args.kind, args.name).source.startswith("builtin:")  # the generic tables are theirs
+    if not builtin and not has_own_recipe(registry, args.kind, args.name, dataset, args.profile):
         print(f"no recipe table names {args.kind} {args.name} for profile {args.profile!r}: it gets the generic "
               f"{args.kind} recipe (a plugin adds its own with the bench_recipes hook)")
     return 0
