@@ -383,3 +383,13 @@ def test_seven_scene_reference_checkpoint_runs_on_one_scene_label_file(tmp_path,
         pose, *_ = ref((images - mean) / std)
     pose = torch.cat([pose[:, :3], torch.nn.functional.normalize(pose[:, 3:], dim=1)], 1)  # cells store unit quaternions
     assert np.abs(arrays["pose_est"][0] - pose.numpy()).max() < 1e-4
+
+
+def test_malformed_plugin_recipe_table_is_one_line_naming_the_plugin(tmp_path, capsys):
+    plugin = tmp_path / "tp_bad_recipes.py"
+    plugin.write_text("from aprbench.harness import hookimpl\n\n@hookimpl\ndef bench_recipes():\n"
+                      "    return [{'kind': 'teacher', 'models': ['x'], 'epochs': 1}, {'kind': 'teachr', 'epochs': 2}]\n")
+    rc, out, err = bench(capsys, "--plugin", plugin, "recipe", "teacher", "posenet-mobilenet")
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert (f"plugin --plugin:{plugin}: bench_recipes() table #2: 'kind' must be one of teacher, student, refiner, "
+            "decoder, got 'teachr'") in err
