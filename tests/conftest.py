@@ -4,7 +4,9 @@ Installed (entry-point) plugins are kept out of every test so that results do
 not depend on what happens to be installed: ``BENCH_PLUGINS=none`` is set at
 import. A test that wants entry points sets ``BENCH_PLUGINS`` itself with
 ``monkeypatch.setenv``. Subprocesses inherit ``os.environ`` (so the setting and
-any ``monkeypatch.setenv``); :func:`run_bench` starts ``bench`` that way.
+any ``monkeypatch.setenv``). ``run_bench`` runs ``bench`` in this process (the process-wide state it
+touches is reset around each call); ``run_bench_process`` starts a real ``python -m aprbench.harness``
+where a process is itself under test.
 """
 
 from __future__ import annotations
@@ -21,22 +23,88 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `bench` does: a shared
 os.environ.setdefault("BENCH_JOBS", "1")
 
 
+def bench_in_process(*args: object, env: dict[str, str] | None = None, cwd=None,
+                     timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run ``bench ARGS`` in this process: :func:`aprbench.harness.cli.main` with its own stdout and stderr.
+
+    What a fresh ``bench`` process would start from is set up, and everything the call changed is put back:
+    ``env`` entries are added to ``os.environ`` (and the whole environment restored afterwards, so what the
+    command sets, e.g. ``HF_HUB_OFFLINE``, does not leak), the working directory, torch's intra-op threads
+    (``OMP_NUM_THREADS`` of ``env`` or of the environment, else 1: the machine is shared), the torch RNG
+    state, and the process-wide caches (plugin manager, parsed ``registry.toml``, warned fall-backs, decoded
+    image sets). Returns a ``CompletedProcess`` as :func:`run_bench_process` does; ``returncode`` is
+    ``main``'s value or the code of a ``SystemExit`` (argparse errors, ``--help``). ``timeout`` is ignored.
+    Variables read at interpreter start (``PYTHONPATH``, ``PYTHON*``) need a real process and are refused.
+    """
+    import contextlib
+    import io
+
+    import torch
+
+    from aprbench.harness.cli.main import main
+
+    env = {k: str(v) for k, v in (env or {}).items()}
+    python_vars = [k for k in env if k.startswith("PYTHON")]
+    if python_vars:
+        raise ValueError(f"{', '.join(python_vars)} act at interpreter start: use run_bench_process")
+    argv = [str(a) for a in args]
+    saved_env, saved_cwd, saved_threads = dict(os.environ), os.getcwd(), torch.get_num_threads()
+    out, err = io.StringIO(), io.StringIO()
+    reset_process_state()
+    try:
+        os.environ.update(env)
+        if cwd is not None:
+            os.chdir(cwd)
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
+        with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if exc.code is not None and not isinstance(exc.code, int):
+                    print(exc.code, file=sys.stderr)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch.set_num_threads(saved_threads)
+        reset_process_state()
+    return subprocess.CompletedProcess(["bench", *argv], code, out.getvalue(), err.getvalue())
+
+
+def reset_process_state() -> None:
+    """Forget what one ``bench`` call leaves in the process: plugin manager, registry and recipe caches, images."""
+    from aprbench.harness.api import manager, recipes, registry
+    from aprbench.harness.data import images
+
+    manager._MANAGER = None
+    registry.load_registry.cache_clear()
+    recipes._WARNED.clear()
+    images._RECENT.clear()
+
+
+def bench_process(*args: object, env: dict[str, str] | None = None, cwd=None,
+                  timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m aprbench.harness ARGS`` in a subprocess (``env`` entries added to ``os.environ``)."""
+    full_env = {**os.environ, **{k: str(v) for k, v in (env or {}).items()}}
+    return subprocess.run(
+        [sys.executable, "-m", "aprbench.harness", *map(str, args)],
+        env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )
+
+
 @pytest.fixture
 def run_bench():
-    """``run_bench(*args, env=None, cwd=None)``: run ``python -m harness ARGS`` in a subprocess.
+    """``run_bench(*args, env=None, cwd=None)``: ``bench ARGS`` run in this process (:func:`bench_in_process`);
+    returns a ``CompletedProcess`` with text ``stdout`` / ``stderr`` and ``returncode``."""
+    return bench_in_process
 
-    ``env`` entries are added to a copy of ``os.environ``; returns the
-    ``CompletedProcess`` with text ``stdout`` / ``stderr``.
-    """
 
-    def run(*args: str, env: dict[str, str] | None = None, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
-        full_env = {**os.environ, **(env or {})}
-        return subprocess.run(
-            [sys.executable, "-m", "aprbench.harness", *map(str, args)],
-            env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        )
-
-    return run
+@pytest.fixture
+def run_bench_process():
+    """``run_bench_process(*args, env=None, cwd=None, timeout=300)``: ``python -m aprbench.harness ARGS`` in a
+    real subprocess, for what needs one (interpreter start-up, imports, signals, pipes, entry points)."""
+    return bench_process
 
 
 @pytest.fixture(scope="module")

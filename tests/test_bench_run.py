@@ -1,4 +1,6 @@
-"""`bench run` end to end, as a user runs it: a subprocess on a tiny synthetic dataset."""
+"""`bench run` end to end, as a user runs it, on a tiny synthetic dataset: in this process (``bench_in_process``),
+and as a real process where one is under test (killed mid-matrix, what a replay imports, entry points, a second
+process reproducing the first bit for bit)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pandas as pd
 import pytest
 
 from aprbench.harness.store.hdf5 import read_h5
+from conftest import bench_in_process, bench_process
 
 TINY = "synthetic:frames_per_sequence=24,train_sequences=3,test_sequences=1"
 FAST = ["--set", "epochs=1", "--no-progress", "--no-report"]
@@ -31,11 +34,11 @@ BROKEN_TEACHER = (  # a plugin whose teacher fails in every cell
 )
 
 
-def bench(workdir: Path, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "aprbench.harness", "--workdir", str(workdir), *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
-    )
+def bench(workdir: Path, *args: str, env: dict | None = None, timeout: float = 300,
+          process: bool = False) -> subprocess.CompletedProcess:
+    """``bench --workdir WORKDIR ARGS``, in this process unless ``process``."""
+    run = bench_process if process else bench_in_process
+    return run("--workdir", workdir, *args, env=env, timeout=timeout)
 
 
 def cell_files(workdir: Path) -> dict[str, tuple[int, int]]:
@@ -170,14 +173,14 @@ def test_readme_third_party_apr_installed_by_entry_point_runs_in_a_matrix(tmp_pa
     (site / "tiny_apr-0.1.dist-info" / "entry_points.txt").write_text("[bench]\ntiny_apr = tiny_apr\n")
     env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "BENCH_PLUGINS": "tiny_apr"}
 
-    listing = bench(tmp_path, "plugins", env=env)
+    listing = bench(tmp_path, "plugins", env=env, process=True)  # entry points found through PYTHONPATH
     assert listing.returncode == 0
     assert re.search(r"teacher\s*\|\s*tiny-apr\s*\|\s*1\s*\|\s*entry point tiny-apr 0.1 \(tiny_apr\)", listing.stdout)
 
     out = bench(tmp_path, "run", "--dataset", TINY, "--scenes", "room", "--teacher", "tiny-apr", "posenet-mobilenet",
-                "--student", "none", "pae", *FAST, env=env)
+                "--student", "none", "pae", *FAST, env=env, process=True)
     assert out.returncode == 0, out.stderr[-3000:]
-    board = bench(tmp_path, "leaderboard", "--format", "csv", env=env)
+    board = bench(tmp_path, "leaderboard", "--format", "csv", env=env, process=True)
     frame = pd.read_csv(io.StringIO(board.stdout))
     assert set(frame["teacher"]) == {"tiny-apr", "posenet-mobilenet"}
     assert set(frame[frame["teacher"] == "tiny-apr"]["student"]) == {"-", "pae"}
@@ -188,8 +191,8 @@ def test_same_seed_reproduces_every_estimate_bit_for_bit_and_seeds_differ(tmp_pa
     args = ["run", "--dataset", TINY, "--scenes", "room", "--teacher", "posenet-mobilenet", "--student", "pae",
             "--refiner", "pae-rpr", "--iterations", "1", "--seeds", "0,1", *FAST]
 
-    def estimates(workdir: Path) -> dict[tuple, object]:
-        out = bench(workdir, *args)
+    def estimates(workdir: Path, process: bool) -> dict[tuple, object]:
+        out = bench(workdir, *args, process=process, env={"OMP_NUM_THREADS": "1"})  # bit for bit at one thread count
         assert out.returncode == 0, out.stderr[-3000:]
         assert "6 cell(s) in this run" in out.stdout  # teacher, pae, pae-rpr per seed
         found = {}
@@ -199,8 +202,8 @@ def test_same_seed_reproduces_every_estimate_bit_for_bit_and_seeds_differ(tmp_pa
             found[(c["seed"], c["student"], c["refiner"])] = arrays["pose_est"]
         return found
 
-    first = estimates(tmp_path / "a")
-    second = estimates(tmp_path / "b")
+    first = estimates(tmp_path / "a", process=True)  # another process: hash seeds and caches of its own
+    second = estimates(tmp_path / "b", process=False)
     assert first.keys() == second.keys() and len(first) == 6
     for key in first:
         assert (first[key] == second[key]).all(), key  # bit for bit

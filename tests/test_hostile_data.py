@@ -1,6 +1,6 @@
 """Hostile dataset input through ``bench data check``: each case refused (or warned about) naming its culprit.
 
-Every case runs ``python -m harness data check`` in a subprocess on a tiny
+Every case runs ``bench data check`` (in this process, as ``run_bench`` does) on a tiny
 hand-made dataset and asserts the exit status, that the message names the
 file, row (or line) and column, that no traceback is printed, and that
 nothing outside the work directory changed (the dataset files are untouched
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import bench_in_process
+
 LABEL_HEADER = "scene,split,seq,img_path,t1,t2,t3,q1,q2,q3,q4"
 UNIT_Q = "1,0,0,0"
 
@@ -39,11 +39,8 @@ def check(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """Run ``bench data check ARGS --workdir tmp/work``; assert no traceback and no file changed outside the workdir."""
     work = tmp_path / "work"
     before, beside = snapshot(tmp_path, work), sorted(os.listdir(tmp_path.parent))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "BENCH_PLUGINS": "none"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "aprbench.harness", "data", "check", *map(str, args), "--workdir", str(work)],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )
+    proc = bench_in_process("data", "check", *args, "--workdir", work, env={"OMP_NUM_THREADS": "1", "BENCH_PLUGINS": "none"},
+                            cwd=tmp_path)
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
     assert snapshot(tmp_path, work) == before
     assert sorted(os.listdir(tmp_path.parent)) == beside

@@ -14,14 +14,15 @@ import pytest
 import torch
 
 from aprbench.harness.store.hdf5 import read_h5
+from conftest import bench_in_process
 
 TINY = "synthetic:frames_per_sequence=24,train_sequences=3,test_sequences=1"
 FAST = ["--set", "epochs=1", "--no-progress", "--no-report"]
 
 
 def bench(workdir: Path, *args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aprbench.harness", "--workdir", str(workdir), *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd, env=os.environ.copy())
+    """``bench --workdir WORKDIR ARGS`` in this process (a pipe and Ctrl-C below get a real process)."""
+    return bench_in_process("--workdir", workdir, *args, cwd=cwd)
 
 
 def snapshot(folder: Path) -> set[str]:
@@ -148,7 +149,7 @@ def test_observer_hook_failures_are_reported_and_the_cells_kept(finished):
 
 def test_leaderboard_piped_into_head_ends_quietly(finished):
     root, _ = finished
-    cmd = f"{sys.executable} -m harness --workdir {root / 'w'} leaderboard --format csv | head -c 10"
+    cmd = f"{sys.executable} -m aprbench.harness --workdir {root / 'w'} leaderboard --format csv | head -c 10"
     for _ in range(3):
         out = subprocess.run(["bash", "-c", cmd + " >/dev/null; exit ${PIPESTATUS[0]}"], capture_output=True,
                              text=True, timeout=120)

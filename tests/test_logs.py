@@ -15,6 +15,7 @@ from torch import nn
 
 from aprbench.harness.training.losses import PoseLoss
 from aprbench.harness.training.loop import TrainConfig, fit
+from conftest import bench_in_process
 
 REPO = Path(__file__).resolve().parent.parent
 FP_A, FP_B = "0123456789abcdef", "fedcba9876543210"
@@ -56,8 +57,11 @@ def work(tmp_path_factory) -> Path:
     return work
 
 
-def bench(work: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """``bench --workdir WORK ARGS`` in a fresh process; prints whether torch got imported."""
+def bench(work: Path, *args: str, cwd: Path | None = None, process: bool = False) -> subprocess.CompletedProcess:
+    """``bench --workdir WORK ARGS`` in this process, or with ``process`` in a fresh one that prints whether
+    torch got imported."""
+    if not process:
+        return bench_in_process("--workdir", work, *args, env={"OMP_NUM_THREADS": "1"}, cwd=cwd or work)
     code = ("import sys; from aprbench.harness.cli.main import main; rc = main(sys.argv[1:]); "
             "print('TORCH', 'torch' in sys.modules); sys.exit(rc)")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -86,7 +90,7 @@ def table(stdout: str) -> list[dict[str, str]]:
 
 
 def test_logs_by_name_prints_last_epochs_and_plots_every_fingerprint(work):
-    out = bench(work, "logs", "tiny", "--last", "2")
+    out = bench(work, "logs", "tiny", "--last", "2", process=True)
     assert out.returncode == 0, out.stderr
     assert "TORCH False" in out.stdout  # the command loads neither torch nor the store
     a, b = work / "artifacts" / "teacher" / f"tiny-{FP_A}", work / "artifacts" / "teacher" / f"tiny-{FP_B}"

@@ -220,10 +220,10 @@ def test_unknown_name_lists_known_names(local_plugins):
 # ----------------------------------------------------------------------------- (a) + (b) + (c) as a newcomer runs it
 
 
-def test_bench_plugins_subprocess(thirdparty, local_plugins, run_bench, tmp_path):
+def test_bench_plugins_subprocess(thirdparty, local_plugins, run_bench_process, tmp_path):
     """``python -m harness --plugin FILE --plugin BROKEN plugins --plugin DOTTED`` with an installed entry point
     (``--plugin`` before and after the command add up)."""
-    proc = run_bench(
+    proc = run_bench_process(  # entry points found through PYTHONPATH: a real process
         "--plugin", local_plugins["file"], "--plugin", local_plugins["broken"], "plugins", "--plugin", local_plugins["dotted"],
         env={"PYTHONPATH": f"{thirdparty}:{local_plugins['pythonpath']}", "BENCH_PLUGINS": "thirdapr"}, cwd=tmp_path,
     )

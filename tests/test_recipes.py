@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import dataclass, replace
 
 import pandas as pd
@@ -112,12 +110,10 @@ def test_cell_fingerprint_changes_with_plugin_version_and_task_defaults(tmp_path
     assert runner.fingerprint(cell) != before
 
 
-def test_bench_recipe_prints_values_and_sources(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "aprbench.harness", "recipe", "teacher", "mstransformer", "--set", "epochs=3",
-                          "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+def test_bench_recipe_prints_values_and_sources(tmp_path, run_bench):
+    out = run_bench("recipe", "teacher", "mstransformer", "--set", "epochs=3", "--workdir", tmp_path)
     assert out.returncode == 0, out.stderr
     assert "| train  | epochs " in out.stdout and "--set epochs=3" in out.stdout
     assert "registry.toml recipe #4" in out.stdout and "d_model" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "aprbench.harness", "recipe", "teacher", "mstransformer", "--set", "epoch=3"],
-                         capture_output=True, text=True, timeout=120)
+    bad = run_bench("recipe", "teacher", "mstransformer", "--set", "epoch=3")
     assert bad.returncode == 2 and "did you mean 'epochs'" in bad.stderr and "Traceback" not in bad.stderr
