@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -105,6 +106,31 @@ def run_bench_process():
     """``run_bench_process(*args, env=None, cwd=None, timeout=300)``: ``python -m aprbench.harness ARGS`` in a
     real subprocess, for what needs one (interpreter start-up, imports, signals, pipes, entry points)."""
     return bench_process
+
+
+TINY = "synthetic:frames_per_sequence=24,train_sequences=3,test_sequences=1"  # a synthetic dataset rendered in seconds
+TINY_MATRIX = ["run", "--dataset", TINY, "--scenes", "room", "--teacher", "posenet-mobilenet", "--student", "none", "pae",
+               "--refiner", "none", "pae-rpr", "--iterations", "0,1,2", "--set", "epochs=1", "--no-progress", "--no-report"]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """``fill(workdir)``: copy into ``workdir`` the rendered ``TINY`` data, the models and the teacher outputs of
+    :data:`TINY_MATRIX` (posenet-mobilenet on room, pae on its estimates, pae-rpr; one epoch each), trained once
+    per session; the cells are not copied, so a ``bench run`` there computes them (and says it took the models
+    from the store). For tests about cells, boards and failures that need these models but not their training."""
+    import shutil
+
+    work = tmp_path_factory.mktemp("tiny-models") / "wd"
+    out = bench_in_process("--workdir", work, *TINY_MATRIX, env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    def fill(workdir) -> None:
+        for name in ("data", "artifacts", "outputs"):
+            if (work / name).is_dir():
+                shutil.copytree(work / name, Path(workdir) / name, dirs_exist_ok=True)
+
+    return fill
 
 
 @pytest.fixture(scope="module")

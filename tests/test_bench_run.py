@@ -46,7 +46,8 @@ def cell_files(workdir: Path) -> dict[str, tuple[int, int]]:
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (workdir / "cells").glob("*.h5")}
 
 
-def test_matrix_runs_caches_and_prints_the_leaderboard(tmp_path):
+def test_matrix_runs_caches_and_prints_the_leaderboard(tmp_path, tiny_models):
+    tiny_models(tmp_path)  # the models: trained once per session (conftest.TINY_MATRIX is this matrix)
     args = ["run", "--dataset", TINY, "--scenes", "room", "--teacher", "posenet-mobilenet", "--student", "none", "pae",
             "--refiner", "none", "pae-rpr", "--iterations", "0,1,2", *FAST]
     first = bench(tmp_path, *args)
@@ -127,7 +128,8 @@ def test_sigkill_mid_matrix_then_rerun_finishes_without_recomputing(tmp_path):
         assert read_h5(tmp_path / "cells" / name) is not None
 
 
-def test_failing_cell_is_recorded_and_the_rest_goes_on(tmp_path):
+def test_failing_cell_is_recorded_and_the_rest_goes_on(tmp_path, tiny_models):
+    tiny_models(tmp_path)  # posenet-mobilenet is stored; the broken teacher is not
     plugin = tmp_path / "broken_apr.py"
     plugin.write_text(BROKEN_TEACHER)
     out = bench(tmp_path, "--plugin", str(plugin), "run", "--dataset", TINY, "--scenes", "room",
@@ -163,7 +165,8 @@ def _readme_plugin() -> str:
     return block.group(1)
 
 
-def test_readme_third_party_apr_installed_by_entry_point_runs_in_a_matrix(tmp_path):
+def test_readme_third_party_apr_installed_by_entry_point_runs_in_a_matrix(tmp_path, tiny_models):
+    tiny_models(tmp_path)  # posenet-mobilenet and its pae are stored; tiny-apr is trained here
     code = _readme_plugin()
     assert len(code.strip().splitlines()) < 40
     site = tmp_path / "site"

@@ -128,9 +128,11 @@ def bench_teachers():
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A tiny matrix run once with an observer plugin that raises and one that calls sys.exit."""
+def finished(tmp_path_factory, tiny_models):
+    """A tiny matrix run once with an observer plugin that raises and one that calls sys.exit (its models from
+    the session's ``tiny_models``)."""
     root = tmp_path_factory.mktemp("hostile")
+    tiny_models(root / "w")
     (root / "observer.py").write_text(OBSERVER)
     out = bench(root / "w", "--plugin", str(root / "observer.py"), "run", "--dataset", TINY, "--scenes", "room",
                 "--teacher", "posenet-mobilenet", "--student", "none", "pae", *FAST, timeout=900)

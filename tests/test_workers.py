@@ -50,10 +50,11 @@ def test_two_teacher_chains_train_in_two_worker_processes(tmp_path):
     assert "4 from the store, 0 computed" in again.stdout
 
 
-def test_a_failing_worker_chain_loses_only_its_own_cells(tmp_path):
+def test_a_failing_worker_chain_loses_only_its_own_cells(tmp_path, tiny_models):
     plugin = tmp_path / "broken_apr.py"
     plugin.write_text(BROKEN_TEACHER)
     work = tmp_path / "wd"
+    tiny_models(work)  # posenet-mobilenet's chain finds its models stored
     out = bench(work, "--plugin", str(plugin), "run", "--dataset", TINY, "--scenes", "room", "--teacher", "broken-apr",
                 "posenet-mobilenet", "--student", "none", "pae", *FAST, "--jobs", "2", env=AUTO)
     assert out.returncode == 1, out.stderr[-3000:]
