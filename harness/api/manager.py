@@ -228,6 +228,13 @@ def get_manager(extra: list[str] | None = None, refresh: bool = False, strict: b
     return _MANAGER
 
 
+def forget_manager() -> None:
+    """Drop the process-wide plugin manager; the next :func:`get_manager` builds a new one. ``main`` calls this
+    first, so the ``--plugin`` options and ``BENCH_PLUGINS`` of one call never carry into the next in a process."""
+    global _MANAGER
+    _MANAGER = None
+
+
 def call_observers(manager: BenchPluginManager, hook: str, **kwargs: Any) -> list[Any]:
     """Call an observer hook plugin by plugin: one that raises (or exits) is reported on stderr with its
     name and skipped; the others still run. Returns the results of those that succeeded."""

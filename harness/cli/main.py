@@ -73,7 +73,13 @@ def _parser(modules: list[str]) -> tuple[argparse.ArgumentParser, Commands]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``bench ARGV`` (default ``sys.argv[1:]``) and return its exit status; safe to call repeatedly in one
+    process: each call starts with a new plugin manager (torch threads and the working directory are left as
+    they were found)."""
     argv = sys.argv[1:] if argv is None else argv
+    manager = sys.modules.get("aprbench.harness.api.manager")  # loaded by an earlier call in this process
+    if manager is not None:
+        manager.forget_manager()
     first = argparse.ArgumentParser(add_help=False, parents=[common_options("top_plugin")])
     first.add_argument("command", nargs="?")
     parser = build_parser(first.parse_known_args(argv)[0].command)
