@@ -327,3 +327,12 @@ def test_the_same_numbers_at_any_worker_layout(tmp_path, capsys):
         assert found.keys() == reference.keys(), layout  # the same cell fingerprints
         for fp, est in reference.items():
             assert np.array_equal(found[fp], est), (layout, fp)  # bit for bit
+
+
+def test_bench_with_run_options_only_is_bench_run(tmp_path, capsys):
+    """`bench --jobs 1 …` (the default run in one process) reaches `bench run`; a mistyped command is still one."""
+    status, out, err = bench(capsys, "--workdir", str(tmp_path / "wd"), "--jobs", "1", "--teacher", "no-such-apr")
+    assert status == 2 and "unknown teacher 'no-such-apr'" in err
+    with pytest.raises(SystemExit):
+        bench(capsys, "lederboard")
+    assert "invalid choice: 'lederboard'" in capsys.readouterr().err

@@ -72,6 +72,16 @@ def _parser(modules: list[str]) -> tuple[argparse.ArgumentParser, Commands]:
     return parser, commands
 
 
+def _is_option_value(argv: list[str], command: str | None, parser: argparse.ArgumentParser) -> bool:
+    """Whether the word taken for the command is not one but the value of the option before it (``--jobs 1``,
+    ``--format csv``): ``bench`` with options only is ``bench run`` with them."""
+    choices = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+    if command is None or command in choices or command not in argv:
+        return False
+    at = argv.index(command)
+    return at > 0 and argv[at - 1].startswith("-") and "=" not in argv[at - 1]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``bench ARGV`` (default ``sys.argv[1:]``) and return its exit status; safe to call repeatedly in one
     process: each call starts with a new plugin manager (torch threads and the working directory are left as
@@ -82,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         manager.forget_manager()
     first = argparse.ArgumentParser(add_help=False, parents=[common_options("top_plugin")])
     first.add_argument("command", nargs="?")
-    parser = build_parser(first.parse_known_args(argv)[0].command)
+    command = first.parse_known_args(argv)[0].command
+    parser = build_parser(command)
+    if _is_option_value(argv, command, parser):  # `bench --jobs 1`: run options with values, no command
+        argv = ["run", *argv]
     known, _ = parser.parse_known_args(argv)
     # no command: `bench [run options]` is `bench run [run options]`
     args = parser.parse_args(argv if getattr(known, "command", None) else ["run", *argv])
