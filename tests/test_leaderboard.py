@@ -66,14 +66,14 @@ def test_scenes_view_rows_columns_and_average_of_per_scene_medians(store):
         assert rows.loc["Average", "median_deg"] == pytest.approx(np.mean([want[s][1] for s in ("room", "site")]))
     [(title, table)] = lb.scenes_table(board, "github")
     assert title == "synthetic"
-    assert list(table.columns) == ["method", "recipe", "room", "site", "Average", "stored (MB)", "ms/frame"]
+    assert list(table.columns) == ["method", "recipe", "room (m, °)", "site (m, °)", "Average (m, °)", "MB", "ms/frame"]
     assert len(table) == 5
     best = table[table["method"] == "posenet+pae+pae-rpr@3"].iloc[0]
-    assert best["room"].startswith("**") and best["Average"].count("**") == 4  # best m and best ° in bold
+    assert best["room (m, °)"].startswith("**") and best["Average (m, °)"].count("**") == 2  # best m and ° in bold
     teacher = medians(store, "teacher-s0")["room"]
-    row = table[(table["method"] == "posenet") & (table["recipe"] == "quick")].iloc[0]
-    assert row["room"] == f"{tables.fmt_m(teacher[0])} m, {tables.fmt_deg(teacher[1])}°"
-    assert row["stored (MB)"] == "**4.00**"  # the teachers are the smallest
+    row = table[(table["method"] == "posenet") & (table["recipe"] == "-")].iloc[0]  # the recipe without --set
+    assert row["room (m, °)"] == f"{tables.fmt_m(teacher[0])}, {tables.fmt_deg(teacher[1])}"
+    assert row["MB"] == "**4.00**"  # the teachers are the smallest
 
 
 def test_recipes_never_merge_and_are_labelled_seeds_do_merge(tmp_path):
@@ -84,9 +84,10 @@ def test_recipes_never_merge_and_are_labelled_seeds_do_merge(tmp_path):
     assert out.splitlines()[0].startswith("dataset synthetic · profile quick · aprbench 0.1.0")
     [(_, table)] = lb.scenes_table(board, "plain")
     teachers = table[table["method"] == "posenet"]
-    assert sorted(teachers["recipe"]) == ["quick", "quick, teacher.epochs=2"]
-    merged = teachers[teachers["recipe"] == "quick"].iloc[0]["room"]
-    assert "±" in merged and "(n=2)" in merged  # seeds 0 and 1 (created at different times) merge
+    assert sorted(teachers["recipe"]) == ["-", "teacher.epochs=2"]  # what tells the recipes apart
+    merged = teachers[teachers["recipe"] == "-"].iloc[0]
+    assert "±" in merged["room (m, °)"] and merged["n"] == "2"  # seeds 0 and 1 (created at different times) merge
+    assert "over the training seeds (their number: column n)" in out
     tidy = lb.scenes_frame(board)
     room = tidy[(tidy["method"] == "posenet") & (tidy["scene"] == "room") & (tidy["overrides"] == "")].iloc[0]
     both = [medians(store, f"teacher-s{s}")["room"][0] for s in (0, 1)]
@@ -170,7 +171,7 @@ def test_published_rows_carry_their_source_and_stay_apart(tmp_path, run_bench, c
     first = [line for line in human.splitlines() if "[published]" in line][0]
     ref = first.rstrip(" |").rsplit("[", 1)[1].rstrip("]")
     source = [line for line in human.splitlines() if line.startswith(f"[{ref}] ")][0][len(ref) + 3:]
-    assert source in set(table["source"])
+    assert source.split(" — ")[0] in set(table["source"])
     head, _, published = human.partition("published results")
     assert "[published]" not in head  # kept apart from the reproduced rows
 
@@ -237,7 +238,7 @@ def test_latex_is_booktabs_with_units_escapes_and_bold(store):
     board.poses = poses
     out = lb.text(board, fmt="latex")
     assert "\\toprule" in out and "\\midrule" in out and "\\bottomrule" in out
-    assert "room (m, $^\\circ$)" in out and "stored (MB)" in out
+    assert "room (m, $^\\circ$)" in out and "MB" in out
     assert "pose\\_net\\&co" in out and "\\textbf{" in out
 
 
@@ -255,11 +256,13 @@ def test_statistics_fill_the_delta_slot(store, monkeypatch):
     monkeypatch.setattr(comparisons, "stats_table", stats_table)
     basis = "seeds"
     out = lb.text(lb.build(store, filters=["overrides="]), fmt="plain")
-    assert "(Δ −0.012* m, +0.30°)" in out  # position: adjusted p < 0.05; orientation: only its raw p is
+    # in its own table under the scenes table: position adjusted p < 0.05 (*), orientation only its raw p
+    assert "synthetic: Δ against the baseline" in out and "−0.01*, +0.30" in out
+    out = " ".join(out.split())  # legend lines unwrapped
     assert "* seed-level" in out and "Holm" in out and "† frames only" not in out
     basis = "frames"
-    out = lb.text(lb.build(store, filters=["overrides="]), fmt="plain")
-    assert "(Δ −0.012† m, +0.30°)" in out and "--seeds 5" in out
+    out = " ".join(lb.text(lb.build(store, filters=["overrides="]), fmt="plain").split())
+    assert "−0.01†, +0.30" in out and "--seeds 5" in out
 
 
 def test_export_one_row_per_frame_and_iteration(store, run_bench, tmp_path, capsys):

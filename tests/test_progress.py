@@ -120,7 +120,8 @@ def test_a_log_gets_one_line_per_step_and_quiet_gets_none(tmp_path, capsys):
     names = [line.split("  ")[1].strip() for line in stages if line.strip()]
     assert names[0] == "render/data" and names[-1] == "total"
     assert set(names) == {"render/data", "teacher posenet-mobilenet", "student pae", "evaluation",
-                          "leaderboard and report", "total"}
+                          "cost re-measurement", "leaderboard and report", "total"}
+    assert "re-measuring ms/frame of 2 cell(s), no worker training (3 repeats each)" in err
     assert "2 cell(s) in this run: 0 from the store, 2 computed" in out.stdout
     assert {"teacher posenet-mobilenet", "student pae", "evaluation per cell"} <= set(load_estimates(tmp_path / "timings.json"))
 

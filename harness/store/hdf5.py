@@ -239,6 +239,10 @@ class Store:
         """Why the cell failed (JSON), present only while it does."""
         return self.root / "cells" / f"{cell_fp}.failed.json"
 
+    def cost_path(self, cell_fp: str) -> Path:
+        """A cell's cost re-measured after its run (JSON, :mod:`harness.store.costs`)."""
+        return self.root / "cells" / f"{cell_fp}.cost.json"
+
     def grid_path(self, cell_fp: str, split: str) -> Path:
         """A decoder cell's image grid on ``split``."""
         return self.root / "cells" / f"{cell_fp}-grid-{split}.png"

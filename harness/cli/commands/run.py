@@ -171,6 +171,10 @@ def _print_run(out: dict, store: Store, seconds: float, no_report: bool, replaye
     return 0
 
 
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def _keep_times(store: Store) -> None:
     """Keep this run's stage times as the estimate of the next (a read-only work directory keeps none)."""
     from aprbench.harness.running.progress import TIMES
@@ -192,9 +196,10 @@ def _run(args: argparse.Namespace, axes: Axes, store: Store, replay: Replay | No
         return _work(args, runner, plan)
     mode = mode_from_args(args)
     summary, fps, jobs, notes = _computed(args, runner, plan, store, device, mode)
+    unmeasured = _costs(args, runner, plan, store, fps, mode)
     out, status = _shown(args, store, manager, plan, summary, fps, notes)
     _say_times(summary, mode, jobs, args.launcher, start)
-    if replay is not None and not summary.failed:
+    if replay is not None and not summary.failed and not unmeasured:  # the next run re-measures: not replayed
         _remember(args, axes, replay, out, plan, data, store)
     return status
 
@@ -266,6 +271,23 @@ def _computed(args: argparse.Namespace, runner, plan, store: Store, device, mode
     else:
         summary, fps = runner.run(plan, args.shard, first_run=_first_run(args, 1))
     return summary, fps, jobs, notes
+
+
+def _costs(args: argparse.Namespace, runner, plan, store: Store, fps: list[str], mode: str) -> bool:
+    """Re-measure the ms/frame of the run's new pose cells now that no worker trains
+    (:func:`harness.running.costs.remeasure`); not in a shard or under a launcher, whose neighbours may still be
+    training. True when a stored pose cell of the run is left without a re-measured cost."""
+    import time
+
+    from aprbench.harness.running.costs import remeasure, unmeasured
+    from aprbench.harness.running.progress import TIMES
+
+    if args.launcher != "none" or args.shard:
+        return False
+    t0 = time.perf_counter()
+    if remeasure(runner, plan.cells, fps, say=None if mode == "quiet" else _say):
+        TIMES.add("cost re-measurement", time.perf_counter() - t0)
+    return bool(unmeasured(store, plan.cells, fps))
 
 
 def _forget(args: argparse.Namespace, runner, plan, fps: list[str], store: Store) -> None:

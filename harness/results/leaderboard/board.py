@@ -14,6 +14,7 @@ import pandas as pd
 from aprbench.harness.errors import BenchError
 from aprbench.harness.results.tables import _text
 from aprbench.harness.store.cells import CellFile, PROVENANCE_KEYS, cell_files, decoder_rows, method_name, pose_rows
+from aprbench.harness.store.costs import read_costs, summary as cost_summary
 from aprbench.harness.store.hdf5 import Store
 
 
@@ -146,6 +147,29 @@ def apply_hooks(frame: pd.DataFrame, manager: Any) -> tuple[pd.DataFrame, list[s
     return frame, added
 
 
+def apply_costs(poses: pd.DataFrame, store: Store) -> pd.DataFrame:
+    """``ms_per_frame`` from the cell's quiet re-measurement (:mod:`harness.store.costs`) where there is one: the
+    median of the repeats, with ``ms_per_frame_min`` / ``_max`` and ``ms_quiet = True``; otherwise the figure the
+    cell recorded during its run, ``ms_quiet = False``."""
+    if poses.empty:
+        return poses
+    poses = poses.copy()
+    lo, hi, quiet, ms = [], [], [], []
+    cache: dict[str, dict[int, list[float]] | None] = {}
+    for fp, k, own in zip(poses["cell"], poses["iterations"], poses["ms_per_frame"]):
+        if fp not in cache:
+            cache[fp] = read_costs(store, str(fp))
+        samples = (cache[fp] or {}).get(int(k))
+        if samples:
+            med, a, b = cost_summary(samples)
+            ms.append(med), lo.append(a), hi.append(b), quiet.append(True)
+        else:
+            ms.append(float(own)), lo.append(np.nan), hi.append(np.nan), quiet.append(False)
+    poses["ms_per_frame"], poses["ms_per_frame_min"], poses["ms_per_frame_max"] = ms, lo, hi
+    poses["ms_quiet"] = quiet
+    return poses
+
+
 def build(store: Store, manager: Any = None, fingerprints: Iterable[str] | None = None,
           filters: Iterable[str] = (), iterations: Iterable[int] | None = None) -> Board:
     """Read the cells (all, or ``fingerprints``), add ``method`` and the hook columns, keep the rows matching every
@@ -153,6 +177,7 @@ def build(store: Store, manager: Any = None, fingerprints: Iterable[str] | None 
     files = cell_files(store, fingerprints)
     poses = _normalise(pose_rows(files, iterations))
     decoders = _normalise(decoder_rows(files))
+    poses = apply_costs(poses, store)
     poses, hooked = apply_hooks(poses, manager)
     parsed = parse_filters(filters)
     if parsed:

@@ -9,16 +9,18 @@ import sys
 import pandas as pd
 
 from aprbench.harness.errors import BenchError
-from aprbench.harness.results.published import published_frame
-from aprbench.harness.results.tables import FORMATS, MACHINE_FORMATS, _title, _with_notes, render_machine, render_table
+from aprbench.harness.results.published import no_published_text, published_frame
+from aprbench.harness.results.tables import (DIGITS_LEGEND, FORMATS, LATEX_PREAMBLE, MACHINE_FORMATS, Block, _title,
+                                             _with_notes, render_block, render_machine, render_table)
 from aprbench.harness.store.hdf5 import Store
 from aprbench.harness.results.leaderboard.board import Board, VIEWS, build
 from aprbench.harness.results.leaderboard.thresholds import parse_thresholds
 from aprbench.harness.results.leaderboard.provenance import provenance_lines
-from aprbench.harness.results.leaderboard.seeds import _stats_frame, stats_frame
+from aprbench.harness.results.leaderboard.seeds import stats_frame
 from aprbench.harness.results.significance import legend_lines, marker
 from aprbench.harness.results.stats import Margin, parse_margin
-from aprbench.harness.results.leaderboard.scenes import scenes_frame, scenes_table
+from aprbench.harness.results.leaderboard.scenes import deltas_table, scenes_frame, scenes_table
+from aprbench.harness.results.leaderboard.legend import cost_legend
 from aprbench.harness.results.leaderboard.cells import cells_frame, cells_table
 from aprbench.harness.results.leaderboard.recall import recall_frame, recall_table
 from aprbench.harness.results.leaderboard.decoders import decoders_table
@@ -44,6 +46,9 @@ def machine_frame(board: Board, view: str | None, thresholds=None, published: bo
         pub = published_frame(scenes)
         if not pub.empty:
             frame = pd.concat([frame, pub], ignore_index=True)
+        else:  # the table stays machine-readable; the reason goes to stderr
+            for dataset, names in scenes.items():
+                print(f"bench: {no_published_text(dataset, names)}", file=sys.stderr)
     return frame
 
 
@@ -83,11 +88,6 @@ def _stats_text(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _legend(fmt: str, frame: pd.DataFrame | None, family: str, margin: Margin | None = None) -> list[str]:
-    lines = legend_lines(frame, family, margin) if frame is not None else []
-    return [_with_notes(fmt, lines)] if lines else []
-
-
 def text(board: Board, view: str | None = None, fmt: str = "github", sort: str | None = None,
          group_by: str | None = None, columns: str | None = None, thresholds: str | None = None,
          published: bool = False, decoders: bool = True, header: bool = True, margin: str | None = None) -> str:
@@ -119,40 +119,56 @@ def text(board: Board, view: str | None = None, fmt: str = "github", sort: str |
         return render_machine(frame, fmt, sort)
     parts = provenance_lines(board.poses if not board.poses.empty else board.decoders) if header else []
     out = [_with_notes(fmt, parts)] if parts else []
+    if fmt == "latex":
+        out.append(LATEX_PREAMBLE)
     groups = [(None, board.poses)] if not group_by else [
         (f"{group_by} = {value}", part) for value, part in board.poses.groupby(group_by, sort=True)]
     view = view or "scenes"
     if view == "stats":  # one table of every selected row: its comparisons are one family
         stats = stats_frame(board, equivalence)
-        out += [render_table(_stats_text(stats), fmt), *_legend(fmt, stats, "this table", equivalence)]
+        out.append(_render(Block("statistics", _stats_text(stats), legend_lines(stats, "this table", equivalence)),
+                           fmt))
         groups = []
     for heading, poses in groups:
         if poses.empty:
             continue
         if heading:
             out.append(_title(heading, fmt))
-        if view == "cells":
-            out.append(render_table(cells_table(board, fmt, columns, poses, sort), fmt))
-            continue
-        tables = scenes_table(board, fmt, sort, published, poses) if view == "scenes" else \
-            recall_table(board, fmt, ts, poses)
-        for title, table in tables:
-            out.append(_title(title, fmt))
-            out.append(render_table(table, fmt) if not table.empty else "(no published results for these scenes)")
-            if table.attrs.get("footnotes"):
-                out.append(_with_notes(fmt, table.attrs["footnotes"]))
-        if view == "scenes" and fmt != "latex" and "delta_position_m" in scenes_frame(board, poses):
-            out += _legend(fmt, _stats_frame(board), "this leaderboard")
-        if view == "scenes" and fmt != "latex":
-            out.append(_with_notes(fmt, [MS_NOTE]))
+        out += [_render(b, fmt) for b in blocks(board, view, fmt, poses, sort, columns, ts, published)]
     if decoders and not board.decoders.empty:
-        out.append(_title("decoders", fmt))
-        out.append(render_table(decoders_table(board, fmt), fmt))
+        out.append(_render(Block("decoders", decoders_table(board, fmt), DECODER_LEGEND), fmt))
     return "\n\n".join(out)
 
 
-MS_NOTE = ("ms/frame: median of 5 timed passes after 2 warm-ups at the teacher's evaluation batch (eval_batch_size, "
-           "64 unless set); a student row adds its PAE, a refiner row k steps to the teacher's forward pass")
+DECODER_LEGEND = ["PSNR (dB) and SSIM of the decoded images against the resized input images, per split; "
+                  "MB: millions of bytes of the decoder's weights"]
+
+
+def _render(block: Block, fmt: str) -> str:
+    return render_block(block, fmt).replace(LATEX_PREAMBLE + "\n", "")  # said once, at the top
+
+
+def blocks(board: Board, view: str, fmt: str, poses: pd.DataFrame, sort: str | None = None,
+           columns: str | None = None, thresholds=None, published: bool = False) -> list[Block]:
+    """The tables of the scenes, cells or recall view as :class:`Block`\\ s (title, table, legend, footnotes); the
+    stats view is one table of every selected row (:func:`text`)."""
+    if view == "cells":
+        table = cells_table(board, fmt, columns, poses, sort)
+        return [Block("cells", table, ["one row per cell, scene and refinement iteration; a ± b: mean ± sample "
+                                       "standard deviation over seeds", DIGITS_LEGEND, cost_legend(poses, marked=False)])]
+    if view == "recall":
+        return [Block(title, table, ["percentage of test frames within both thresholds; bold: the best of its "
+                                     "column"], table.attrs.get("footnotes", []))
+                for title, table in recall_table(board, fmt, thresholds, poses)]
+    ours, theirs = [], []
+    for title, table in scenes_table(board, fmt, sort, published, poses):
+        is_published = bool(table.attrs.get("published"))
+        title = title if is_published else f"{title}: median errors per scene"
+        (theirs if is_published else ours).append(
+            Block(title, table, table.attrs.get("legend", []), table.attrs.get("footnotes", []),
+                  empty=table.attrs.get("empty", "(no published results for these scenes)")))
+    ours += [Block(title, table, table.attrs.get("legend", [])) for title, table in deltas_table(board, fmt, poses)]
+    return ours + theirs
 
 
 def show(store: Store, manager: Any = None, fingerprints: Iterable[str] | None = None, fmt: str = "github",

@@ -10,8 +10,10 @@ import pandas as pd
 
 from aprbench.harness.errors import BenchError
 from aprbench.harness.results.published import _published_table
-from aprbench.harness.results.tables import Marks, _best, _pair_text, _scene_header, _short, fmt_mb, mean_std
+from aprbench.harness.results.tables import (Marks, _best, _pair_text, _scene_header, _short, delta_text, fmt_mb,
+                                              mean_std)
 from aprbench.harness.results.leaderboard.board import Board, GROUP_KEYS, MERGE_KEYS, _overrides_text
+from aprbench.harness.results.leaderboard.legend import cost_text, delta_legend, scenes_legend
 from aprbench.harness.results.leaderboard.provenance import recipe_labels
 from aprbench.harness.results.leaderboard.seeds import _stats_frame
 
@@ -39,8 +41,7 @@ def scenes_frame(board: Board, poses: pd.DataFrame | None = None) -> pd.DataFram
         return pd.DataFrame()
     rows = []
     for dataset, scenes, base, group in _methods(poses):
-        common = {"stored_bytes": int(round(group["stored_bytes"].mean())),
-                  "ms_per_frame": float(group["ms_per_frame"].mean())}
+        common = {"stored_bytes": int(round(group["stored_bytes"].mean())), **_cost(group)}
         for col in board.hook_columns:
             vals = group[col].dropna().unique()
             common[col] = vals[0] if len(vals) == 1 else (
@@ -76,18 +77,14 @@ def scenes_frame(board: Board, poses: pd.DataFrame | None = None) -> pd.DataFram
     return frame
 
 
-
-
-
-
-
-
-
-
-
-
-
-
+def _cost(group: pd.DataFrame) -> dict[str, Any]:
+    """A method's ms/frame over its cells (seeds, scenes): the median of the cells' figures; when every cell was
+    re-measured quietly, ``ms_per_frame_spread`` is half the range of all their repeats."""
+    quiet = bool(group.get("ms_quiet", pd.Series(False, index=group.index)).all())
+    out = {"ms_per_frame": float(group["ms_per_frame"].median()), "ms_quiet": quiet, "ms_per_frame_spread": np.nan}
+    if quiet:
+        out["ms_per_frame_spread"] = float(group["ms_per_frame_max"].max() - group["ms_per_frame_min"].min()) / 2
+    return out
 
 
 def row_labels(frame: pd.DataFrame) -> pd.Series:
@@ -104,59 +101,105 @@ def row_labels(frame: pd.DataFrame) -> pd.Series:
 
 def scenes_table(board: Board, fmt: str, sort: str | None = None, published: bool = False,
                  poses: pd.DataFrame | None = None) -> list[tuple[str, pd.DataFrame]]:
-    """The human scenes view: per dataset ``(title, table of strings)``; published rows (if asked) in their own table."""
+    """The human scenes view: per dataset ``(title, table of strings)`` (``table.attrs["legend"]``: its legend
+    lines); published rows (if asked) in their own table (``attrs["footnotes"]``: sources and caveats)."""
     marks = Marks(fmt)
     tidy = scenes_frame(board, poses)
     if tidy.empty:
         return []
-    units = fmt != "latex"
     out = []
     for dataset, part in tidy.groupby("dataset", sort=False):
         scenes = [s for s in dict.fromkeys(part["scene"]) if s != "Average"]
-        keys = [*GROUP_KEYS, "recipe"]
-        methods = part.drop_duplicates(keys)[keys + ["stored_bytes", "ms_per_frame", *board.hook_columns]]
-        methods = methods.reset_index(drop=True)
-        methods["label"] = row_labels(methods)
-        cols = scenes + ["Average"]
-        cell = {(tuple(r[k] for k in keys), r["scene"]): r for _, r in part.iterrows()}
-        best = {}
-        for s in cols:
-            at = part[part["scene"] == s]
-            best[s] = (_best(at["median_m"], "min"), _best(at["median_deg"], "min"))
-        best_mb, best_ms = _best(methods["stored_bytes"], "min"), _best(methods["ms_per_frame"], "min")
-        if sort:
-            methods = _sort_methods(methods, part, keys, sort, scenes)
-        table = []
-        for _, mrow in methods.iterrows():
-            key = tuple(mrow[k] for k in keys)
-            line = {("method" if fmt != "latex" else "Method"): marks.esc(mrow["label"])}
-            if (methods["recipe"] != "").any():
-                line["recipe"] = marks.esc(mrow["recipe"])
-            for s in cols:
-                r = cell.get((key, s))
-                line[_scene_header(s, units, marks)] = "" if r is None else _pair_text(
-                    r, marks, r["median_m"] == best[s][0], r["median_deg"] == best[s][1], units)
-            mb = fmt_mb(mrow["stored_bytes"])
-            ms = f"{mrow['ms_per_frame']:.1f}"
-            line["stored (MB)"] = marks.bold(mb) if mrow["stored_bytes"] == best_mb else mb
-            line["ms/frame"] = marks.bold(ms) if mrow["ms_per_frame"] == best_ms else ms
-            for col in board.hook_columns:
-                line[marks.esc(col)] = marks.esc(_short(mrow[col]))
-            table.append(line)
-        out.append((str(dataset), pd.DataFrame(table)))
+        table = _dataset_table(board, part, marks, sort, scenes)
+        table.attrs["legend"] = scenes_legend(part, fmt)
+        out.append((str(dataset), table))
         if published:
             out.append(_published_table(str(dataset), scenes, marks))
     return out
 
 
+def _dataset_table(board: Board, part: pd.DataFrame, marks: Marks, sort: str | None, scenes: list[str]) -> pd.DataFrame:
+    """One dataset's rows: method (recipe), a ``m, °`` cell per scene and Average, stored MB, ms/frame."""
+    fmt, units = marks.fmt, False  # units in the header, the same cell text in every format
+    keys = [*GROUP_KEYS, "recipe"]
+    extra = [c for c in ("ms_per_frame_spread", "ms_quiet") if c in part]
+    methods = part.drop_duplicates(keys)[keys + ["stored_bytes", "ms_per_frame", *extra, *board.hook_columns]]
+    methods = methods.reset_index(drop=True)
+    methods["label"] = row_labels(methods)
+    methods["recipe_label"] = _distinct_parts(methods["recipe"])
+    cols = scenes + ["Average"]
+    cell = {(tuple(r[k] for k in keys), r["scene"]): r for _, r in part.iterrows()}
+    best = {}
+    for s in cols:
+        at = part[part["scene"] == s]
+        best[s] = (_best(at["median_m"], "min"), _best(at["median_deg"], "min"))
+    best_mb, best_ms = _best(methods["stored_bytes"], "min"), _best(methods["ms_per_frame"], "min")
+    n_seeds = part.groupby(keys, sort=False, dropna=False)["n_seeds"].max()
+    if sort:
+        methods = _sort_methods(methods, part, keys, sort, scenes)
+    table = []
+    for _, mrow in methods.iterrows():
+        key = tuple(mrow[k] for k in keys)
+        line = {("method" if fmt != "latex" else "Method"): marks.esc(mrow["label"])}
+        if (methods["recipe"] != "").any():
+            line["recipe"] = marks.esc(mrow["recipe_label"])
+        if n_seeds.nunique() > 1:
+            line["n"] = str(int(n_seeds.loc[key]))
+        for s in cols:
+            r = cell.get((key, s))
+            line[_scene_header(s, units, marks)] = "" if r is None else _pair_text(
+                r, marks, r["median_m"] == best[s][0], r["median_deg"] == best[s][1], units)
+        mb = fmt_mb(mrow["stored_bytes"])
+        ms = marks.esc(cost_text(mrow))
+        line["MB"] = marks.bold(mb) if mrow["stored_bytes"] == best_mb else mb
+        line["ms/frame"] = marks.bold(ms) if mrow["ms_per_frame"] == best_ms else ms
+        for col in board.hook_columns:
+            line[marks.esc(col)] = marks.esc(_short(mrow[col]))
+        table.append(line)
+    return pd.DataFrame(table)
 
 
+def _distinct_parts(labels: pd.Series) -> pd.Series:
+    """Recipe labels without the parts every row shares (``quick, teacher.epochs=2`` / ``quick`` -> ``teacher.epochs=2``
+    / ``-``); unchanged when that would leave nothing to tell apart."""
+    parts = labels.map(lambda t: [p for p in str(t).split(", ") if p])
+    common = set.intersection(*(set(p) for p in parts)) if len(parts) else set()
+    short = parts.map(lambda ps: ", ".join(p for p in ps if p not in common) or "-")
+    return short if short.nunique() == labels.nunique() else labels
 
 
-
-
-
-
+def deltas_table(board: Board, fmt: str, poses: pd.DataFrame | None = None) -> list[tuple[str, pd.DataFrame]]:
+    """Per dataset, the Δ of every row that has a baseline against it, a column per scene (``−0.01* m, +0.3°``);
+    ``attrs["legend"]``: :func:`.legend.delta_legend`. Empty when no row has a Δ."""
+    marks = Marks(fmt)
+    tidy = scenes_frame(board, poses)
+    if tidy.empty or "delta_position_m" not in tidy or not tidy["delta_position_m"].notna().any():
+        return []
+    units = False  # in the header
+    keys = [*GROUP_KEYS, "recipe"]
+    out = []
+    for dataset, part in tidy.groupby("dataset", sort=False):
+        part = part[part["scene"] != "Average"]
+        with_delta = part[part["delta_position_m"].notna()]
+        if with_delta.empty:
+            continue
+        methods = with_delta.drop_duplicates(keys).reset_index(drop=True)
+        labels = row_labels(methods)
+        rows = []
+        for (_, mrow), label in zip(methods.iterrows(), labels):
+            mine = part[(part[keys] == mrow[keys]).all(axis=1)]
+            line = {("method" if fmt != "latex" else "Method"): marks.esc(label)}
+            if (methods["recipe"] != "").any():
+                line["recipe"] = marks.esc(mrow["recipe"])
+            line["baseline"] = marks.esc(mrow.get("baseline", ""))
+            for scene in dict.fromkeys(part["scene"]):
+                r = mine[mine["scene"] == scene]
+                line[_scene_header(scene, units, marks)] = "" if r.empty else delta_text(r.iloc[0], marks, units)
+            rows.append(line)
+        table = pd.DataFrame(rows)
+        table.attrs["legend"] = delta_legend(_stats_frame(board))
+        out.append((f"{dataset}: Δ against the baseline", table))
+    return out
 
 
 def _sort_methods(methods: pd.DataFrame, part: pd.DataFrame, keys: list[str], sort: str,
