@@ -21,29 +21,31 @@ import pytest
 from board_helpers import write_store
 from aprbench.harness.cli.main import main
 from aprbench.harness.results import leaderboard as lb
-from aprbench.harness.results import stats, tables
+from aprbench.harness.results import comparisons, tables
 from aprbench.harness.store.costs import write_costs
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "leaderboard.tex"
 TINY = "synthetic:frames_per_sequence=24,train_sequences=3,test_sequences=1"
 
 
-def fake_deltas(cells, iterations=None):
-    """Statistics standing in for harness.results.stats: negative deltas, one significant in position."""
+def fake_deltas(cells, iterations=None, **options):
+    """Statistics standing in for harness.results.comparisons: negative deltas at the seed level, position
+    significant after Holm's adjustment, orientation not."""
     rows = []
     for scene, dm, dd in (("room_1", -0.0123, -0.46), ("site&2", -0.317, 0.052)):
         rows.append({"dataset": "synthetic", "scene": scene, "method": "posenet+pae", "fraction": 1.0,
-                     "teacher_scenes": "room_1+site&2", "baseline": "posenet", "delta_position_m": dm,
-                     "delta_position_ci_low": dm * 1.8, "delta_position_ci_high": dm * 0.2,
-                     "delta_orientation_deg": dd, "delta_orientation_ci_low": -abs(dd) * 2,
-                     "delta_orientation_ci_high": abs(dd) * 2})
+                     "teacher_scenes": "room_1+site&2", "baseline": "posenet", "ci_basis": "seeds", "confidence": 0.95,
+                     "delta_position_m": dm, "delta_position_ci_low": dm * 1.8, "delta_position_ci_high": dm * 0.2,
+                     "delta_position_p": 0.001, "delta_position_p_adj": 0.004, "delta_orientation_deg": dd,
+                     "delta_orientation_ci_low": -abs(dd) * 2, "delta_orientation_ci_high": abs(dd) * 2,
+                     "delta_orientation_p": 0.3, "delta_orientation_p_adj": 0.6})
     return pd.DataFrame(rows)
 
 
 @pytest.fixture
 def paper_board(tmp_path, monkeypatch):
     """Two scenes whose names need escaping, a method name with ``_`` and ``%``, negative deltas."""
-    monkeypatch.setattr(stats, "stats_table", fake_deltas)
+    monkeypatch.setattr(comparisons, "stats_table", fake_deltas)
     store = write_store(tmp_path / "wd", scenes=("room_1", "site&2"), second_recipe=False, decoder=False)
     board = lb.build(store)
     board.poses["method"] = board.poses["method"].str.replace("pae-rpr", "pae_rpr 100%", regex=False)
@@ -77,6 +79,8 @@ def latex_structure_errors(text: str) -> list[str]:
             row = re.sub(r"\\(toprule|midrule|bottomrule)", "", row)
             if re.sub(r"\\&", "", row).count("&") != columns - 1:
                 errors.append(f"a row of {columns} columns has another number of cells: {row.strip()[:60]}")
+    if re.search(r"[<>]", re.sub(r"\$[^$]*\$", "", plain)):
+        errors.append("< or > in text mode (pdflatex prints other glyphs)")
     if re.search(r"--\d", body) or "−" in body:
         errors.append("a minus sign that is not $-$")
     if any(ord(c) > 127 for c in body):
@@ -110,7 +114,7 @@ def test_latex_is_a_complete_table_with_its_legend_minus_signs_and_escapes(paper
     assert delta_rows and "$-$0.01*, $-$0.46" in delta_rows[-1] and "$-$0.32*, +0.05" in delta_rows[-1]
     scenes, delta = [line for line in out.splitlines() if line.startswith("\\caption{synthetic:")]
     assert "digits: positions to 0.01 m" in scenes and "ms/frame: wall-clock per frame" in scenes
-    assert "$\\Delta$: the row's median error minus its baseline's" in delta and "excludes zero" in delta
+    assert "$\\Delta$: candidate $-$ baseline of the median error" in delta and "Holm" in delta
     assert latex_structure_errors(out) == []
     log = compile_latex(out, tmp_path)
     assert log in ("", None), log
@@ -120,7 +124,7 @@ def test_structural_check_finds_what_would_not_compile():
     good = tables.to_latex(pd.DataFrame({"a": ["x"], "b": ["$-$1"]}), "caption 5 %", ["note_1"])
     assert latex_structure_errors(good) == []
     for bad in (good.replace("\\end{table}", ""), good.replace("$-$1", "--1"), good.replace("\\%", "%"),
-                good.replace("x &", "x & y &"), good.replace("note\\_1", "note_1")):
+                good.replace("x &", "x & y &"), good.replace("note\\_1", "note_1"), good.replace("5 ", "p < 5 ")):
         assert latex_structure_errors(bad), bad
 
 
@@ -161,7 +165,7 @@ def _numbers(cells: list[str]) -> list[str]:
 
 
 def test_the_same_numbers_in_every_human_format(tmp_path, monkeypatch):
-    monkeypatch.setattr(stats, "stats_table", fake_deltas)
+    monkeypatch.setattr(comparisons, "stats_table", fake_deltas)
     store = write_store(tmp_path / "wd", seeds=(0, 1, 2), scenes=("room_1", "site&2"), second_recipe=False,
                         decoder=False)
     board = lb.build(store)

@@ -226,7 +226,7 @@ def test_two_teachers_of_one_identity_are_refused_never_guessed(tmp_path, capsys
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "teacher-s0" in err and "teacher-again" in err and "--filter" in err
     code, out, err = _bench(capsys, "leaderboard", "--workdir", store.root)  # the scenes view: no Δ, says why
-    assert code == 0 and "statistics unavailable" in err and "(Δ" not in out
+    assert code == 0 and "statistics unavailable" in err and "Δ against the baseline" not in out
     rows = _stats_json(capsys, store.root, "--filter", "git_commit=abcdef*")  # the selection decides
     assert {r["baseline_cells"] for r in rows if r["baseline"] and r["comparison"] is None} == {"teacher-s0"}
 
@@ -243,8 +243,9 @@ def test_statistics_follow_the_filter(tmp_path, capsys):
     assert code == 0 and "--seeds 5" in human and "frames only" in human
     from aprbench.harness.results.tables import fmt_m, _signed
 
-    line = [ln for ln in human.splitlines() if ln.startswith("| posenet+pae ")][0]
-    assert f"(Δ {_signed(pae['delta_position_m'], fmt_m)}" in line  # the seed-0 Δ beside the seed-0 medians
+    deltas = human[human.index("Δ against the baseline"):]  # the Δ table under the seed-0 medians
+    line = [ln for ln in deltas.splitlines() if ln.startswith("| posenet+pae ")][0]
+    assert f"| {_signed(pae['delta_position_m'], fmt_m)}" in line  # the seed-0 Δ
     rows = _stats_json(capsys, store.root, "--filter", "refiner=pae-rpr")
     assert {r["method"] for r in rows} == {"posenet+pae+pae-rpr@1", "posenet+pae+pae-rpr@3"}
     assert {r["comparison"] for r in rows} == {None, "iteration"} and {r["n_seeds"] for r in rows} == {3}

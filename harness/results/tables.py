@@ -115,12 +115,12 @@ def _signed(x: float, f) -> str:
     return ("+" if x > 0 else MINUS) + text
 
 
-# characters outside ASCII that pdflatex's default set-up does not typeset, as LaTeX
+# characters pdflatex's default set-up does not typeset as such (outside ASCII, or < and > in text), as LaTeX
 LATEX_SYMBOLS = (("°", r"$^\circ$"), ("±", r"$\pm$"), ("Δ", r"$\Delta$"), (MINUS, r"$-$"), ("·", r"$\cdot$"),
                  ("×", r"$\times$"), ("≤", r"$\leq$"), ("≥", r"$\geq$"), ("≈", r"$\approx$"), ("–", "--"),
                  ("—", "---"),
                  ("…", r"\ldots{}"), ("†", r"\textdagger{}"), ("‡", r"\textdaggerdbl{}"), ("§", r"\S{}"),
-                 ("¶", r"\P{}"))
+                 ("¶", r"\P{}"), ("<", r"$<$"), (">", r"$>$"))
 
 
 class Marks:

@@ -8,6 +8,7 @@ import io
 import sys
 from pathlib import Path
 
+from aprbench.harness.errors import BenchError
 from aprbench.harness.store.replay import Replay, options_of
 from aprbench.harness.store.hdf5 import Store, atomic_path
 
@@ -89,7 +90,12 @@ def _text(args: argparse.Namespace, store: Store) -> str:
         fmt = args.format
         if fmt in leaderboard.MACHINE_FORMATS:
             return leaderboard.render_machine(board.decoders, fmt, args.sort)
-        return leaderboard.render_table(leaderboard.decoders_table(board, fmt), fmt)
+        from aprbench.harness.results.leaderboard.render import DECODER_LEGEND
+        from aprbench.harness.results.tables import Block, render_block
+
+        if fmt not in leaderboard.FORMATS:
+            raise BenchError(f"--format {fmt!r}: expected one of {', '.join(leaderboard.FORMATS)}")
+        return render_block(Block("decoders", leaderboard.decoders_table(board, fmt), DECODER_LEGEND), fmt)
     return leaderboard.text(board, args.view, args.format, sort=args.sort, group_by=args.group_by,
                             columns=args.columns, thresholds=args.thresholds, published=args.published,
                             margin=args.margin)
