@@ -295,3 +295,17 @@ def test_bench_run_remeasures_costs_after_its_cells(tmp_path, capsys):
     assert np.allclose(np.subtract(refiner[1], refiner[0]), steps) and (steps > 0).all()
     table = out.out[out.out.index("| method"):]
     assert "≈" not in table.split("\n\n")[0] and "±" in table.split("\n\n")[0]
+
+
+def test_every_view_in_latex_compiles(tmp_path):
+    """scenes with Δ and published tables, stats (escaped like the others), cells, recall: one document."""
+    store = write_store(tmp_path / "wd", dataset="sevenscenes", scenes=("chess", "heads"), seeds=(0, 1))
+    board = lb.build(store)
+    parts = [lb.text(board, fmt="latex", published=True)]
+    parts += [lb.text(board, view=v, fmt="latex", header=False, decoders=False) for v in ("stats", "cells", "recall")]
+    out = "\n\n".join(parts)
+    assert out.count("\\begin{table}") == 7  # scenes, Δ, published, stats, cells, recall, decoders
+    assert "median\\_m (m)" in out  # the stats view's headers escaped
+    assert latex_structure_errors(out) == []
+    log = compile_latex(out, tmp_path)
+    assert log in ("", None), log

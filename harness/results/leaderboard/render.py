@@ -10,7 +10,7 @@ import pandas as pd
 
 from aprbench.harness.errors import BenchError
 from aprbench.harness.results.published import no_published_text, published_frame
-from aprbench.harness.results.tables import (DIGITS_LEGEND, FORMATS, LATEX_PREAMBLE, MACHINE_FORMATS, Block, _title,
+from aprbench.harness.results.tables import (DIGITS_LEGEND, FORMATS, LATEX_PREAMBLE, MACHINE_FORMATS, Block, Marks, _title,
                                              _with_notes, render_block, render_machine, render_table)
 from aprbench.harness.store.hdf5 import Store
 from aprbench.harness.results.leaderboard.board import Board, VIEWS, build
@@ -126,8 +126,10 @@ def text(board: Board, view: str | None = None, fmt: str = "github", sort: str |
     view = view or "scenes"
     if view == "stats":  # one table of every selected row: its comparisons are one family
         stats = stats_frame(board, equivalence)
-        out.append(_render(Block("statistics", _stats_text(stats), legend_lines(stats, "this table", equivalence)),
-                           fmt))
+        table = _stats_text(stats)
+        if fmt in ("latex", "html") and not table.empty:  # escaped like every other view's cells
+            table = table.map(Marks(fmt).esc).rename(columns=Marks(fmt).esc)
+        out.append(_render(Block("statistics", table, legend_lines(stats, "this table", equivalence)), fmt))
         groups = []
     for heading, poses in groups:
         if poses.empty:
