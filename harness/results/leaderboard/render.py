@@ -10,8 +10,8 @@ import pandas as pd
 
 from aprbench.harness.errors import BenchError
 from aprbench.harness.results.published import no_published_text, published_frame
-from aprbench.harness.results.tables import (DIGITS_LEGEND, FORMATS, LATEX_PREAMBLE, MACHINE_FORMATS, Block, Marks, _title,
-                                             _with_notes, render_block, render_machine, render_table)
+from aprbench.harness.results.tables import (DIGITS_LEGEND, FORMATS, LATEX_PREAMBLE, MACHINE_FORMATS, Block, Marks,
+                                             _title, _with_notes, render_block, render_machine)
 from aprbench.harness.store.hdf5 import Store
 from aprbench.harness.results.leaderboard.board import Board, VIEWS, build
 from aprbench.harness.results.leaderboard.thresholds import parse_thresholds
@@ -156,7 +156,7 @@ def blocks(board: Board, view: str, fmt: str, poses: pd.DataFrame, sort: str | N
     stats view is one table of every selected row (:func:`text`)."""
     if view == "cells":
         table = cells_table(board, fmt, columns, poses, sort)
-        return [Block("cells", table, ["one row per cell, scene and refinement iteration; a ± b: mean ± sample "
+        return [Block("cells", table, ["one row per cell, scene and refinement iteration; a±b: mean ± sample "
                                        "standard deviation over seeds", DIGITS_LEGEND, cost_legend(poses, marked=False)])]
     if view == "recall":
         return [Block(title, table, ["percentage of test frames within both thresholds; bold: the best of its "

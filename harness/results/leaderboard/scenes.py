@@ -185,12 +185,14 @@ def deltas_table(board: Board, fmt: str, poses: pd.DataFrame | None = None) -> l
             continue
         methods = with_delta.drop_duplicates(keys).reset_index(drop=True)
         labels = row_labels(methods)
+        recipes = list(dict.fromkeys(part["recipe"]))  # labelled as in the scenes table above
+        recipe_label = dict(zip(recipes, _distinct_parts(pd.Series(recipes))))
         rows = []
         for (_, mrow), label in zip(methods.iterrows(), labels):
             mine = part[(part[keys] == mrow[keys]).all(axis=1)]
             line = {("method" if fmt != "latex" else "Method"): marks.esc(label)}
-            if (methods["recipe"] != "").any():
-                line["recipe"] = marks.esc(mrow["recipe"])
+            if (part["recipe"] != "").any():
+                line["recipe"] = marks.esc(recipe_label[mrow["recipe"]])
             line["baseline"] = marks.esc(mrow.get("baseline", ""))
             for scene in dict.fromkeys(part["scene"]):
                 r = mine[mine["scene"] == scene]
