@@ -51,6 +51,7 @@ class _Timer:
     def __init__(self, runner: Any, repeats: int) -> None:
         self.runner, self.repeats = runner, repeats
         self.done: dict[tuple[str, str], list[float]] = {}
+        self.threads: int | None = None  # the recipe's CPU threads of the last cell's teacher
 
     def _once(self, key: tuple[str, str], measure: Callable[[], float]) -> list[float]:
         if key not in self.done:
@@ -64,6 +65,7 @@ class _Timer:
         ctx = self.runner.context(cell)
         teacher_text = cell.teacher.name + (f"={cell.teacher.checkpoint}" if cell.teacher.checkpoint else "")
         chain = obtain_chain(ctx, teacher_text, cell.student, cell.encode or "estimate", cell.refiner, None)
+        self.threads = getattr(getattr(chain.teacher.recipe, "train", None), "threads", None)
         base = self._once(("teacher", chain.teacher.fingerprint), lambda: _teacher_ms(ctx, chain.teacher))
         if chain.refiner is not None:
             step = self._once(("refiner", f"{chain.refiner.fingerprint}-{ctx.data.fingerprint()}"),
@@ -78,10 +80,13 @@ class _Timer:
 def _teacher_ms(ctx: Any, teacher: Any) -> float:
     from aprbench.harness.data.images import Preprocess
     from aprbench.harness.running.stages.teacher import predict
+    from aprbench.harness.training.devices import model_threads
 
     task = teacher.recipe.task
     images = Preprocess.of(task).test_images(ctx.data.split("test"), ctx.store)[: task.eval_batch_size]
-    return 1000.0 * float(predict(teacher.model, images, task.eval_batch_size, ctx.device, ctx.precision)["time_s"][0])
+    with model_threads(teacher.recipe, ctx.device):  # the thread count its evaluation ran with
+        out = predict(teacher.model, images, task.eval_batch_size, ctx.device, ctx.precision)
+    return 1000.0 * float(out["time_s"][0])
 
 
 def _student_ms(ctx: Any, chain: Any) -> float:
@@ -107,8 +112,6 @@ def remeasure(runner: Any, cells: Sequence[Any], fingerprints: Sequence[str], re
               say: Callable[[str], None] | None = print) -> int:
     """Re-measure the cost of every stored pose cell among ``cells`` without a re-measured cost; returns how many
     were written. Nothing runs when another process trains in the work directory (``say`` tells why)."""
-    import torch
-
     store = runner.store
     todo = unmeasured(store, cells, fingerprints)
     if not todo:
@@ -130,7 +133,7 @@ def remeasure(runner: Any, cells: Sequence[Any], fingerprints: Sequence[str], re
             print(f"bench: warning: could not re-measure ms/frame of {cell.describe()} ({type(exc).__name__}: "
                   f"{exc}); its figure from the run stands", file=sys.stderr)
             continue
-        write_costs(store, fp, samples, threads=torch.get_num_threads(), device=str(runner.context(cell).device),
+        write_costs(store, fp, samples, threads=timer.threads, device=str(runner.context(cell).device),
                     load_before=load)
         written += 1
     return written

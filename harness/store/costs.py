@@ -5,11 +5,12 @@ the run happens to be, possibly beside another worker process that trains: the s
 1.3 ms/frame in two runs. :func:`harness.running.costs.remeasure` times every new cell again in a quiet phase at
 the end of ``bench run`` and writes ``cells/<fingerprint>.cost.json`` beside the cell file::
 
-    {"fingerprint": ..., "ms_per_frame": {"0": [r1, r2, r3], "3": [...]}, "repeats": 3, "threads": 2,
+    {"fingerprint": ..., "ms_per_frame": {"0": [r1, r2, r3], "3": [...]}, "repeats": 3, "threads": 1,
      "device": "cpu", "measured": <unix time>, "load_before": <1-min load average or null>}
 
 one list of repeated measurements (milliseconds per frame, each the median of timed passes after warm-ups) per
-stored iteration. The leaderboard shows their median ± half their range.
+stored iteration (``threads``: the teacher recipe's CPU threads, as its evaluation ran). The leaderboard shows their
+median ± half their range.
 """
 
 from __future__ import annotations
