@@ -83,7 +83,10 @@ def test_matrix_runs_caches_and_prints_the_leaderboard(tmp_path, tiny_models):
     files = cell_files(tmp_path)
     checked = subprocess.run(probe, capture_output=True, text=True, timeout=300)
     assert checked.returncode == 0 and "torch loaded: True" in checked.stdout, checked.stderr[-2000:]
-    assert "3 from the store, 0 computed" in checked.stdout and board_of(checked.stdout) == board_of(first.stdout)
+    # the same board, but for ms/frame: a cell rewritten after its cost was measured is timed again
+    without_cost = lambda out: [ln.rsplit("|", 2)[0] if ln.startswith("|") else ln  # noqa: E731
+                                for ln in board_of(out).splitlines()]
+    assert "3 from the store, 0 computed" in checked.stdout and without_cost(checked.stdout) == without_cost(first.stdout)
 
     board = bench(tmp_path, "leaderboard", "--format", "csv")
     assert board.returncode == 0, board.stderr
