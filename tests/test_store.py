@@ -81,26 +81,28 @@ def test_read_missing_file_is_none(tmp_path):
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.6, 0.95])
-def test_truncated_h5_detected_warned_removed(tmp_path, keep):
-    path = write_h5(tmp_path / "t.h5", {"estimate": np.random.default_rng(1).normal(size=(2000, 7))}, {"k": 1})
+def test_truncated_h5_detected_warned_moved_aside(tmp_path, keep):
+    path = write_h5(tmp_path / "cells" / "t.h5", {"estimate": np.random.default_rng(1).normal(size=(2000, 7))}, {"k": 1})
     size = path.stat().st_size
     with open(path, "r+b") as fh:
         fh.truncate(int(size * keep))
-    with pytest.warns(UserWarning, match="t.h5.*corrupt"):
+    with pytest.warns(UserWarning, match="t.h5: damaged .*moved aside"):
         assert read_h5(path) is None
-    assert not path.exists()
+    assert not path.exists() and (tmp_path / "damaged" / "cells" / "t.h5").stat().st_size == int(size * keep)
 
 
 def test_garbage_h5_detected(tmp_path):
-    path = tmp_path / "g.h5"
+    path = tmp_path / "cells" / "g.h5"
+    path.parent.mkdir()
     path.write_bytes(b"not an hdf5 file at all" * 10)
-    with pytest.warns(UserWarning, match="corrupt"):
+    with pytest.warns(UserWarning, match="damaged"):
         assert read_h5(path) is None
     assert not path.exists()
 
 
 def test_h5_without_complete_marker_detected(tmp_path):
-    path = tmp_path / "incomplete.h5"
+    path = tmp_path / "outputs" / "incomplete.h5"
+    path.parent.mkdir()
     with h5py.File(path, "w") as fh:  # as an interrupted writer would leave it
         fh.create_dataset("estimate", data=np.zeros((4, 7)))
         fh.attrs["config"] = "json:{}"

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from pathlib import Path
 
 # torch's OpenMP threads spin while they wait for work: beside another busy process a training step slows down
@@ -82,6 +83,16 @@ def _is_option_value(argv: list[str], command: str | None, parser: argparse.Argu
     return at > 0 and argv[at - 1].startswith("-") and "=" not in argv[at - 1]
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as ``bench: warning: …`` lines (the user's concern is the message, not our source line)."""
+    if not issubclass(category, UserWarning):
+        return _default_formatwarning(message, category, filename, lineno, line)
+    return f"bench: warning: {message}\n"
+
+
+_default_formatwarning = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``bench ARGV`` (default ``sys.argv[1:]``) and return its exit status; safe to call repeatedly in one
     process: each call starts with a new plugin manager (torch threads and the working directory are left as
@@ -90,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     manager = sys.modules.get("aprbench.harness.api.manager")  # loaded by an earlier call in this process
     if manager is not None:
         manager.forget_manager()
+    warnings.formatwarning = _one_line_warning
     first = argparse.ArgumentParser(add_help=False, parents=[common_options("top_plugin")])
     first.add_argument("command", nargs="?")
     command = first.parse_known_args(argv)[0].command

@@ -10,13 +10,18 @@ Figures (one colour per series, legends beside the axes, never on the data):
   ground truth and decoded image side by side, 8 tiles a row): rows labelled ground truth / decoded, columns by
   frame, PSNR (dB) and SSIM of each decoded image computed from the 8-bit PNG.
 
-PNGs left in the output folder by an earlier report are removed first.
+The pages and figures are drawn into a temporary folder inside the output folder and moved into place;
+only files an earlier report wrote (``harness.store.manifest``) are replaced or removed as stale, and a
+file of the same name the user put there stops the report before anything changes.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -29,7 +34,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from aprbench.harness.results import leaderboard as lb  # noqa: E402
+from aprbench.harness.errors import BenchError  # noqa: E402
 from aprbench.harness.store.hdf5 import Store, atomic_path  # noqa: E402
+from aprbench.harness.store.manifest import legacy_report_files, owned, record  # noqa: E402
 
 
 def colours(n: int) -> list:
@@ -307,8 +314,35 @@ def write_report(store: Store, out: Path, fingerprints: Iterable[str] | None = N
     stamp_path, index = out / ".cells.json", out / "index.html"
     if not force and index.exists() and stamp_path.exists() and stamp_path.read_text() == stamp:
         return index
-    for old in out.glob("*.png"):  # no stale figures from an earlier report
-        old.unlink()
+    ours = owned(out, "report")
+    ours = legacy_report_files(out) if ours is None else ours | {".cells.json"}
+    _refuse_clashes(out, ["index.html", "report.md", ".cells.json"], ours)
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        _write_pages(store, board, staging)
+        new = sorted(p.name for p in staging.iterdir())
+        _refuse_clashes(out, new, ours)
+        for name in ours - set(new) - {".cells.json"}:  # no stale figures of an earlier report; nothing else
+            (out / name).unlink(missing_ok=True)
+        for name in new:
+            os.replace(staging / name, out / name)
+        stamp_path.write_text(stamp)
+        record(out, "report", [*new, ".cells.json"])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return index
+
+
+def _refuse_clashes(out: Path, names: Iterable[str], ours: set[str]) -> None:
+    """A report never overwrites a file it did not write (BenchError naming the first)."""
+    for name in names:
+        if (out / name).exists() and name not in ours:
+            raise BenchError(f"{out / name} exists and was not written by bench report; nothing was changed "
+                             "(move it, or choose another --out)")
+
+
+def _write_pages(store: Store, board: lb.Board, out: Path) -> None:
+    """The figures, ``index.html`` and ``report.md`` of ``board`` into the (empty) folder ``out``."""
     figures: list[tuple[str, Path]] = []
     if not board.poses.empty:
         figures += scene_bars(board, board.poses, out)
@@ -334,12 +368,8 @@ def write_report(store: Store, out: Path, fingerprints: Iterable[str] | None = N
         md += [f"![figure {i}]({path.name})", "", f"*Figure {i}.* {caption}", ""]
     if board.poses.empty and board.decoders.empty:
         body.append("<p>No cells in the store match: run <code>bench run</code> first, or loosen --filter.</p>")
-    with atomic_path(index) as tmp:
-        tmp.write_text(PAGE.replace("{body}", "\n".join(body)))
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text("\n".join(md))
-    stamp_path.write_text(stamp)
-    return index
+    (out / "index.html").write_text(PAGE.replace("{body}", "\n".join(body)))
+    (out / "report.md").write_text("\n".join(md))
 
 
 def _provenance_rows(board: lb.Board) -> list[tuple[str, str]]:

@@ -34,6 +34,7 @@ from aprbench.harness.api.recipes import Override, Recipe, overrides_text, resol
 from aprbench.harness.api.registry import load_registry
 from aprbench.harness.running.stages.chain import Chain, obtain_chain, split_name
 from aprbench.harness.running.stages.context import Context, file_hash
+from aprbench.harness.store.cells import check_cell
 from aprbench.harness.store.hdf5 import Store, atomic_path, fingerprint, read_h5, write_h5
 
 
@@ -276,7 +277,7 @@ class MatrixRunner:
     def _stored(path: Path, fp: str) -> bool:
         """Whether ``path`` holds the finished cell ``fp``; a file whose stored fingerprint differs (copied or
         renamed over it) is reported and removed, so the cell is computed again."""
-        loaded = read_h5(path)
+        loaded = read_h5(path, check=check_cell)
         if loaded is None:
             return False
         if loaded[1].get("fingerprint") != fp:

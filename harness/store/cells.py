@@ -40,7 +40,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from aprbench.harness.store.hdf5 import Store, read_h5
+from aprbench.harness.store.hdf5 import Damaged, Store, read_h5, require
 
 # what every cell records of how it was produced (attrs["provenance"])
 PROVENANCE_KEYS = ["profile", "overrides", "models_fingerprint", "aprbench_version", "git_commit",
@@ -95,9 +95,37 @@ class CellFile:
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+POSE_ARRAYS = ["pose_gt", "scene_id", "pose_est", "position_error_m", "orientation_error_deg"]
+
+
+def check_cell(arrays: dict[str, Any], attrs: dict[str, Any]) -> None:
+    """Raise :class:`harness.store.hdf5.Damaged` naming what a cell file lacks: its identity and result
+    attributes, and for a pose cell the arrays of the module docstring with consistent shapes."""
+    cell, result = attrs.get("cell"), attrs.get("result")
+    if not isinstance(cell, dict) or not all(k in cell for k in ("dataset", "teacher", "scenes", "fraction")):
+        raise Damaged("attribute 'cell' is missing or lacks dataset/teacher/scenes/fraction")
+    if not isinstance(result, dict) or "fingerprint" not in attrs:
+        raise Damaged("attribute 'result' or 'fingerprint' is missing")
+    if str(attrs.get("kind", "pose")) != "pose":
+        return
+    require(arrays, POSE_ARRAYS)
+    if not isinstance(result.get("per_iteration"), list) or "stored_bytes" not in result:
+        raise Damaged("attribute 'result' lacks per_iteration/stored_bytes")
+    n, k = len(arrays["pose_gt"]), len(attrs.get("iterations", [0]))
+    shapes = {"pose_gt": (n, 7), "scene_id": (n,), "pose_est": (k, n, 7), "position_error_m": (k, n),
+              "orientation_error_deg": (k, n)}
+    wrong = [f"{name} {np.shape(arrays[name])} (expected {shape})" for name, shape in shapes.items()
+             if np.shape(arrays[name]) != shape]
+    if wrong:
+        raise Damaged("array shapes do not fit: " + ", ".join(wrong))
+    scenes = attrs.get("scenes", [])
+    if n and (int(np.min(arrays["scene_id"])) < 0 or int(np.max(arrays["scene_id"])) >= len(scenes)):
+        raise Damaged(f"scene_id outside the {len(scenes)} stored scenes")
+
+
 def read_cell(path: Path) -> CellFile | None:
-    """The cell file at ``path`` (``None`` when absent or unreadable)."""
-    loaded = read_h5(path)
+    """The cell file at ``path`` (``None`` when absent, busy or damaged: see :func:`check_cell`)."""
+    loaded = read_h5(path, check=check_cell)
     if loaded is None:
         return None
     arrays, attrs = loaded

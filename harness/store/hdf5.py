@@ -11,12 +11,15 @@ Layout under the work directory (default ``./.bench``)::
     images/                            decoded, resized training images (cache)
     report/                            ``bench report``'s HTML and figures
     locks/                             advisory file locks (+ <name>.owner: who holds it, since when)
+    damaged/<folder>/                  damaged store files, moved aside (inspect or delete)
     timings.json                       stage times of earlier runs (rough estimate of the next)
 
 Every file is written to a temporary name in the same folder and renamed into
 place, so an interrupted run never leaves a half-written file. HDF5 files
-carry a ``complete`` attribute written last; a file without it, or one h5py
-cannot open, is reported, removed and treated as absent.
+carry a ``complete`` attribute written last; a file without it, one h5py
+cannot read or one missing what it should hold is reported, moved to
+``damaged/`` and treated as absent. A file another process holds open for
+writing is waited for, then skipped, never removed.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import time
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -87,24 +90,98 @@ def write_h5(path: Path, arrays: Mapping[str, Any], attrs: Mapping[str, Any] | N
     return Path(path)
 
 
-def read_h5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-    import h5py
+BUSY_WAIT_S = 10.0  # how long a reader waits for a file another process holds open for writing ($BENCH_BUSY_WAIT)
+SKIPPED: list[Path] = []  # files this process skipped as busy or damaged (what it prints is then not replayed)
 
-    """``(arrays, attrs)``, or None when absent. A corrupt or incomplete file is reported and removed."""
+
+class Damaged(ValueError):
+    """A file that opened but does not hold what it should (raised by a ``read_h5`` check)."""
+
+
+def read_h5(path: Path, check: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+            ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """``(arrays, attrs)``, or None when absent, busy or damaged.
+
+    A file another process holds open for writing (HDF5 cannot lock it) is *busy*: waited for up to
+    ``$BENCH_BUSY_WAIT`` seconds (default :data:`BUSY_WAIT_S`), then skipped with a warning, never touched.
+    A file h5py cannot read, one without the ``complete`` marker, or one ``check(arrays, attrs)`` rejects
+    (it raises :class:`Damaged`) is *damaged*: moved aside (:func:`move_aside`) with a warning naming it.
+    """
     path = Path(path)
     if not path.exists():
         return None
-    try:
-        with h5py.File(path, "r") as fh:
-            if not fh.attrs.get("complete", False):
-                raise OSError("no 'complete' marker (interrupted write)")
-            arrays = {k: _from_h5(fh[k][()]) for k in fh.keys()}
-            attrs = {k: _unattr(v) for k, v in fh.attrs.items() if k != "complete"}
-    except Exception as exc:  # h5py raises OSError / KeyError variants on damage
-        warnings.warn(f"{path}: corrupt HDF5 file removed, will recompute ({exc})", stacklevel=2)
-        path.unlink(missing_ok=True)
+    deadline = time.monotonic() + _busy_wait()
+    while True:
+        try:
+            arrays, attrs = _read(path)
+            if check is not None:
+                check(arrays, attrs)
+            return arrays, attrs
+        except OSError as exc:
+            if _is_busy(exc):
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                SKIPPED.append(path)
+                warnings.warn(f"{path} is busy (held open for writing by another process); skipped, left as it is",
+                              stacklevel=2)
+                return None
+            if not path.exists():
+                return None
+            reason = exc
+        except Exception as exc:  # h5py raises KeyError / ValueError / RuntimeError variants on damage
+            reason = exc
+        where = move_aside(path)
+        SKIPPED.append(path)
+        text = str(reason).splitlines()[0] if str(reason) else type(reason).__name__
+        warnings.warn(f"{path}: damaged ({text}); moved aside to {where}, left out until computed again", stacklevel=2)
         return None
+
+
+def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    import h5py
+
+    with h5py.File(path, "r") as fh:
+        if not fh.attrs.get("complete", False):
+            raise Damaged("no 'complete' marker (interrupted write)")
+        arrays = {k: _from_h5(fh[k][()]) for k in fh.keys()}
+        attrs = {k: _unattr(v) for k, v in fh.attrs.items() if k != "complete"}
     return arrays, attrs
+
+
+def _busy_wait() -> float:
+    try:
+        return max(0.0, float(os.environ.get("BENCH_BUSY_WAIT", BUSY_WAIT_S)))
+    except ValueError:
+        return BUSY_WAIT_S
+
+
+def _is_busy(exc: OSError) -> bool:
+    """Whether h5py failed because another process holds the file's lock (not because the file is bad)."""
+    return isinstance(exc, BlockingIOError) or "unable to lock file" in str(exc)
+
+
+def move_aside(path: Path) -> Path:
+    """Move a damaged store file to ``WORKDIR/damaged/<folder>/<name>`` (``WORKDIR`` is the grandparent:
+    ``cells/x.h5`` -> ``damaged/cells/x.h5``), a time stamp added when that name is taken; returns where."""
+    path = Path(path)
+    folder = path.parent.parent / "damaged" / path.parent.name
+    target = folder / path.name
+    if target.exists():
+        target = folder / f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}{path.suffix}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    except OSError:  # a read-only store: leave it where it is (it is skipped either way)
+        return path
+    return target
+
+
+def require(arrays: Mapping[str, Any], names: Iterable[str]) -> None:
+    """Raise :class:`Damaged` naming the arrays of ``names`` missing from ``arrays``."""
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise Damaged("missing array" + ("s " if len(missing) > 1 else " ") + ", ".join(missing))
 
 
 def _to_h5(value: Any) -> Any:

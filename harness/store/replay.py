@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
+from aprbench.harness.store import hdf5
 from aprbench.harness.store.hdf5 import atomic_path
 
 SOURCE_SUFFIXES = (".py", ".toml", ".csv")
@@ -121,19 +122,25 @@ class Replay:
     def __init__(self, workdir: Path, command: str, options: dict[str, Any], plugins: Iterable[str] = ()) -> None:
         env = {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)}
         blob = json.dumps([command, options, os.getcwd(), env, code_digest(plugins)], sort_keys=True, default=str)
+        self._skipped = len(hdf5.SKIPPED)
         self.path = Path(workdir) / "replay" / f"{command}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}.json"
 
     def load(self) -> dict[str, Any] | None:
         """The recorded payload when every recorded input is unchanged, else ``None``."""
         try:
             record = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+            if not isinstance(record, dict) or not isinstance(record.get("inputs"), list):
+                raise ValueError("not a replay record")
+        except (OSError, ValueError):  # absent, or damaged: the command runs and records again
             return None
         digest = inputs_digest(Path(p) for p in record.get("inputs", []))
         return record.get("payload") if digest is not None and digest == record.get("digest") else None
 
     def save(self, payload: dict[str, Any], inputs: Iterable[Path]) -> None:
-        """Record ``payload`` with the current state of ``inputs`` (files or folders, walked)."""
+        """Record ``payload`` with the current state of ``inputs`` (files or folders, walked); nothing when a
+        store file was skipped as busy or damaged (the next call reads the store again, without the warning)."""
+        if len(hdf5.SKIPPED) > self._skipped:
+            return
         inputs = [str(Path(p).resolve()) for p in inputs]
         digest = inputs_digest(Path(p) for p in inputs)
         if digest is None:

@@ -18,6 +18,7 @@ from aprbench.harness.data.layouts import read_cambridge, read_sevenscenes
 from aprbench.harness.data.images import load_images
 from aprbench.harness.errors import BenchError, DataError
 from aprbench.harness.api.manager import get_registry
+from aprbench.harness.store.manifest import is_empty, owned, record
 
 
 # --------------------------------------------------------------------------- summaries
@@ -62,9 +63,30 @@ def _synthetic_factory(args: argparse.Namespace):
     return factory
 
 
+def check_render_out(out: Path, poses: list[Path], scenes: list[str]) -> None:
+    """Refuse an ``--out`` that holds a ``--poses`` file or lies in its folder (the dataset being read), or a non-empty
+    folder ``bench data render`` did not write (its manifest, or only scene folders and ``samples.png``)."""
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out} is a file, not a folder")
+    target = out.resolve()
+    for path in poses:
+        source = Path(path).resolve()
+        if target == source.parent or target in source.parents or source.parent in target.parents:
+            raise BenchError(f"--out {out} overlaps the folder of --poses {path}, the dataset being read: a twin rendered "
+                             "there would overwrite its images and labels; nothing was written (choose another --out)")
+    if is_empty(out) or owned(out, "render") is not None:
+        return
+    entries = [p.name for p in out.iterdir()]
+    if not poses and all(name in scenes or name == "samples.png" or name.startswith(".") for name in entries):
+        return  # scenes an earlier `bench data render --scene` exported
+    raise BenchError(f"--out {out} is not empty and was not written by bench data render ({', '.join(sorted(entries)[:3])}"
+                     f"{' …' if len(entries) > 3 else ''}); nothing was written (choose a new or empty folder)")
+
+
 def run_render(args: argparse.Namespace) -> int:
     factory = _synthetic_factory(args)
     out: Path = args.out
+    check_render_out(out, list(args.poses or []), list(factory.scenes))
     if args.poses:
         frames = [read_labels(p) for p in args.poses]
         labels = pd.concat(frames, ignore_index=True)
@@ -86,6 +108,9 @@ def run_render(args: argparse.Namespace) -> int:
         where = f"{out} (7Scenes layout: --dataset 'sevenscenes:root={out}')"
     print(summary_table(labels))
     grid = save_samples(labels, out, out / "samples.png", args.samples)
+    written = {Path(p).parts[0] for p in labels["img_path"]} if args.poses else set(labels["scene"])
+    record(out, "render", [*(owned(out, "render") or set()), *written, "labels.csv" if args.poses else "",
+                           "samples.png" if grid else ""])
     print(f"wrote {len(labels)} frames to {where}" + (f"; sample grid {grid}" if grid else ""))
     return 0
 

@@ -33,7 +33,7 @@ from aprbench.harness.training.batches import Batches
 from aprbench.harness.api.recipes import Recipe
 from aprbench.harness.running.stages.context import Artifact, Context, Stage, obtain, training_paths
 from aprbench.harness.running.timing import seconds_per_frame
-from aprbench.harness.store.hdf5 import fingerprint, read_h5, write_h5
+from aprbench.harness.store.hdf5 import Damaged, fingerprint, read_h5, require, write_h5
 from aprbench.harness.training.devices import model_threads
 from aprbench.harness.training.loop import fit
 
@@ -201,11 +201,11 @@ def teacher_outputs(ctx: Context, teacher: Artifact, split: str) -> dict[str, np
     data = ctx.data.split(split)
     fp = fingerprint(teacher.fingerprint, data.fingerprint())
     path = ctx.store.outputs_path(fp, split)
-    cached = read_h5(path)
+    cached = read_h5(path, check=_check_outputs)
     if cached is not None:
         return cached[0]
     with ctx.store.lock(f"outputs-{fp}-{split}"):
-        cached = read_h5(path)
+        cached = read_h5(path, check=_check_outputs)
         if cached is not None:
             return cached[0]
         size = teacher.recipe.task.image_size
@@ -226,6 +226,17 @@ def teacher_outputs(ctx: Context, teacher: Artifact, split: str) -> dict[str, np
                  "image_size": size, "device": str(ctx.device), "precision": ctx.precision}
         write_h5(path, out, attrs)
     return read_h5(path)[0]
+
+
+OUTPUT_ARRAYS = ["pose_est", "latent_x", "latent_q", "scene_logp", "time_s", "pose_gt", "scene_id", "img_path"]
+
+
+def _check_outputs(arrays: dict[str, Any], attrs: dict[str, Any]) -> None:
+    """A teacher-outputs file holds every array of :data:`OUTPUT_ARRAYS`, one row per frame."""
+    require(arrays, OUTPUT_ARRAYS)
+    rows = {name: len(arrays[name]) for name in OUTPUT_ARRAYS}
+    if len(set(rows.values())) != 1:
+        raise Damaged("arrays of different lengths: " + ", ".join(f"{k} {v}" for k, v in rows.items()))
 
 
 # =========================================================================== evaluation
