@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,18 +87,56 @@ def load_curves(folder: Path, root: Path) -> Curves:
         stage = str(log.parent.relative_to(folder))
         stages.append(stage)
         offset = rows[-1]["step"] if rows else 0
-        with open(log, newline="") as fh:
-            for row in csv.DictReader(fh):
-                values = {k: float(v) for k, v in row.items() if v not in ("", None) and k is not None}
-                rows.append({**values, "stage": stage, "step": offset + values.get("epoch", 0)})
-    meta_file = folder / "weights.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        for values in _log_rows(log):
+            rows.append({**values, "stage": stage, "step": offset + values.get("epoch", 0)})
+    meta = _sidecar(folder / "weights.json")
     m = _ARTIFACT.match(folder.name)
     kind = folder.parent.name if folder.parent.parent.name == "artifacts" else ""
     name, fp = (m["name"], m["fp"]) if m else (folder.name, "")
-    where = ", ".join(str(x) for x in [meta.get("dataset"), "+".join(meta.get("scenes") or [])] if x)
+    scenes = meta.get("scenes") if isinstance(meta.get("scenes"), list) else []
+    where = ", ".join(str(x) for x in [meta.get("dataset"), "+".join(map(str, scenes))] if x)
     label = " ".join(x for x in [kind, name, f"({where})" if where else "", f"fp {fp}" if fp else ""] if x)
     return Curves(label, folder, rows, stages, meta)
+
+
+def _log_rows(log: Path) -> list[dict[str, float]]:
+    """The numeric rows of one ``log.csv``; a damaged line (a value that is not a number, a truncated row)
+    is left out with a warning naming the file and line, an unreadable file with one naming the file."""
+    rows: list[dict[str, float]] = []
+    bad: list[int] = []
+    try:
+        with open(log, newline="", errors="replace") as fh:
+            reader = csv.DictReader(fh)
+            for row in reader:
+                try:
+                    if None in row or any(v is None for v in row.values()):
+                        raise ValueError("wrong number of values")
+                    values = {k: float(v) for k, v in row.items() if v != ""}
+                except (ValueError, TypeError):
+                    bad.append(reader.line_num)
+                    continue
+                rows.append(values)
+    except (OSError, csv.Error, UnicodeError) as exc:
+        warnings.warn(f"{log}: unreadable learning curve ({exc}); left out")
+        return []
+    if bad:
+        warnings.warn(f"{log}: damaged line(s) {', '.join(map(str, bad[:5]))}{' …' if len(bad) > 5 else ''} "
+                      "(not numbers); left out")
+    return rows
+
+
+def _sidecar(path: Path) -> dict:
+    """A weights sidecar (JSON object); a damaged one is warned about and read as empty."""
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+    except (OSError, ValueError, UnicodeError) as exc:
+        warnings.warn(f"{path}: damaged sidecar ({str(exc).splitlines()[0]}); ignored")
+        return {}
+    return meta
 
 
 def table_columns(curves: Curves) -> list[str]:

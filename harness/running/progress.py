@@ -13,6 +13,7 @@ display over a matrix's cells), :class:`EpochProgress` (the display of one train
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Mapping, TextIO
@@ -212,7 +213,10 @@ def load_estimates(path: Path) -> dict[str, float]:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
-    return {str(k): float(v) for k, v in data.items() if isinstance(v, (int, float))} if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): float(v) for k, v in data.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0}
 
 
 TIMES = StageTimes()

@@ -133,8 +133,11 @@ class Replay:
                 raise ValueError("not a replay record")
         except (OSError, ValueError):  # absent, or damaged: the command runs and records again
             return None
-        digest = inputs_digest(Path(p) for p in record.get("inputs", []))
-        return record.get("payload") if digest is not None and digest == record.get("digest") else None
+        payload = record.get("payload")
+        if not isinstance(payload, dict) or record.get("check") != _payload_check(payload):
+            return None  # damaged or edited: not what this command printed
+        digest = inputs_digest(Path(p) for p in record["inputs"])
+        return payload if digest is not None and digest == record.get("digest") else None
 
     def save(self, payload: dict[str, Any], inputs: Iterable[Path]) -> None:
         """Record ``payload`` with the current state of ``inputs`` (files or folders, walked); nothing when a
@@ -146,7 +149,13 @@ class Replay:
         if digest is None:
             return
         with atomic_path(self.path) as tmp:
-            tmp.write_text(json.dumps({"inputs": inputs, "digest": digest, "payload": payload}))
+            tmp.write_text(json.dumps({"inputs": inputs, "digest": digest, "payload": payload,
+                                       "check": _payload_check(json.loads(json.dumps(payload, default=str)))}))
+
+
+def _payload_check(payload: dict[str, Any]) -> str:
+    """A digest of a recorded payload: a record whose payload does not match it is damaged."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def options_of(args: Any, ignore: Iterable[str] = ()) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import argparse
 import os
 from pathlib import Path
 
+from aprbench.harness.errors import BenchError
 from aprbench.harness.results.curves import Curves, load_curves, plot, resolve, table_columns
 
 
@@ -38,6 +39,8 @@ def register(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
+    if args.last < 0:
+        raise BenchError(f"--last {args.last}: must be >= 0 (0 prints every epoch)")
     root = Path(args.workdir) if args.workdir is not None else Path(os.environ.get("BENCH_WORKDIR", ".bench"))
     found: dict[Path, Curves] = {}
     for target in args.targets:
@@ -51,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
         columns = table_columns(curves)
         print(tabulate([[r.get(c) for c in columns] for r in rows], headers=columns, tablefmt="github",
                        floatfmt=".4g", missingval=""))
-        if not args.no_plot:
+        if not curves.rows:
+            print("(no readable epochs)")
+        elif not args.no_plot:
             png = (args.out / f"{curves.folder.parent.name}-{curves.folder.name}.png") if args.out else curves.folder / "curves.png"
             plot(curves, png)
             print(f"curves: {png}")

@@ -412,7 +412,10 @@ def _summary_from_store(plan, fps: list[str], store: Store, before: set[str], mi
             summary.cached += fp in before
             summary.computed += fp not in before
         elif store.failure_path(fp).is_file():
-            error = json.loads(store.failure_path(fp).read_text()).get("error", "failed")
+            try:
+                error = json.loads(store.failure_path(fp).read_text()).get("error", "failed")
+            except (OSError, ValueError, AttributeError):  # a damaged record still says the cell failed
+                error = f"failed (its record {store.failure_path(fp).name} is unreadable)"
             summary.failed.append((cell.describe(), str(error).splitlines()[0]))
         else:
             summary.failed.append((cell.describe(), missing))
