@@ -9,6 +9,7 @@ import pytest
 
 from board_helpers import write_grid_png, write_store
 from aprbench.harness.results.report import colours, grid_pairs, write_report
+from aprbench.harness.store.manifest import record
 
 
 def referenced(html: str) -> list[str]:
@@ -19,7 +20,8 @@ def test_report_references_only_existing_files_and_captions_every_figure(tmp_pat
     store = write_store(tmp_path / "wd", seeds=(0, 1))
     out = tmp_path / "report"
     out.mkdir()
-    (out / "cdf-old-scene.png").write_bytes(b"stale")  # from an earlier report
+    (out / "cdf-old-scene.png").write_bytes(b"stale")  # from an earlier report, which recorded it
+    record(out, "report", ["cdf-old-scene.png"])
     index = write_report(store, out)
     html = index.read_text()
     refs = referenced(html)

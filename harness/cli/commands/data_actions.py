@@ -64,16 +64,16 @@ def _synthetic_factory(args: argparse.Namespace):
 
 
 def check_render_out(out: Path, poses: list[Path], scenes: list[str]) -> None:
-    """Refuse an ``--out`` that holds a ``--poses`` file or lies in its folder (the dataset being read), or a non-empty
+    """Refuse an ``--out`` that holds a ``--poses`` file (the dataset being read), or a non-empty
     folder ``bench data render`` did not write (its manifest, or only scene folders and ``samples.png``)."""
     if out.exists() and not out.is_dir():
         raise BenchError(f"--out {out} is a file, not a folder")
     target = out.resolve()
     for path in poses:
         source = Path(path).resolve()
-        if target == source.parent or target in source.parents or source.parent in target.parents:
-            raise BenchError(f"--out {out} overlaps the folder of --poses {path}, the dataset being read: a twin rendered "
-                             "there would overwrite its images and labels; nothing was written (choose another --out)")
+        if target in source.parents:
+            raise BenchError(f"--out {out} holds --poses {path}, the dataset being read: a twin rendered there would "
+                             "overwrite its images and labels; nothing was written (choose another --out)")
     if is_empty(out) or owned(out, "render") is not None:
         return
     entries = [p.name for p in out.iterdir()]
