@@ -161,6 +161,13 @@ class MatrixRunner:
         return cell_fingerprint(cell, self.context(cell).data.fingerprint(), self.recipes(cell, resolved), weights,
                                 self.precision, models)
 
+    def _given_weights(self, cell: Cell) -> dict[str, str]:
+        """Content hashes of the weight files the cell's models were given (kind -> hash)."""
+        given = {"teacher": cell.teacher.checkpoint}
+        given.update({kind: split_name(getattr(cell, kind))[1] for kind in ("student", "refiner", "decoder")
+                      if getattr(cell, kind)})
+        return {kind: self._hash(path) for kind, path in given.items() if path is not None}
+
     def provenance(self, cell: Cell, models: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
         """What produced a cell (:data:`harness.store.cells.PROVENANCE_KEYS`; the run's own recipe tables, profile
         and overrides are ``recipes_digest``) and where (:data:`harness.store.cells.MACHINE_KEYS`)."""
@@ -305,7 +312,7 @@ class MatrixRunner:
         attrs = {"cell": cell.record(), "fingerprint": fp, "scenes": ctx.data.scenes,
                  "upstream": {k: a.fingerprint for k, a in vars(chain).items() if a is not None},
                  "models": models, "profile": self.profile, "provenance": self.provenance(cell, models),
-                 "versions": software_versions()}
+                 "versions": software_versions(), "weights": self._given_weights(cell)}
         if cell.decoder:
             return self._decoder_cell(ctx, chain, fp, attrs)
         return self._pose_cell(ctx, chain, cell, fp, attrs)

@@ -134,7 +134,8 @@ def read_cell(path: Path) -> CellFile | None:
 
 def cell_files(store: Store, fingerprints: Iterable[str] | None = None) -> list[CellFile]:
     """Every readable cell of the store (or those of ``fingerprints``), in file-name order."""
-    paths = [store.cell_path(fp) for fp in fingerprints] if fingerprints is not None else store.cell_paths()
+    paths = [store.cell_path(fp) for fp in dict.fromkeys(fingerprints)] if fingerprints is not None \
+        else store.cell_paths()  # a fingerprint named twice is one cell, read and counted once
     cells = [c for c in (read_cell(p) for p in paths) if c is not None]
     return [c for c in cells if c.attrs.get("fingerprint") == c.path.stem]  # a file copied over another is not it
 
@@ -146,17 +147,31 @@ def identity(cell: CellFile) -> dict[str, Any]:
     c = cell.attrs["cell"]
     prov = cell.attrs.get("provenance", {})
     models = cell.attrs.get("models") or {}
+    teacher = c["teacher"] + (f"={c['checkpoint']}" if c.get("checkpoint") else "")
     return {
         "dataset": c["dataset"],
-        "teacher": c["teacher"] + (f"={Path(c['checkpoint']).name}" if c.get("checkpoint") else ""),
+        "teacher": given_label(cell, "teacher", teacher),
         "teacher_scenes": "+".join(c["scenes"]),
         "fraction": float(c["fraction"]), "seed": int(c.get("seed", 0)),
-        "student": c.get("student") or "-", "encode": c.get("encode") or "-", "refiner": c.get("refiner") or "-",
+        "student": given_label(cell, "student", c.get("student")), "encode": c.get("encode") or "-",
+        "refiner": given_label(cell, "refiner", c.get("refiner")),
         **{k: prov.get(k) for k in PROVENANCE_KEYS},
         **{k: prov.get(k) for k in MACHINE_KEYS},
         **{f"{kind}_{f}": str((models.get(kind) or {}).get(f) or "") for kind in MODEL_KINDS for f in MODEL_FIELDS},
         "cell": cell.attrs["fingerprint"],
     }
+
+
+def given_label(cell: CellFile, kind: str, spec: str | None) -> str:
+    """How a model of a cell is named in rows: ``NAME``, or for given weights ``NAME=FILE#DIGEST`` (the weights'
+    content hash, so two files of the same name are two models, and one file by two paths is one)."""
+    if not spec:
+        return "-"
+    name, sep, path = str(spec).partition("=")
+    if not sep:
+        return name
+    digest = (cell.attrs.get("weights") or {}).get(kind) or (cell.attrs.get("upstream") or {}).get(kind) or ""
+    return f"{name}={Path(path).name}" + (f"#{str(digest)[:8]}" if digest else "")
 
 
 def pose_rows(cells: Iterable[CellFile], iterations: Iterable[int] | None = None) -> pd.DataFrame:

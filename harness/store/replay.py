@@ -5,7 +5,8 @@ a pure function of the code (aprbench's and every plugin's source, the
 registry), the command's options, a few environment variables and files on
 disk (the cells, the dataset). Like ``make``, a command records its output
 together with what it read; the next identical call checks those inputs —
-file sizes and modification times, the source code's bytes — and, when every
+file sizes, modification times and inodes (also of files a ``--set`` names, such as
+``teacher.pretrained_file``), the source code's bytes — and, when every
 one is unchanged, prints the recorded output without loading plugins, torch or
 the dataset (a warm rerun in a fraction of a second instead of seconds).
 
@@ -97,7 +98,7 @@ def inputs_digest(paths: Iterable[Path]) -> str | None:
         if not top.is_dir():
             try:
                 st = top.stat()
-                h.update(f"{st.st_size}|{st.st_mtime_ns}\n".encode())
+                h.update(f"{st.st_size}|{st.st_mtime_ns}|{st.st_ino}\n".encode())  # inode: a file moved over it
             except OSError:
                 h.update(b"missing\n")
             continue
@@ -111,7 +112,8 @@ def inputs_digest(paths: Iterable[Path]) -> str | None:
                     st = os.stat(os.path.join(dirpath, name))
                 except OSError:
                     continue
-                h.update(f"{os.path.relpath(os.path.join(dirpath, name), top)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+                h.update(f"{os.path.relpath(os.path.join(dirpath, name), top)}|{st.st_size}|{st.st_mtime_ns}|"
+                         f"{st.st_ino}\n".encode())
     return h.hexdigest()
 
 

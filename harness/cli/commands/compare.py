@@ -104,6 +104,10 @@ def _shown(table, margin) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not 0 < args.confidence < 1:
+        raise BenchError(f"--confidence {args.confidence}: must be in (0, 1), e.g. 0.95")
+    if args.resamples is not None and args.resamples < 1:
+        raise BenchError(f"--resamples {args.resamples}: must be >= 1 (default 2000)")
     store = Store(args.workdir)
     cells = cell_files(store)
     filters = _filters(args.filter)

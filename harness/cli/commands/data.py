@@ -60,7 +60,10 @@ def register(commands) -> None:
 
 def run_render(args: argparse.Namespace) -> int:
     from aprbench.harness.cli.commands.data_actions import run_render as render
+    from aprbench.harness.errors import BenchError
 
+    if args.samples < 0:
+        raise BenchError(f"--samples {args.samples}: must be >= 0 (0: no sample grid)")
     return render(args)
 
 

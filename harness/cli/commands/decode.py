@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from aprbench.harness.cli.commands.common import add_command, add_data_options, make_context
+from aprbench.harness.errors import BenchError
 
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +70,8 @@ def run_train(args: argparse.Namespace) -> int:
 def run_decode(args: argparse.Namespace) -> int:
     from aprbench.harness.running.stages.decoder import decoder_scores, write_grid
 
+    if args.n < 1:
+        raise BenchError(f"-n {args.n}: the grid needs at least 1 frame")
     ctx, teacher, student, decoder, _ = _obtain(args, args.decoder)
     print(_scores_line(args.split, decoder_scores(ctx, decoder, teacher, student, args.split)))
     out = write_grid(ctx, decoder, teacher, student, args.split, args.out, n=args.n)

@@ -24,6 +24,8 @@ DEFAULT_COLD_RUN = {
        "process trained at two threads (models now train at their recipe's threads, 1: expect longer)",
     2: "no earlier run here; the default matrix takes about 4 min with two worker processes on an idle 2-core CPU",
 }
+MAX_SEEDS = 1000  # a count beyond this is a typo (each seed trains every model of the matrix again)
+MAX_ITERATIONS = 1000  # refinement steps a refiner cell runs and stores (I x N x 7 estimates)
 QUIET_OPTIONS = ("no_progress", "quiet")  # options that change how a run looks, not what it prints at the end
 
 DEFAULT_MATRIX = {
@@ -88,11 +90,35 @@ def parse_seeds(text: str | None) -> list[int]:
         return [0]
     values = parse_list(text, int, "--seeds")
     if len(values) == 1 and "," not in text:
-        if values[0] < 1:
-            raise BenchError(f"--seeds {text}: a count must be >= 1 (or list seeds: 0,1,2)")
+        if not 1 <= values[0] <= MAX_SEEDS:
+            raise BenchError(f"--seeds {text}: a count must be in 1..{MAX_SEEDS} (or list seeds: 0,1,2)")
         return list(range(values[0]))
-    if not values or len(set(values)) != len(values):
-        raise BenchError(f"--seeds {text}: expected distinct integers, e.g. 0,1,2 (or a count: 3)")
+    if not values:
+        raise BenchError(f"--seeds {text}: expected integers, e.g. 0,1,2 (or a count: 3)")
+    return distinct("--seeds", values)
+
+
+def distinct(option: str, values: list | None) -> list | None:
+    """``values`` with repeats merged (first occurrence kept), a note on stderr naming each repeated one: a cell
+    given twice is run and counted once (a repeated value is never a second seed)."""
+    if values is None:
+        return None
+    kept = list(dict.fromkeys(values))
+    repeated = [v for v in kept if values.count(v) > 1]
+    if repeated:
+        print(f"bench: note: {option} {', '.join(map(str, repeated))} given more than once; merged "
+              "(each cell runs and counts once)", file=sys.stderr)
+    return kept
+
+
+def _iterations(text: str | None) -> list[int] | None:
+    """``--iterations 0,1,3`` (each in 0..MAX_ITERATIONS)."""
+    if text is None:
+        return None
+    values = parse_list(text, int, "--iterations")
+    for k in values:
+        if k > MAX_ITERATIONS:
+            raise BenchError(f"--iterations {k}: at most {MAX_ITERATIONS} refinement steps")
     return values
 
 
@@ -103,13 +129,13 @@ def axes_from_args(args: argparse.Namespace) -> Axes:
     iterations = axis("iterations", args.iterations)
     return Axes(
         dataset=args.dataset.split(":", 1)[0],
-        teachers=flatten(axis("teacher", args.teacher)),
-        students=flatten(axis("student", args.student) or [NONE]),
-        encodes=flatten(axis("encode", args.encode) or ["estimate"]),
-        refiners=flatten(axis("refiner", args.refiner) or [NONE]),
-        iterations=parse_list(iterations, int, "--iterations") if iterations is not None else None,
-        fractions=parse_list(args.fraction or "1.0", float, "--fraction"),
-        decoders=flatten(axis("decoder", args.decoder) or []),
+        teachers=distinct("--teacher", flatten(axis("teacher", args.teacher))),
+        students=distinct("--student", flatten(axis("student", args.student) or [NONE])),
+        encodes=distinct("--encode", flatten(axis("encode", args.encode) or ["estimate"])),
+        refiners=distinct("--refiner", flatten(axis("refiner", args.refiner) or [NONE])),
+        iterations=distinct("--iterations", _iterations(iterations)),
+        fractions=distinct("--fraction", parse_list(args.fraction or "1.0", float, "--fraction")),
+        decoders=distinct("--decoder", flatten(axis("decoder", args.decoder) or [])),
         seeds=parse_seeds(args.seeds),
     )
 
@@ -122,11 +148,29 @@ def run(args: argparse.Namespace) -> int:
     axes = axes_from_args(args)
     _check_launcher(args)
     store = Store(args.workdir)
-    replay = None if args.shard or args.worker or args.recompute else Replay(store.root, "run", options_of(args, QUIET_OPTIONS), args.plugin)
+    options = {**options_of(args, QUIET_OPTIONS), "set_files": set_files_digest(args.set)}
+    replay = None if args.shard or args.worker or args.recompute else Replay(store.root, "run", options, args.plugin)
     recorded = replay.load() if replay else None
     if recorded is not None and (args.no_report or Path(recorded["report"]).is_file()):
         return _print_run(recorded, store, time.perf_counter() - start, args.no_report, replayed=True)
     return _run(args, axes, store, replay, start)
+
+
+def set_files_digest(sets: list[str] | None) -> dict[str, str]:
+    """Content hashes of the files ``--set`` values name (``teacher.pretrained_file=pre.pth``): other weights under
+    the same name are another command for the replay record."""
+    import hashlib
+
+    out = {}
+    for o in parse_sets(sets):
+        path = Path(o.value).expanduser() if isinstance(o.value, str) and o.value else None
+        if path is not None and path.is_file():
+            h = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            out[o.text] = h.hexdigest()[:16]
+    return out
 
 
 def _check_launcher(args: argparse.Namespace) -> None:
@@ -252,7 +296,20 @@ def _planned(args: argparse.Namespace, axes: Axes, store: Store, manager, overri
         raise BenchError("no compatible cells to run")
     runner = MatrixRunner(store, manager, data, name, args.profile, overrides, progress=mode_from_args(args),
                           device=device, precision=precision, log=args.log)
+    plan.cells = _distinct_cells(plan.cells, runner, quiet=args.worker)
     return data, plan, runner
+
+
+def _distinct_cells(cells: list, runner, quiet: bool = False) -> list:
+    """The plan's cells with those of equal fingerprints (the same teacher named twice, e.g. ``NAME`` and
+    ``NAME@room`` on a one-scene dataset, or one weights file by two paths) merged, with a note."""
+    seen: dict[str, object] = {}
+    for cell in cells:
+        seen.setdefault(runner.fingerprint(cell), cell)
+    if len(seen) < len(cells) and not quiet:
+        print(f"bench: note: {len(cells) - len(seen)} cell(s) named twice by the axes (the same model and data); "
+              "merged (each runs and counts once)", file=sys.stderr)
+    return list(seen.values())
 
 
 def _computed(args: argparse.Namespace, runner, plan, store: Store, device, mode: str):
@@ -372,6 +429,8 @@ def _remember(args: argparse.Namespace, axes: Axes, replay: Replay, out: dict, p
 
     given = [split_name(v.partition("@")[0])[1] for v in [*axes.teachers, *axes.students, *axes.refiners, *axes.decoders]]
     paths = [Path(v) for v in parse_dataset_spec(args.dataset)[1].values() if isinstance(v, str) and Path(v).exists()]
+    paths += [Path(str(o.value)).expanduser() for o in parse_sets(args.set)  # --set …pretrained_file=: watched
+              if isinstance(o.value, str) and o.value and Path(o.value).expanduser().exists()]
     report = [Path(out["report"])] if out["report"] else []
     replay.save(out, [data.root, store.root / "cells", *[g for g in given if g], *paths, *report])
 
@@ -434,12 +493,20 @@ def _jobs(args: argparse.Namespace, runner, plan, device, fps: list[str]) -> int
     launcher is given and the cells to compute (fingerprints ``fps``) span several teacher chains."""
     if args.launcher != "none" or args.shard:
         return 1
-    if args.jobs is not None:
-        return args.jobs
-    from aprbench.harness.running.workers import auto_jobs
+    import os
+
+    from aprbench.harness.running.workers import auto_jobs, cpu_cores
 
     todo = {cell.chain() for cell, fp in zip(plan.cells, fps) if not runner.store.cell_path(fp).is_file()}
-    return auto_jobs(device.type, len(todo)) if len(todo) > 1 else 1
+    if args.jobs is None and not os.environ.get("BENCH_JOBS", "").strip():
+        return auto_jobs(device.type, len(todo)) if len(todo) > 1 else 1
+    asked = args.jobs if args.jobs is not None else auto_jobs(device.type, len(todo))
+    cap = max(1, min(asked, len(todo), cpu_cores()))
+    if cap < asked:  # more workers than chains with work or cores would only wait, or exhaust memory
+        what = f"--jobs {asked}" if args.jobs is not None else f"BENCH_JOBS={asked}"
+        print(f"bench: note: {what} capped at {cap} worker process(es): {len(todo)} teacher chain(s) with cells "
+              f"left to compute, {cpu_cores()} CPU core(s)", file=sys.stderr)
+    return cap
 
 
 def _run_workers(args: argparse.Namespace, runner, plan, store: Store, jobs: int, mode: str,

@@ -141,9 +141,9 @@ def apply_hooks(frame: pd.DataFrame, manager: Any) -> tuple[pd.DataFrame, list[s
                   f"({type(exc).__name__}: {exc}); its columns are left out", file=sys.stderr)
             continue
         for col in extra.columns:
-            frame[col] = extra[col]
-            if col not in added:
-                added.append(col)
+            name = col if col not in frame else _renamed(col, impl.plugin_name, frame)
+            frame[name] = extra[col]
+            added.append(name)
     return frame, added
 
 
@@ -168,6 +168,18 @@ def apply_costs(poses: pd.DataFrame, store: Store) -> pd.DataFrame:
     poses["ms_per_frame"], poses["ms_per_frame_min"], poses["ms_per_frame_max"] = ms, lo, hi
     poses["ms_quiet"] = quiet
     return poses
+
+
+def _renamed(col: str, plugin: str, frame: pd.DataFrame) -> str:
+    """A hook column whose name is taken (a built-in column or another hook's) is kept under a new name, said on
+    stderr: a plugin never replaces a measured value."""
+    short = str(plugin).rpartition("/")[2].removesuffix(".py").removeprefix("--plugin:")
+    name, k = f"{col} ({short})", 2
+    while name in frame:
+        name, k = f"{col} ({short} {k})", k + 1
+    print(f"bench: plugin {plugin}: bench_leaderboard_columns returned {col!r}, a column the leaderboard already has; "
+          f"shown as {name!r}", file=sys.stderr)
+    return name
 
 
 def build(store: Store, manager: Any = None, fingerprints: Iterable[str] | None = None,

@@ -58,7 +58,7 @@ def parse_thresholds(spec: str | None) -> tuple[tuple[float, float], ...] | None
             out.append((float(m), float(d)))
         except ValueError:
             raise BenchError(f"--thresholds {spec!r}: expected METRES:DEGREES pairs, e.g. 0.05:5,0.1:10") from None
-        if not colon or out[-1][0] <= 0 or out[-1][1] <= 0:
+        if not colon or not all(0 < v < float("inf") for v in out[-1]):  # also NaN
             raise BenchError(f"--thresholds {spec!r}: expected positive METRES:DEGREES pairs, e.g. 0.05:5,0.1:10")
     return tuple(out)
 
