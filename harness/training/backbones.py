@@ -123,10 +123,11 @@ _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def weights_digest(path: str | Path) -> str:
-    """SHA-256 prefix of a weights file's bytes (remembered per path, size and modification time)."""
+    """SHA-256 prefix of a weights file's bytes (remembered per path, size, inode and modification and change
+    times: a file rewritten in place with its old time set back is read again)."""
     path = Path(path)
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
     if key not in _DIGESTS:
         h = hashlib.sha256()
         with open(path, "rb") as fh:
