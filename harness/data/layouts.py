@@ -40,6 +40,22 @@ def _scene_dirs(root: Path, marker: Sequence[str], scenes: Iterable[str] | None,
     return [root / s for s in scenes]
 
 
+def _outside(path: Path, roots: Sequence[Path]) -> bool:
+    """Whether ``path`` resolves (symbolic links followed) outside every folder of ``roots`` (the dataset root
+    and the scene folder, each resolved): such a file is never read, so its content is never echoed."""
+    real = path.resolve()
+    return not any(real == r or r in real.parents for r in roots)
+
+
+def _refuse_outside(path: Path, roots: Sequence[Path], errors: list[str], what: str = "file") -> bool:
+    """Add an error naming ``path`` when it resolves outside ``roots`` (see :func:`_outside`); True if it does."""
+    if _outside(path, roots):
+        errors.append(f"{path}: {what} resolves outside the dataset root {roots[0]} (a symbolic link out of it?); "
+                      "refused, not read")
+        return True
+    return False
+
+
 def _checked(rows: list[pd.DataFrame], origins: list[str]) -> pd.DataFrame:
     """Concatenated native-layout labels after :func:`check_label_table` (``origins[i]``: where row ``i`` comes from)."""
     table = concat_labels(rows)
@@ -68,17 +84,22 @@ def read_sevenscenes(root: Path | str, scenes: Iterable[str] | None = None) -> p
     errors: list[str] = []
     origins: list[str] = []
     for scene_dir in _scene_dirs(root, ["TrainSplit.txt", "TestSplit.txt"], scenes, "7Scenes"):
+        roots = (root.resolve(), scene_dir.resolve())
         for split, fname in (("train", "TrainSplit.txt"), ("test", "TestSplit.txt")):
-            rows += _sevenscenes_split(scene_dir / fname, split, errors, origins)
+            rows += _sevenscenes_split(scene_dir / fname, split, errors, origins, roots)
     if errors:
         raise data_error(errors)
     return _checked(rows, origins)
 
 
-def _sevenscenes_split(split_file: Path, split: str, errors: list[str], origins: list[str]) -> list[pd.DataFrame]:
-    """The frames of every sequence ``split_file`` lists (one table per sequence); problems go to ``errors``."""
+def _sevenscenes_split(split_file: Path, split: str, errors: list[str], origins: list[str],
+                       roots: Sequence[Path]) -> list[pd.DataFrame]:
+    """The frames of every sequence ``split_file`` lists (one table per sequence); problems go to ``errors``.
+    ``roots``: the resolved dataset root and scene folder, which every file read must resolve inside."""
     if not split_file.is_file():
         errors.append(f"{split_file}: missing split file")
+        return []
+    if _refuse_outside(split_file, roots, errors, "split file"):
         return []
     frames = []
     for line_no, line in enumerate(split_file.read_text().splitlines(), start=1):
@@ -86,9 +107,9 @@ def _sevenscenes_split(split_file: Path, split: str, errors: list[str], origins:
         if not line:
             continue
         seq_dir = _listed_sequence(split_file, line_no, line, errors)
-        if seq_dir is None:
+        if seq_dir is None or _refuse_outside(seq_dir, roots, errors, "sequence folder"):
             continue
-        frame = _sequence_frames(seq_dir, split, f"{split_file.name}, line {line_no}", errors, origins)
+        frame = _sequence_frames(seq_dir, split, f"{split_file.name}, line {line_no}", errors, origins, roots)
         if frame is not None:
             frames.append(frame)
     return frames
@@ -98,7 +119,8 @@ def _listed_sequence(split_file: Path, line_no: int, line: str, errors: list[str
     """The ``seq-NN`` folder a split file's ``sequenceN`` line names, or ``None`` (with an error) when malformed or absent."""
     m = _SEQUENCE.match(line)
     if not m:
-        errors.append(f"{split_file}, line {line_no}: expected 'sequenceN', got {line!r}")
+        shown = repr(line) if len(line) <= 40 else repr(line[:40]) + " …"
+        errors.append(f"{split_file}, line {line_no}: expected 'sequenceN', got {shown}")
         return None
     seq_dir = split_file.parent / f"seq-{int(m.group(1)):02d}"
     if not seq_dir.is_dir():
@@ -107,11 +129,21 @@ def _listed_sequence(split_file: Path, line_no: int, line: str, errors: list[str
     return seq_dir
 
 
-def _sequence_frames(seq_dir: Path, split: str, listed_at: str, errors: list[str], origins: list[str]) -> pd.DataFrame | None:
-    """Labels of one 7Scenes sequence folder (``listed_at``: the split file and line naming it), or ``None`` if it has no poses."""
+def _sequence_frames(seq_dir: Path, split: str, listed_at: str, errors: list[str], origins: list[str],
+                     roots: Sequence[Path]) -> pd.DataFrame | None:
+    """Labels of one 7Scenes sequence folder (``listed_at``: the split file and line naming it), or ``None`` if it
+    has no poses. A colour frame without its pose file is an error naming the frame (never silently dropped)."""
     pose_files = sorted(seq_dir.glob("frame-*.pose.txt"))
+    posed = {pf.name[: -len(".pose.txt")] for pf in pose_files}
+    for image in sorted(seq_dir.glob("frame-*.color.png")):
+        if image.name[: -len(".color.png")] not in posed:
+            errors.append(f"{image}: frame without its pose file {image.name[: -len('.color.png')]}.pose.txt "
+                          f"(listed at {listed_at})")
     if not pose_files:
         errors.append(f"{seq_dir}: no frame-*.pose.txt files")
+        return None
+    outside = [pf for pf in pose_files if _refuse_outside(pf, roots, errors, "pose file")]
+    if outside:
         return None
     poses = P.matrices_to_poses(_pose_matrices(pose_files, listed_at, errors, origins))
     scene, seq = seq_dir.parent.name, seq_dir.name
@@ -167,7 +199,7 @@ def read_cambridge(root: Path | str, scenes: Iterable[str] | None = None) -> pd.
     origins: list[str] = []
     for scene_dir in _scene_dirs(root, ["dataset_train.txt", "dataset_test.txt"], scenes, "Cambridge"):
         for split in SPLITS:
-            frame = _cambridge_split(scene_dir, split, errors, origins)
+            frame = _cambridge_split(scene_dir, split, errors, origins, (root.resolve(), scene_dir.resolve()))
             if frame is not None:
                 rows.append(frame)
     if errors:
@@ -175,11 +207,15 @@ def read_cambridge(root: Path | str, scenes: Iterable[str] | None = None) -> pd.
     return _checked(rows, origins)
 
 
-def _cambridge_split(scene_dir: Path, split: str, errors: list[str], origins: list[str]) -> pd.DataFrame | None:
-    """Labels of one ``dataset_<split>.txt`` (``None`` when missing or without data lines); problems go to ``errors``."""
+def _cambridge_split(scene_dir: Path, split: str, errors: list[str], origins: list[str],
+                     roots: Sequence[Path]) -> pd.DataFrame | None:
+    """Labels of one ``dataset_<split>.txt`` (``None`` when missing or without data lines); problems go to ``errors``.
+    ``roots``: the resolved dataset root and scene folder, which the file must resolve inside."""
     txt = scene_dir / f"dataset_{split}.txt"
     if not txt.is_file():
         errors.append(f"{txt}: missing split file")
+        return None
+    if _refuse_outside(txt, roots, errors, "split file"):
         return None
     text = txt.read_text().splitlines()
     _check_cambridge_header(txt, text[:3], errors)
