@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from aprbench.harness.errors import BenchError
-from aprbench.harness.api.interfaces import LABEL_COLUMNS, PoseData
+from aprbench.harness.api.interfaces import LABEL_COLUMNS, POSE_COLUMNS, PoseData
 from aprbench.harness.data.csv_checks import data_error
 from aprbench.harness.store.hdf5 import Store
 
@@ -96,6 +96,7 @@ def open_dataset(spec: str, store: Store, registry: Any, scenes: Iterable[str] |
     from aprbench.harness.api.contracts import check_dataset  # the documented fields (one line naming the plugin)
 
     check_dataset(name, registry.get("dataset", name).source, data)
+    check_plugin_data(name, data)  # then the checks the built-in readers apply (names, paths, magnitudes, duplicates)
     if scenes is not None and set(data.scenes) - set(scenes):
         data = make_pose_data(data.name, data.root, data.labels, scenes, data.options)
     if not isinstance(fraction, (int, float)):
@@ -103,6 +104,38 @@ def open_dataset(spec: str, store: Store, registry: Any, scenes: Iterable[str] |
     if fraction != 1.0:
         data = with_fraction(data, float(fraction), int(fraction_seed))
     return name, data
+
+
+def check_plugin_data(name: str, data: PoseData) -> None:
+    """The checks the built-in readers apply, on what a dataset plugin returned: every label column present,
+    pose values finite numbers, no zero quaternion, splits ``train``/``test``, then
+    :func:`harness.data.label_checks.check_label_table` (names, image paths, magnitudes, duplicates, sequences).
+    A :class:`DataError` names the plugin, the label row and the column."""
+    from aprbench.harness.data.label_checks import SPLITS, check_label_table
+
+    labels = data.labels
+    missing = [c for c in LABEL_COLUMNS if c not in labels.columns]
+    if missing:
+        raise data_error([f"dataset plugin {name!r}: labels lack column(s) {', '.join(missing)}"])
+    where = lambda i, col: f"dataset plugin {name!r}, labels row {i + 1}" + (f", column {col!r}" if col else "")  # noqa: E731
+    errors: list[str] = []
+    values = np.full((len(labels), len(POSE_COLUMNS)), np.nan)
+    for j, col in enumerate(POSE_COLUMNS):
+        numbers = pd.to_numeric(labels[col], errors="coerce").to_numpy(np.float64)
+        values[:, j] = numbers
+        for i in np.flatnonzero(~np.isfinite(numbers))[:20]:
+            value = labels[col].iloc[i]
+            shown = repr(value) if isinstance(value, str) else str(value)
+            errors.append(f"{where(int(i), col)}: not a finite number ({shown[:40]})")
+    zero = np.isfinite(values[:, 3:]).all(1) & (np.abs(values[:, 3:]).sum(1) < 1e-8)
+    errors += [f"{where(int(i), 'q1')}: zero quaternion" for i in np.flatnonzero(zero)[:20]]
+    bad_split = ~labels["split"].isin(SPLITS).to_numpy()
+    errors += [f"{where(int(i), 'split')}: {labels['split'].iloc[i]!r} is not one of {', '.join(SPLITS)}"
+               for i in np.flatnonzero(bad_split)[:20]]
+    if errors:
+        raise data_error(errors)
+    table = labels[LABEL_COLUMNS].reset_index(drop=True).astype({c: str for c in ("scene", "split", "seq", "img_path")})
+    check_label_table(table, where)
 
 
 def _stable_seed(*parts: Any) -> int:

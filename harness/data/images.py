@@ -28,11 +28,50 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def to_rgb(im: "Image.Image") -> "Image.Image":
+    """An 8-bit RGB copy of any PIL image: palette, grey, alpha (dropped) and CMYK through PIL; 16-bit grey
+    (``I;16*``) scaled by 255/65535; 32-bit integer (``I``) by the same when its values exceed 255; float
+    (``F``) by 255 when its values lie in [0, 1], as is in [0, 255]. Values no scale fits (negative, above
+    65535 or above 255 as float, not finite) raise ``OSError`` saying why (the caller names the file)."""
+    from PIL import Image
+
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        grey = _scaled_grey(np.asarray(im), im.mode)
+        return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), "RGB")
+    try:
+        return im.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise OSError(f"image mode {im.mode!r} cannot be converted to 8-bit RGB ({exc})") from None
+
+
+def _scaled_grey(a: np.ndarray, mode: str) -> np.ndarray:
+    """8-bit grey from the values of a 16-bit, 32-bit integer or float single-channel image (see :func:`to_rgb`)."""
+    a = a.astype(np.float64)
+    if a.size and not np.isfinite(a).all():
+        raise OSError(f"image mode {mode!r} holds values that are not finite")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if lo < 0:
+        raise OSError(f"image mode {mode!r} holds negative values (min {lo:g}); expected 0..255 or 0..65535")
+    if mode == "F":
+        if hi > 255:
+            raise OSError(f"float image values up to {hi:g}; expected 0..1 or 0..255")
+        scale = 255.0 if hi <= 1.0 else 1.0
+    elif mode.startswith("I;16") or hi > 255:
+        if hi > 65535:
+            raise OSError(f"image mode {mode!r} holds values up to {hi:g}; expected 0..255 or 0..65535")
+        scale = 255.0 / 65535.0
+    else:
+        scale = 1.0
+    return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+
+
 def _load_one(path: Path, size: int) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("RGB")
+        im = to_rgb(im)
         w, h = im.size
         if (w, h) != (size, size):
             scale = size / min(w, h)
@@ -67,7 +106,7 @@ def _load_resized(path: Path, resize: int, crop: int | None) -> np.ndarray:
     from torchvision.transforms import v2
 
     with Image.open(path) as im:
-        im = v2.Resize(resize)(im.convert("RGB"))
+        im = v2.Resize(resize)(to_rgb(im))
         if crop is not None:
             im = v2.CenterCrop(crop)(im)
         return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
@@ -373,6 +412,10 @@ class PoseImageDataset(torch.utils.data.Dataset):
         path = self.root / self.paths[i]
         if not path.is_file():
             raise data_error([f"{row_where(f'dataset {self.data.name!r} labels', i, 'img_path')}: image file {path} does not exist"])
-        with Image.open(path) as im:
-            image = self.transform(im.convert("RGB"))
+        try:
+            with Image.open(path) as im:
+                image = self.transform(to_rgb(im))
+        except OSError as exc:
+            raise data_error([f"{row_where(f'dataset {self.data.name!r} labels', i, 'img_path')}: cannot read image "
+                              f"{path} ({exc})"]) from None
         return {"image": image, "pose": self.poses[i], "scene": self.scenes[i], "index": torch.tensor(i, dtype=torch.int64)}
