@@ -42,7 +42,7 @@ def snapshot(folder: Path) -> set[str]:
     (["--fraction", "0"], "--fraction 0.0: must be in (0, 1]"),
     (["--format", "xlsx"], "--format 'xlsx': expected one of github, plain, html, latex, csv, json"),
     (["--shard", "3/2"], "--shard '3/2': need n >= 1 and 0 <= i < n"),
-    (["--seeds", "0"], "--seeds 0: a count must be >= 1"),
+    (["--seeds", "0"], "--seeds 0: a count must be in 1..1000"),
     (["--iterations", "-1"], "--iterations -1: must be >= 0"),
 ])
 def test_bad_options_fail_fast_before_any_work(tmp_path, args, culprit):
