@@ -24,6 +24,7 @@ from aprbench.harness.data.labels import check_image_files
 from aprbench.harness.api.interfaces import PoseData
 from aprbench.harness.store.hdf5 import Store, atomic_path
 
+DECODE_VERSION = 2  # bumped when decoding changes (2: 16-bit and float images scaled, not clipped to white)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -119,7 +120,7 @@ def image_cache_path(data: PoseData, size: int, store: Store, resize: int = 0, s
     images' contents as seen on disk (``stamp``, by default :func:`image_stamp`: size and mtime of each file).
     """
     tag = f"{size}" if not resize else f"{size}-r{resize}"
-    parts = f"{data.fingerprint()}|{Path(data.root).resolve()}|{tag}|{stamp or image_stamp(data)}"
+    parts = f"{data.fingerprint()}|{Path(data.root).resolve()}|{tag}|{stamp or image_stamp(data)}|{DECODE_VERSION}"
     key = hashlib.sha256(parts.encode()).hexdigest()[:16]
     return store.image_cache_dir() / f"images-{key}-{tag}.npy"
 
@@ -209,7 +210,7 @@ def _decode(paths: list[Path], source: str, size: int, resize: int, i: int) -> n
     """Image ``i`` as uint8 ``(3, H, W)``; an unreadable file is a :class:`DataError` naming its label row."""
     try:
         return _load_resized(paths[i], resize, size or None) if resize else _load_one(paths[i], size)
-    except OSError as exc:
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError on bad files
         raise data_error([f"{row_where(source, i, 'img_path')}: cannot read image {paths[i]} ({exc})"]) from None
 
 
@@ -415,7 +416,7 @@ class PoseImageDataset(torch.utils.data.Dataset):
         try:
             with Image.open(path) as im:
                 image = self.transform(to_rgb(im))
-        except OSError as exc:
+        except Exception as exc:  # as in _decode: whatever PIL raises on a bad file
             raise data_error([f"{row_where(f'dataset {self.data.name!r} labels', i, 'img_path')}: cannot read image "
                               f"{path} ({exc})"]) from None
         return {"image": image, "pose": self.poses[i], "scene": self.scenes[i], "index": torch.tensor(i, dtype=torch.int64)}

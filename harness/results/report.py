@@ -312,7 +312,7 @@ def write_report(store: Store, out: Path, fingerprints: Iterable[str] | None = N
     used = sorted(set(board.poses.get("cell", [])) | set(board.decoders.get("cell", [])))
     stamp = json.dumps({"cells": used, "filters": filters, "hooks": board.hook_columns})
     stamp_path, index = out / ".cells.json", out / "index.html"
-    if not force and index.exists() and stamp_path.exists() and stamp_path.read_text() == stamp:
+    if not force and index.exists() and _read_stamp(stamp_path) == stamp:
         return index
     ours = owned(out, "report")
     ours = legacy_report_files(out) if ours is None else ours | {".cells.json"}
@@ -331,6 +331,14 @@ def write_report(store: Store, out: Path, fingerprints: Iterable[str] | None = N
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return index
+
+
+def _read_stamp(path: Path) -> str | None:
+    """The cells an earlier report showed (``.cells.json``); ``None`` when absent or unreadable."""
+    try:
+        return path.read_text()
+    except (OSError, UnicodeError):
+        return None
 
 
 def _refuse_clashes(out: Path, names: Iterable[str], ours: set[str]) -> None:
