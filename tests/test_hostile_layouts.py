@@ -152,8 +152,8 @@ from aprbench.harness.data import make_pose_data
 
 def factory(store=None, scenes=None, **options):
     rows = [["a", "train", "s1", "a/0.png", 0.0, 0.0, 0.0, 1, 0, 0, 0],
-            ["a", "train", "s1", "a/1.png", 1.0, 0.0, 0.0, 1, 0, 0, 0],
-            ["a", "test", "s2", "a/2.png", 0.0, float("nan"), 0.0, 1, 0, 0, 0]]
+            ["a", "train", "s1", IMG1, 1.0, 0.0, 0.0, 1, 0, 0, 0],
+            ["a", "test", SEQ3, IMG3, 0.0, T2, 0.0, 1, 0, 0, 0]]
     labels = pd.DataFrame(rows, columns=["scene", "split", "seq", "img_path", "t1", "t2", "t3", "q1", "q2", "q3", "q4"])
     return make_pose_data("nanset", Path(__file__).parent, labels, scenes)
 
@@ -163,12 +163,26 @@ def bench_datasets():
 '''
 
 
-def test_a_plugin_dataset_with_nan_ground_truth_is_refused(tmp_path):
+CLEAN = {"IMG1": '"a/1.png"', "IMG3": '"a/2.png"', "SEQ3": '"s2"', "T2": "0.0"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"T2": 'float("nan")'}, "row 2: [0.0, nan, 0.0"),  # the plugin contract (harness.api.contracts) says it first
+    ({"IMG3": '"../../outside.png"'}, "dataset plugin 'nanset', labels row 3, column 'img_path': image path "
+                                      "'../../outside.png' leaves the dataset root"),
+    ({"IMG1": '"a/0.png"'}, "dataset plugin 'nanset', labels row 2, column 'img_path': image 'a/0.png' appears "
+                            "more than once"),
+    ({"SEQ3": '"s1"'}, "dataset plugin 'nanset', labels row 3, column 'seq': sequence 's1' of scene 'a' is in both "
+                       "train"),
+])
+def test_a_plugin_dataset_passes_the_readers_checks(tmp_path, change, message):
     plugin = tmp_path / "nanset.py"
-    plugin.write_text(PLUGIN)
+    source = PLUGIN
+    for key, value in {**CLEAN, **change}.items():
+        source = source.replace(key, value)
+    plugin.write_text(source)
     before = snapshot(tmp_path, tmp_path / "w")
     out = cli("--workdir", tmp_path / "w", "--plugin", plugin, "run", "--dataset", "nanset",
               "--teacher", "posenet-mobilenet", "--no-progress", "--no-report")
-    assert out.code == 2
-    assert "dataset plugin 'nanset', labels row 3, column 't2': not a finite number (nan)" in out.err
+    assert out.code == 2 and "dataset plugin 'nanset'" in out.err and message in out.err
     assert not (tmp_path / "w" / "cells").exists() and snapshot(tmp_path, tmp_path / "w") == before
