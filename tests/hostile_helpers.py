@@ -20,10 +20,8 @@ class Result:
 
 def cli(*argv: object) -> Result:
     """``bench ARGV`` in this process; an exception escaping ``main`` (a traceback for the user) fails the test."""
-    from aprbench.harness.api import manager
-    from aprbench.harness.cli.main import main
+    from aprbench.harness.cli.main import main  # each call starts with a new plugin manager
 
-    manager._MANAGER = None  # a fresh process's plugins: none left over from an earlier call's --plugin
     out, err = io.StringIO(), io.StringIO()
     with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out), \
             contextlib.redirect_stderr(err):
