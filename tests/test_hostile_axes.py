@@ -94,7 +94,7 @@ def test_a_hook_column_never_replaces_a_measured_one(tmp_path):
     plain = rows(store.root, "--view", "cells")
     out = cli("--workdir", store.root, "--plugin", plugin, "leaderboard", "--view", "cells", "--format", "csv")
     assert out.code == 0
-    assert f"bench_leaderboard_columns returned 'median_m', a column the leaderboard already has; shown as " \
+    assert "bench_leaderboard_columns returned 'median_m', a column the leaderboard already has; shown as " \
            "'median_m (cheat)'" in out.err
     import io
 

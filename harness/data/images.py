@@ -12,7 +12,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from aprbench.harness.data.csv_checks import data_error, row_where
 from aprbench.harness.data.labels import check_image_files
 from aprbench.harness.api.interfaces import PoseData
 from aprbench.harness.store.hdf5 import Store, atomic_path
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 DECODE_VERSION = 2  # bumped when decoding changes (2: 16-bit and float images scaled, not clipped to white)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
