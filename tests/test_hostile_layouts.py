@@ -153,7 +153,7 @@ from aprbench.harness.data import make_pose_data
 def factory(store=None, scenes=None, **options):
     rows = [["a", "train", "s1", "a/0.png", 0.0, 0.0, 0.0, 1, 0, 0, 0],
             ["a", "train", "s1", IMG1, 1.0, 0.0, 0.0, 1, 0, 0, 0],
-            ["a", "test", SEQ3, IMG3, 0.0, T2, 0.0, 1, 0, 0, 0]]
+            ["a", "test", SEQ3, IMG3, 0.0, T2, 0.0, 1, 0, QUAT3, 0]]
     labels = pd.DataFrame(rows, columns=["scene", "split", "seq", "img_path", "t1", "t2", "t3", "q1", "q2", "q3", "q4"])
     return make_pose_data("nanset", Path(__file__).parent, labels, scenes)
 
@@ -163,11 +163,12 @@ def bench_datasets():
 '''
 
 
-CLEAN = {"IMG1": '"a/1.png"', "IMG3": '"a/2.png"', "SEQ3": '"s2"', "T2": "0.0"}
+CLEAN = {"IMG1": '"a/1.png"', "IMG3": '"a/2.png"', "SEQ3": '"s2"', "T2": "0.0", "QUAT3": "0"}
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"T2": 'float("nan")'}, "row 2: [0.0, nan, 0.0"),  # the plugin contract (harness.api.contracts) says it first
+    ({"T2": 'float("nan")'}, "labels row 3, column 't2': not finite ([0.0, nan, 0.0"),
+    ({"T2": 'float("nan")', "QUAT3": 'float("nan")'}, "labels row 3, columns 't2', 'q3': not finite"),  # the plugin contract (harness.api.contracts) says it first
     ({"IMG3": '"../../outside.png"'}, "dataset plugin 'nanset', labels row 3, column 'img_path': image path "
                                       "'../../outside.png' leaves the dataset root"),
     ({"IMG1": '"a/0.png"'}, "dataset plugin 'nanset', labels row 2, column 'img_path': image 'a/0.png' appears "

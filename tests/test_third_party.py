@@ -298,7 +298,7 @@ def test_broken_dataset_contract_and_bench_data_check(tmp_path, capsys):
     work = tmp_path / "w"
     rc, out, err = bench(capsys, "--plugin", plugin, "--workdir", work, "data", "check", "--dataset", "tp-data:scene_id=3")
     assert rc == 1
-    assert (f"dataset plugin 'tp-data' (--plugin:{plugin}): its factory returned row 0: scene 'a' with scene_id 3; "
+    assert (f"dataset plugin 'tp-data' (--plugin:{plugin}): its factory returned labels row 1: scene 'a' with scene_id 3; "
             "expected scene_id = the index of scene in PoseData.scenes") in err
     rc, out, err = bench(capsys, "--plugin", plugin, "--workdir", work, "data", "check", "--dataset", "tp-data")
     assert rc == 1 and "x.png" in err  # the contract holds; the image file is missing

@@ -9,6 +9,7 @@ unprobed one.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -34,6 +35,16 @@ def shape_of(value: Any) -> str:
 
 def _fail(kind: str, name: str, source: str, method: str, expected: str, got: str) -> ContractError:
     return ContractError(f"{kind} plugin {name!r} ({source}): {method} returned {got}; expected {expected}")
+
+
+def _bad_pose(row: int, pose: Any, columns: list[str]) -> str:
+    """``labels row N, column(s) 't2': ...`` for the first bad ground-truth pose (row numbered from 1, as the
+    built-in readers do)."""
+    names = [c for c, v in zip(columns, pose) if not math.isfinite(v)]
+    what = "not finite" if names else "a zero quaternion"
+    names = names or list(columns[3:])
+    return (f"labels row {row + 1}, column{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))}: "
+            f"{what} ({pose.tolist()})")
 
 
 def _call(kind: str, name: str, source: str, method: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -161,9 +172,10 @@ def check_dataset(name: str, source: str, data: Any) -> None:
     if wrong.any():
         row = int(np.flatnonzero(wrong.to_numpy())[0])
         raise fail("scene_id = the index of scene in PoseData.scenes",
-                   f"row {row}: scene {str(labels['scene'].iloc[row])!r} with scene_id {labels['scene_id'].iloc[row]}")
+                   f"labels row {row + 1}: scene {str(labels['scene'].iloc[row])!r} "
+                   f"with scene_id {labels['scene_id'].iloc[row]}")
     poses = labels[POSE_COLUMNS].to_numpy(dtype=float, na_value=np.nan)
     bad = ~np.isfinite(poses).all(axis=1) | (np.linalg.norm(poses[:, 3:], axis=1) == 0)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise fail("finite poses with non-zero quaternions", f"row {row}: {poses[row].tolist()}")
+        raise fail("finite poses with non-zero quaternions", _bad_pose(row, poses[row], POSE_COLUMNS))
