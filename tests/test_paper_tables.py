@@ -5,6 +5,7 @@ last test, which runs `bench run` on a tiny dataset."""
 
 from __future__ import annotations
 
+import html
 import io
 import os
 import re
@@ -181,6 +182,55 @@ def test_the_same_numbers_in_every_human_format(tmp_path, monkeypatch):
     want = f"{room['median_m']:.2f}±{room['median_m_std']:.2f}, {room['median_deg']:.1f}±{room['median_deg_std']:.1f}"
     assert rows["github"][teacher][0].replace("*", "") == want.replace("-", "−")
     assert "(n=" not in texts["github"] and "over 3 training seeds" in texts["github"]
+
+
+def _stats_rows(text: str, fmt: str) -> dict[tuple[str, str, str], list[str]]:
+    """(comparison, method, scene) -> the cells of the stats view's row, from a table in ``fmt``."""
+    rows: dict[tuple[str, str, str], list[str]] = {}
+    for line in text.splitlines():
+        if fmt == "latex" and " & " in line and line.endswith("\\\\"):
+            cells = [c.strip() for c in line[:-2].split(" & ")]
+        elif fmt == "github" and line.startswith("| ") and not line.startswith("|--"):
+            cells = [c.strip() for c in line.strip("|").split(" | ")]
+        elif fmt == "html" and "<td>" in line:
+            cells = [html.unescape(c.strip()) for c in re.findall(r"<td>(.*?)</td>", line)]
+        elif fmt == "plain":
+            cells = re.split(r"\s{2,}", line.strip())
+        else:
+            continue
+        key = tuple(c.replace("\\", "") for c in cells[:3])
+        if key[0] in ("vs teacher", "iteration"):
+            rows[key] = cells[3:]
+    return rows
+
+
+def test_the_same_numbers_in_every_human_format_in_the_stats_view(tmp_path):
+    store = write_store(tmp_path / "wd", seeds=(0, 1, 2), scenes=("room_1", "site&2"), second_recipe=False,
+                        decoder=False)
+    board = lb.build(store)
+    texts = {fmt: lb.text(board, view="stats", fmt=fmt, decoders=False, header=False)
+             for fmt in ("github", "plain", "html", "latex")}
+    rows = {fmt: _stats_rows(text, fmt) for fmt, text in texts.items()}
+    assert len(rows["github"]) == 10 and all(set(r) == set(rows["github"]) for r in rows.values())
+    for key in rows["github"]:
+        numbers = {fmt: _numbers(r[key]) for fmt, r in rows.items()}
+        assert len(set(map(tuple, numbers.values()))) == 1, (key, numbers)
+    # the digits rule, against an independent rounding of the machine frame (csv keeps every digit)
+    frame = pd.read_csv(io.StringIO(lb.text(board, view="stats", fmt="csv")))
+    row = frame[(frame["method"] == "posenet+pae+pae-rpr@3") & (frame["scene"] == "site&2")
+                & frame["comparison"].isna()].iloc[0]
+    header = [c.strip() for c in texts["github"].splitlines()[2].strip("|").split(" | ")]
+    got = dict(zip(header[3:], rows["github"][("vs teacher", "posenet+pae+pae-rpr@3", "site&2")]))
+    minus = lambda t: t.replace("-", "−")  # noqa: E731
+    assert got["median_m (m)"] == f"{row['median_m_mean']:.2f} ± {row['median_m_std']:.2f}"
+    assert got["Δ position (m) [95 % CI]"] == minus(
+        f"{row['delta_position_m']:+.2f} [{row['delta_position_ci_low']:+.2f}, {row['delta_position_ci_high']:+.2f}]*")
+    assert got["Δ orientation (°) [95 % CI]"].rstrip("*") == minus(
+        f"{row['delta_orientation_deg']:+.1f} [{row['delta_orientation_ci_low']:+.1f}, "
+        f"{row['delta_orientation_ci_high']:+.1f}]")
+    assert got["p / p_adj (m)"] == minus(f"{row['delta_position_p']:.2g} / {row['delta_position_p_adj']:.2g}")
+    assert len(repr(float(row["delta_position_m"]))) > 8  # csv: exact, not rounded
+    assert "-" not in got["per-seed Δ (m)"] and "digits: positions to 0.01 m" in texts["github"]
 
 
 def test_default_view_of_two_scenes_fits_160_columns(tmp_path):

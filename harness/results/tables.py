@@ -115,6 +115,28 @@ def _signed(x: float, f) -> str:
     return ("+" if x > 0 else MINUS) + text
 
 
+def signed_interval(x: float, low: float, high: float, f) -> str:
+    """``−0.31 [−0.55, −0.06]``: a Δ by :func:`_signed` and its interval at the Δ's resolution (bounds signed,
+    a bound that rounds to zero unsigned); the interval is left out when it is not finite."""
+    text = _signed(x, f)
+    if not all(v is not None and np.isfinite(v) for v in (low, high)):
+        return text
+    decimals = len(text.split(".")[1]) if "." in text else 0
+
+    def bound(b: float) -> str:
+        t = _fixed(abs(b), decimals)
+        return t if float(t) == 0 else ("+" if b > 0 else MINUS) + t
+
+    return f"{text} [{bound(low)}, {bound(high)}]"
+
+
+def fmt_p(p: float) -> str:
+    """A p-value to two significant digits (``0.034``, ``1.2e−05``) with a true minus sign; "" when not finite."""
+    if p is None or not np.isfinite(p):
+        return ""
+    return f"{p:.2g}".replace("-", MINUS)
+
+
 # characters pdflatex's default set-up does not typeset as such (outside ASCII, or < and > in text), as LaTeX
 LATEX_SYMBOLS = (("°", r"$^\circ$"), ("±", r"$\pm$"), ("Δ", r"$\Delta$"), (MINUS, r"$-$"), ("·", r"$\cdot$"),
                  ("×", r"$\times$"), ("≤", r"$\leq$"), ("≥", r"$\geq$"), ("≈", r"$\approx$"), ("–", "--"),

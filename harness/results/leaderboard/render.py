@@ -11,7 +11,8 @@ import pandas as pd
 from aprbench.harness.errors import BenchError
 from aprbench.harness.results.published import no_published_text, published_frame
 from aprbench.harness.results.tables import (DIGITS_LEGEND, FORMATS, LATEX_PREAMBLE, MACHINE_FORMATS, Block, Marks,
-                                             _title, _with_notes, render_block, render_machine)
+                                             _signed, _title, _with_notes, fmt_deg, fmt_m, fmt_p, render_block,
+                                             render_machine, signed_interval, with_spread)
 from aprbench.harness.store.hdf5 import Store
 from aprbench.harness.results.leaderboard.board import Board, VIEWS, build
 from aprbench.harness.results.leaderboard.thresholds import parse_thresholds
@@ -53,35 +54,36 @@ def machine_frame(board: Board, view: str | None, thresholds=None, published: bo
 
 
 def _p_text(p: float, p_adj: float) -> str:
-    return "" if p != p else f"{p:.2g} / {p_adj:.2g}"
+    return "" if p != p else f"{fmt_p(p)} / {fmt_p(p_adj)}"
 
 
 def _stats_text(frame: pd.DataFrame) -> pd.DataFrame:
     """The stats view for people: method, scene, n, mean ± std of the medians, then per quantity Δ [CI] with its
     marker (:mod:`harness.results.significance`), p / Holm-adjusted p, the per-seed Δs, and the equivalence
-    verdict when a margin was given."""
+    verdict when a margin was given. Digits follow the quantity as in every other view (:data:`DIGITS_LEGEND`);
+    p-values to two significant digits."""
     if frame.empty:
         return frame
     comparison = frame["comparison"] if "comparison" in frame else pd.Series(index=frame.index, dtype=object)
     out = pd.DataFrame({"comparison": comparison.fillna("vs teacher"), "method": frame["method"],
                         "scene": frame["scene"], "n": frame["n_seeds"]})
-    for metric, unit in (("median_m", "m"), ("median_deg", "°")):
+    for metric, unit, f in (("median_m", "m", fmt_m), ("median_deg", "°", fmt_deg)):
         if f"{metric}_mean" in frame:
-            out[f"{metric} ({unit})"] = ["" if m != m else f"{m:.3f} ± {s:.3f}" if s == s else f"{m:.3f}"
+            out[f"{metric} ({unit})"] = [with_spread(m, s, f).replace("±", " ± ")
                                          for m, s in zip(frame[f"{metric}_mean"], frame[f"{metric}_std"])]
     out["baseline"] = frame["baseline"].fillna("")
     out["basis"] = frame["ci_basis"].fillna("")
     several = bool((frame["n_seeds"].astype(float) > 1).any())
     conf = float(frame["confidence"].dropna().iloc[0]) if frame["confidence"].notna().any() else 0.95
-    for part, unit, suffix in (("position", "m", "_m"), ("orientation", "°", "_deg")):
+    for part, unit, suffix, f in (("position", "m", "_m", fmt_m), ("orientation", "°", "_deg", fmt_deg)):
         d, lo, hi = (frame[f"delta_{part}{x}"] for x in (suffix, "_ci_low", "_ci_high"))
         marks = [marker(r, part) for _, r in frame.iterrows()]
         out[f"Δ {part} ({unit}) [{100 * conf:g} % CI]"] = [
-            "" if x != x else f"{x:+.3f} [{a:+.3f}, {b:+.3f}]{m}" for x, a, b, m in zip(d, lo, hi, marks)]
+            "" if x != x else signed_interval(x, a, b, f) + m for x, a, b, m in zip(d, lo, hi, marks)]
         out[f"p / p_adj ({unit})"] = [_p_text(p, q) for p, q in zip(frame[f"delta_{part}_p"],
                                                                      frame[f"delta_{part}_p_adj"])]
         if several:
-            out[f"per-seed Δ ({unit})"] = [", ".join(f"{float(v):+.3f}" for v in str(t).split(",")) if t else ""
+            out[f"per-seed Δ ({unit})"] = [", ".join(_signed(float(v), f) for v in str(t).split(",")) if t else ""
                                            for t in frame[f"delta_{part}_seeds"].fillna("")]
         if f"equivalence_{part}" in frame:
             out[f"equivalent ({unit})"] = frame[f"equivalence_{part}"].fillna("")
@@ -129,7 +131,8 @@ def text(board: Board, view: str | None = None, fmt: str = "github", sort: str |
         table = _stats_text(stats)
         if fmt in ("latex", "html") and not table.empty:  # escaped like every other view's cells
             table = table.map(Marks(fmt).esc).rename(columns=Marks(fmt).esc)
-        out.append(_render(Block("statistics", table, legend_lines(stats, "this table", equivalence)), fmt))
+        legend = [*legend_lines(stats, "this table", equivalence), DIGITS_LEGEND]
+        out.append(_render(Block("statistics", table, legend), fmt))
         groups = []
     for heading, poses in groups:
         if poses.empty:
