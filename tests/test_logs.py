@@ -127,6 +127,35 @@ def test_logs_by_kind_fingerprint_prefix_and_folder(work, tmp_path):
         assert (tmp_path / "png" / f"teacher-tiny-{FP_B}.png").is_file()
 
 
+def test_logs_out_never_overwrites_a_file_it_did_not_write(work, tmp_path):
+    out_dir = tmp_path / "figures"
+    out_dir.mkdir()
+    theirs = out_dir / f"teacher-tiny-{FP_B}.png"  # the user's figure under the name bench logs would use
+    theirs.write_bytes(b"the user's figure")
+    mine = out_dir / "fig1.png"
+    mine.write_bytes(b"another figure")
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    out = bench(work, "logs", "tiny", "--out", str(out_dir))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"bench: error: {theirs} exists and was not written by bench logs; nothing was changed "
+        "(move it, or choose another --out)"]
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before  # nothing written, not even A's PNG
+    theirs.unlink()
+    for _ in range(2):  # its own PNGs (recorded in the manifest) are replaced on the next call
+        out = bench(work, "logs", "tiny", "--out", str(out_dir))
+        assert out.returncode == 0, out.stderr
+    assert mine.read_bytes() == b"another figure"
+    assert {f"teacher-tiny-{FP_A}.png", f"teacher-tiny-{FP_B}.png"} <= {p.name for p in out_dir.iterdir()}
+    assert theirs.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = tmp_path / "report"  # a folder another bench command owns is not taken over
+    report.mkdir()
+    (report / ".aprbench-manifest.json").write_text(json.dumps({"kind": "report", "files": ["index.html"]}))
+    out = bench(work, "logs", "tiny", "--out", str(report))
+    assert out.returncode == 2 and "another bench command" in out.stderr
+    assert [p.name for p in report.iterdir()] == [".aprbench-manifest.json"]
+
+
 def test_logs_reports_unknown_names_and_artifacts_without_logs(work):
     out = bench(work, "logs", "nope")
     assert out.returncode == 2

@@ -5,7 +5,8 @@ Every training run writes its per-epoch ``log.csv`` (``harness.training.loop``) 
 checkpoints are removed at the end of the training. This command
 finds them by model name (every fingerprint of that name), ``kind/name``,
 ``name-<fp prefix>`` or a folder, prints the last epochs as a table and plots
-the curves to a PNG beside the logs (or into ``--out``).
+the curves to a PNG beside the logs (or into ``--out``, where it replaces only PNGs an earlier
+``bench logs`` wrote there, recorded in ``harness.store.manifest``, and refuses to overwrite any other file).
 
 It imports neither torch nor the store, so it answers in well under a second
 (matplotlib only when plotting).
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from aprbench.harness.errors import BenchError
 from aprbench.harness.results.curves import Curves, load_curves, plot, resolve, table_columns
+from aprbench.harness.store.manifest import MANIFEST, owned, record
 
 
 def register(commands) -> None:
@@ -46,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     for target in args.targets:
         for folder in resolve(root, target):
             found.setdefault(folder, load_curves(folder, root))
+    pngs = _png_paths(found, args.out) if not args.no_plot else {}
     for i, curves in enumerate(found.values()):
         if i:
             print()
@@ -56,8 +59,29 @@ def run(args: argparse.Namespace) -> int:
                        floatfmt=".4g", missingval=""))
         if not curves.rows:
             print("(no readable epochs)")
-        elif not args.no_plot:
-            png = (args.out / f"{curves.folder.parent.name}-{curves.folder.name}.png") if args.out else curves.folder / "curves.png"
-            plot(curves, png)
-            print(f"curves: {png}")
+        elif curves.folder in pngs:
+            plot(curves, pngs[curves.folder])
+            print(f"curves: {pngs[curves.folder]}")
+    if args.out is not None and pngs:
+        record(args.out, "logs", (owned(args.out, "logs") or set()) | {p.name for p in pngs.values()})
     return 0
+
+
+def _png_paths(found: dict[Path, Curves], out: Path | None) -> dict[Path, Path]:
+    """Where each model's curves go: ``curves.png`` beside its logs, or ``out/<kind>-<name>-<fp>.png``. In
+    ``out``, a file aprbench's manifest does not list as written by ``bench logs`` is never replaced: BenchError
+    naming it, before anything is written."""
+    pngs = {folder: (out / f"{folder.parent.name}-{folder.name}.png") if out else folder / "curves.png"
+            for folder, curves in found.items() if curves.rows}
+    if out is None or not pngs:
+        return pngs
+    ours = owned(out, "logs")
+    if ours is None and (out / MANIFEST).exists():
+        raise BenchError(f"{out / MANIFEST} records files another bench command wrote there; nothing was changed "
+                         "(choose another --out)")
+    for png in pngs.values():
+        if (png.exists() or png.is_symlink()) and png.name not in (ours or set()):
+            raise BenchError(f"{png} exists and was not written by bench logs; nothing was changed "
+                             "(move it, or choose another --out)")
+    out.mkdir(parents=True, exist_ok=True)
+    return pngs
