@@ -243,3 +243,69 @@ def test_bench_run_with_reference_files_gives_the_reference_estimates_per_frame(
     ang = np.degrees(2 * np.arcsin(np.clip(np.linalg.norm(vec, axis=1), 0, 1))).max()  # precise at small angles
     print(f"bench run + export vs the reference loop: {len(got)} frames, max {pos:.2e} m, {ang:.2e} deg")
     assert len(got) == 6 and pos < 1e-3 and ang < 1e-2 and (got[:, 3] >= 0).all()
+
+
+def test_reference_iapr_files_run_on_one_scene_label_file(tmp_path):
+    """The reference's documented iAPR test (``main_iapr.py test ... abs_7scenes_pose.csv_redkitchen_test.csv``): its
+    7-scene APR, PAE and iAPR file at the paper's sizes on one scene's label file, ``--profile paper`` and no
+    ``--set``. Every frame's estimate after 3 iterations is the reference loop's, whose fine-tuned encoder and PAE
+    are given the APR's predicted scene in the model's own order (redkitchen is 5 there, 0 in the label file)."""
+    pytest.importorskip("efficientnet_pytorch")
+    from PIL import Image
+    from torch import nn
+
+    from aprbench.harness.cli.main import main
+    from aprbench.harness.data.images import normalize_images
+    from aprbench.harness.store.hdf5 import read_h5
+    from test_reference_parity import RefPAE
+    from test_third_party import _one_scene_labels
+
+    sizes = dict(scenes=7, d=256, h=8, ffn=256, n_enc=6, n_dec=6)  # the paper recipe's MS-Transformer
+    torch.manual_seed(0)
+    apr, mst_ft = _randomise(RefEMSTransPoseNet(**sizes), 11), _randomise(RefEMSTransPoseNet(**sizes), 12)
+
+    def pae_256() -> nn.Module:  # the reference's multi-scene PAE with 256-d latents
+        pae = RefPAE(True)
+        pae.x_encoder[6], pae.q_encoder[6] = nn.Linear(256, 256), nn.Linear(256, 256)
+        return pae
+
+    vtrpr = RefVTRPR(d=256, heads=4, ffn=2048, layers=2)  # the paper's RPR
+    vtrpr.pae = pae_256()
+    vtrpr = _randomise(vtrpr, 13)
+    student = _randomise(pae_256(), 14)  # the --student PAE: not the file's fine-tuned one, which the loop uses
+    state = {**vtrpr.state_dict(), **{f"mstransformer.{k}": v for k, v in mst_ft.state_dict().items()}}
+    for name, obj in (("apr", apr.state_dict()), ("pae", student.state_dict()), ("iapr", state)):
+        torch.save(obj, tmp_path / f"{name}.pth")
+    scene = "redkitchen"  # what these random weights predict for the label file's frames
+    labels = _one_scene_labels(tmp_path / "data", scene)
+    work = tmp_path / "work"
+    code = main(["run", "--workdir", str(work), "--no-progress", "--profile", "paper", "--dataset",
+                 f"labels:root={tmp_path / 'data'},labels={labels}", "--teacher", f"mstransformer={tmp_path / 'apr.pth'}",
+                 "--student", f"pae={tmp_path / 'pae.pth'}", "--refiner", f"pae-rpr={tmp_path / 'iapr.pth'}",
+                 "--iterations", "0,3", "--no-report"])
+    assert code in (0, None)
+    out = tmp_path / "frames.csv"
+    assert main(["export", "--workdir", str(work), "--filter", "refiner=pae-rpr*", "--out", str(out)]) in (0, None)
+    rows = pd.read_csv(out)
+    rows = rows[rows["iteration"] == 3].set_index("img_path")
+    frames = sorted(p.relative_to(tmp_path / "data").as_posix() for p in (tmp_path / "data" / scene).rglob("*.png"))
+    images = torch.stack([torch.from_numpy(np.array(Image.open(tmp_path / "data" / f))).permute(2, 0, 1)
+                          for f in frames])[:, :, 16:240, 16:240]  # Resize(256) + CenterCrop(224) of 256-px images
+    images = normalize_images(images)
+    with torch.no_grad():
+        pred = apr(images)[3].argmax(1).numpy()
+    assert (pred != 0).any(), pred  # the label file's scene id (0) would give other PAE latents
+    expected = reference_test_loop(apr, mst_ft, vtrpr, images, 3)
+    got = rows.loc[frames, [f"est_{c}" for c in ("t1", "t2", "t3", "q1", "q2", "q3", "q4")]].to_numpy()
+    pos = np.abs(got[:, :3] - expected[:, :3]).max()
+    q1, q2 = got[:, 3:] / np.linalg.norm(got[:, 3:], axis=1, keepdims=True), expected[:, 3:]
+    vec = q1[:, :1] * q2[:, 1:] - q2[:, :1] * q1[:, 1:] - np.cross(q1[:, 1:], q2[:, 1:])  # vector part of q1^-1 q2
+    ang = np.degrees(2 * np.arcsin(np.clip(np.linalg.norm(vec, axis=1), 0, 1))).max()
+    print(f"one-scene iAPR vs the reference loop: {len(got)} frames, predicted scenes {pred.tolist()}, "
+          f"max {pos:.2e} m, {ang:.2e} deg")
+    assert len(got) == len(frames) and pos < 1e-3 and ang < 1e-2 and (got[:, 3] >= 0).all()
+    assert np.abs(expected[:, :3] - apr(images)[0][:, :3].detach().numpy()).max() > 1e-2  # the loop moved them
+    teacher_cells = [read_h5(c)[1]["result"] for c in (work / "cells").glob("*.h5")]
+    accuracy = {r["scene_accuracy"] for r in teacher_cells if "scene_accuracy" in r}
+    assert accuracy == {float(np.mean(pred == 5))}  # redkitchen's index in the reference's 7Scenes order
+    print(f"teacher cell scene accuracy {accuracy}")

@@ -7,9 +7,12 @@ work, a stage into an error.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from aprbench.harness.errors import BenchError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Incompatible(BenchError):
@@ -89,3 +92,19 @@ def model_scene_index(scenes: list[str], num_model_scenes: int) -> list[int] | N
         if len(catalogue) == num_model_scenes and set(scenes) <= set(catalogue):
             return [catalogue.index(s) for s in scenes]
     return None
+
+
+def to_model_scenes(scene_id: Any, scenes: Sequence[str], model: Any) -> torch.Tensor:
+    """The dataset's scene ids ``(N,)`` (indices into ``scenes``) as the scene index a multi-scene ``model`` of
+    ``num_scenes`` scenes knows them by (:func:`model_scene_index`: e.g. 1 for fire under a 7Scenes checkpoint
+    evaluated on fire's label file), as int64; unchanged for a single-scene model, for a model of as many scenes
+    as the data, and where the model's order is unknown. What a PAE or a scene-conditioned encoder is given."""
+    import numpy as np
+    import torch
+
+    ids = torch.as_tensor(np.asarray(scene_id), dtype=torch.int64)
+    count = getattr(model, "num_scenes", None)
+    if not multi_scene(model) or count is None:
+        return ids
+    index = model_scene_index(list(scenes), int(count))
+    return ids if index is None else torch.as_tensor(index, dtype=torch.int64)[ids]

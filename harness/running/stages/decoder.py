@@ -24,7 +24,7 @@ from aprbench.harness.errors import BenchError
 from aprbench.harness.results.metrics import psnr, ssim
 from aprbench.harness.api.interfaces import Decoder, PoseData
 from aprbench.harness.training.batches import Batches
-from aprbench.harness.api.compat import check_decoder
+from aprbench.harness.api.compat import check_decoder, to_model_scenes
 from aprbench.harness.api.recipes import Recipe
 from aprbench.harness.running.stages.context import Artifact, Context, Stage, obtain, training_paths, under_threads
 from aprbench.harness.store.hdf5 import atomic_path
@@ -37,14 +37,15 @@ def _check_pairing(name: str, teacher: Artifact, student: Artifact | None) -> No
 
 @torch.no_grad()
 def pose_latents(student: Artifact, data: PoseData, device: torch.device, precision: str = "fp32") -> tuple[Tensor, Tensor]:
-    """The student's float32 latents ``(N, D)`` x 2 of ``data``'s ground-truth poses (ground-truth scenes),
-    encoded under ``precision``'s autocast."""
+    """The student's float32 latents ``(N, D)`` x 2 of ``data``'s ground-truth poses (ground-truth scenes, in the
+    student's own scene order: ``harness.api.compat.to_model_scenes``), encoded under ``precision``'s autocast."""
     from aprbench.harness.training.devices import autocast
     from aprbench.harness.running.stages.refiner import encode_poses
 
     model = student.model.to(device).eval()
     with autocast(device, precision):
-        return encode_poses(model, data.poses().to(device), data.scene_ids().to(device))
+        scenes = to_model_scenes(data.scene_ids(), data.scenes, model)
+        return encode_poses(model, data.poses().to(device), scenes.to(device))
 
 
 # =========================================================================== training

@@ -56,7 +56,7 @@ from aprbench.harness.training.losses import PoseLoss
 from aprbench.harness.results.metrics import per_scene
 from aprbench.harness.training.batches import Batches
 from aprbench.harness.api.recipes import Recipe
-from aprbench.harness.api.compat import check_refiner, uses_student
+from aprbench.harness.api.compat import check_refiner, to_model_scenes, uses_student
 from aprbench.harness.running.stages.context import (Artifact, Context, Stage, build_model, obtain, training_paths,
                                                      under_threads)
 from aprbench.harness.running.timing import seconds_per_frame
@@ -250,7 +250,8 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     teacher, student = upstream["teacher"], upstream.get("student")
     if isinstance(model, PoseIndexRefiner):  # no training: an index of the training split's poses (labels only)
         train = ctx.data.split("train")
-        model.build_index(train.poses(), train.scene_ids(), student.model.to(ctx.device).eval())
+        scenes = to_model_scenes(train.scene_ids(), ctx.data.scenes, teacher.model)  # the PAE's (teacher's) order
+        model.build_index(train.poses(), scenes, student.model.to(ctx.device).eval())
         return [], {"index_bytes": module_bytes(model)}
     out = _outputs(ctx, teacher, "train")
     if len(out["pose_gt"]) < 2:
@@ -258,11 +259,12 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     pae = student.model.to(ctx.device).eval() if student is not None else None
     reference = cfg.protocol == "reference"
     if reference:
-        make = _reference_pairs(ctx, out, cfg, config.seed)
+        make = _reference_pairs(ctx, out, cfg, config.seed, teacher.model)
         spread = teacher_spread(out)
         std = torch.zeros_like(spread)
     else:
-        make, spread, std = _pair_maker(out, cfg, config.seed, pae)
+        make, spread, std = _pair_maker(out, cfg, config.seed, pae,
+                                        to_model_scenes(out["scene_id"], ctx.data.scenes, teacher.model))
     images = None
     if reference:
         model.pae.requires_grad_(True)
@@ -290,10 +292,12 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     }
 
 
-def _reference_pairs(ctx: Context, out: dict[str, np.ndarray], cfg: Any, seed: int) -> Callable[[int], dict[str, Tensor]]:
+def _reference_pairs(ctx: Context, out: dict[str, np.ndarray], cfg: Any, seed: int,
+                     teacher: nn.Module | None = None) -> Callable[[int], dict[str, Tensor]]:
     """``make(epoch)`` of the reference protocol: the pairs of ``cfg.pairs_file`` (or, without one, every training
     frame with its ``k`` nearest frames of the same scene), half of them swapped anew each epoch; query image,
-    ground-truth scene, the reference frame's ground-truth pose and the target ``rel(query -> reference)``."""
+    ground-truth scene (in ``teacher``'s own scene order, what its encoder and the PAE are given), the reference
+    frame's ground-truth pose and the target ``rel(query -> reference)``."""
     from aprbench.harness.data.pair_lists import read_pair_list, swap_half
 
     gt = torch.as_tensor(np.asarray(out["pose_gt"]), dtype=torch.float32)
@@ -304,23 +308,27 @@ def _reference_pairs(ctx: Context, out: dict[str, np.ndarray], cfg: Any, seed: i
     else:
         a, b = nearest_pairs(gt, scene, cfg.k, cfg.orientation_weight)
         rel = relative_target(gt[a], gt[b])
+    model_scene = scene if teacher is None else to_model_scenes(scene, ctx.data.scenes, teacher)
 
     def make(epoch: int) -> dict[str, Tensor]:
         g = torch.Generator().manual_seed(seed * 7919 + epoch)
         qa, rb, target = swap_half(a, b, rel, g)
-        return {"images": qa, "scene": scene[rb], "ref_pose": gt[rb], "rel": target}
+        return {"images": qa, "scene": model_scene[rb], "ref_pose": gt[rb], "rel": target}
 
     return make
 
 
-def _pair_maker(out: dict[str, np.ndarray], cfg: Any, seed: int, pae: nn.Module | None
-                ) -> tuple[Callable[[int], dict[str, Tensor]], Tensor, Tensor]:
+def _pair_maker(out: dict[str, np.ndarray], cfg: Any, seed: int, pae: nn.Module | None,
+                model_scene: Tensor | None = None) -> tuple[Callable[[int], dict[str, Tensor]], Tensor, Tensor]:
     """``make(epoch)`` building the epoch's training pairs from the teacher's stored train outputs (fixed
     nearest-neighbour pairs, and/or virtual neighbours drawn anew each epoch), plus the teacher's per-scene
-    spread ``(S, 2)`` and the virtual spread used (metres, degrees per axis)."""
+    spread ``(S, 2)`` and the virtual spread used (metres, degrees per axis). Pairs and spreads go by the
+    dataset's scene ids; the PAE and a fine-tuned encoder get ``model_scene`` ``(N,)``, each frame's scene in
+    the teacher's own order (default: the dataset's ids)."""
     gt = torch.as_tensor(np.asarray(out["pose_gt"]), dtype=torch.float32)
     gt = P.join_pose(gt[:, :3], P.normalize_quat(gt[:, 3:]))  # label sign kept
     scene = torch.as_tensor(np.asarray(out["scene_id"]), dtype=torch.int64)
+    model_scene = scene if model_scene is None else torch.as_tensor(model_scene, dtype=torch.int64)
     qx = torch.as_tensor(np.asarray(out["latent_x"]), dtype=torch.float32)
     qq = torch.as_tensor(np.asarray(out["latent_q"]), dtype=torch.float32)
     N, pairs, finetune = len(gt), cfg.pairs, cfg.finetune
@@ -335,7 +343,7 @@ def _pair_maker(out: dict[str, np.ndarray], cfg: Any, seed: int, pae: nn.Module 
         a, b = nearest_pairs(gt, scene, cfg.k, cfg.orientation_weight)
         fixed = {"a": a, "b": b, "rel": relative_target(gt[a], gt[b])}
         if pae is not None:
-            rx, rq = encode_poses(pae, gt[b], scene[b])  # PAE latents of the neighbour's pose
+            rx, rq = encode_poses(pae, gt[b], model_scene[b])  # PAE latents of the neighbour's pose
             fixed["rx"], fixed["rq"] = rx.cpu(), rq.cpu()
         elif not finetune:
             fixed["rx"], fixed["rq"] = qx[b], qq[b]  # stored teacher latents of the neighbour image
@@ -346,12 +354,12 @@ def _pair_maker(out: dict[str, np.ndarray], cfg: Any, seed: int, pae: nn.Module 
             g = torch.Generator().manual_seed(seed * 7919 + epoch)
             a = torch.arange(N).repeat_interleave(cfg.virtual)
             ref = _virtual(gt[a], std_rows[a, :1], std_rows[a, 1:], g)
-            rx, rq = encode_poses(pae, ref, scene[a])
+            rx, rq = encode_poses(pae, ref, model_scene[a])
             parts.append({"a": a, "b": torch.full_like(a, -1), "rel": relative_target(gt[a], ref), "rx": rx.cpu(), "rq": rq.cpu()})
         batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if all(k in p for p in parts)}
         a, b = batch.pop("a"), batch.pop("b")
         if finetune:
-            batch["images"], batch["scene"] = a, scene[a]
+            batch["images"], batch["scene"] = a, model_scene[a]
             if pae is None:
                 batch["ref_images"] = b
         else:
@@ -514,7 +522,7 @@ def _retrieval(ctx: Context, refiner: Artifact, teacher: Artifact, scene: Tensor
     db_pose = P.join_pose(db_pose[:, :3], P.normalize_quat(db_pose[:, 3:]))
     if len(db_pose) == 0:
         raise BenchError(f"refiner {refiner.name!r} retrieves training frames, but the training split is empty")
-    db_scene = torch.as_tensor(np.asarray(db["scene_id"]), dtype=torch.int64)
+    db_scene = to_model_scenes(db["scene_id"], ctx.data.scenes, teacher.model)  # the predicted scenes' order
     db_x, db_q = _query_latents(ctx, refiner, teacher, "train", db, db_scene)  # fine-tuned: re-encoded once
     db_x, db_q = db_x.to(ctx.device), db_q.to(ctx.device)
     ow = refiner.recipe.task.orientation_weight

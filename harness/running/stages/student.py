@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,7 +57,7 @@ from aprbench.harness.training.losses import PoseLoss
 from aprbench.harness.results.metrics import errors, per_scene
 from aprbench.harness.poses import normalize_quat
 from aprbench.harness.training.batches import Batches
-from aprbench.harness.api.compat import check_student
+from aprbench.harness.api.compat import check_student, to_model_scenes
 from aprbench.harness.api.recipes import ENCODES, Recipe
 from aprbench.harness.running.stages.context import Artifact, Context, Stage, obtain, training_paths, under_threads
 from aprbench.harness.running.timing import seconds_per_frame
@@ -95,9 +95,11 @@ def predicted_scene(out: dict[str, np.ndarray], multi_scene: bool) -> np.ndarray
 
 
 def student_inputs(out: dict[str, np.ndarray], teacher: Teacher, source: str,
-                   raw_quaternion: bool = False) -> tuple[Tensor, Tensor]:
+                   raw_quaternion: bool = False, scenes_names: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
     """``(poses (N, 7), scenes (N,))`` the student encodes: the teacher's estimate and predicted scene
-    (``estimate``) or the ground-truth pose and scene (``ground_truth``).
+    (``estimate``) or the ground-truth pose and scene (``ground_truth``). Scenes are the teacher's own scene
+    index: its prediction, or the label's scene (``scenes_names``: the dataset's scene names) in the teacher's order
+    (``harness.api.compat.to_model_scenes``; a 7-scene checkpoint on one scene's label file).
 
     ``raw_quaternion`` (recipe value; the reference): the estimate with the quaternion as the teacher's
     heads output it, unnormalised, recomputed from the stored latents (``teacher.decode``)."""
@@ -118,6 +120,8 @@ def student_inputs(out: dict[str, np.ndarray], teacher: Teacher, source: str,
         scenes = predicted_scene(out, bool(getattr(teacher, "multi_scene", False)))
     else:
         poses, scenes = out["pose_gt"], out["scene_id"]
+        if scenes_names is not None:
+            scenes = to_model_scenes(scenes, scenes_names, teacher)
     return (torch.as_tensor(np.asarray(poses), dtype=torch.float32),
             torch.as_tensor(np.asarray(scenes), dtype=torch.int64))
 
@@ -191,7 +195,7 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     weight = pose_weight(recipe, encode)
     out = teacher_outputs(ctx, teacher, "train")  # stored: the image encoder does not run again
     dev = ctx.device
-    poses, scenes = student_inputs(out, teacher.model, encode, recipe.task.raw_quaternion)
+    poses, scenes = student_inputs(out, teacher.model, encode, recipe.task.raw_quaternion, ctx.data.scenes)
     tensors = (
         poses.to(dev), scenes.to(dev),
         torch.as_tensor(np.asarray(out["latent_x"]), dtype=torch.float32, device=dev),
@@ -243,7 +247,7 @@ def student_outputs(ctx: Context, student: Artifact, teacher: Artifact, split: s
     dev = next(iter(s_model.parameters()), torch.empty(0)).device
     s_model.eval()
     t_model.eval()
-    poses, scenes = student_inputs(out, t_model, "estimate", student.recipe.task.raw_quaternion)
+    poses, scenes = student_inputs(out, t_model, "estimate", student.recipe.task.raw_quaternion, ctx.data.scenes)
     tx = torch.as_tensor(np.asarray(out["latent_x"]), dtype=torch.float32)
     tq = torch.as_tensor(np.asarray(out["latent_q"]), dtype=torch.float32)
     n = len(poses)
