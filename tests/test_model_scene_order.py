@@ -93,3 +93,19 @@ def test_retrieval_database_in_the_model_order(tmp_path, monkeypatch):
     # every test frame (fire's too) is predicted office: its neighbour is one of office's training frames
     assert calls and calls[-1].tolist() == [OFFICE] * 4
     assert np.isfinite(res["poses"]).all()
+
+
+def test_decoder_latents_in_the_model_order(tmp_path):
+    """A decoder trains on the student's latents of the ground-truth poses: office's PAE input is 3."""
+    from aprbench.harness.running.stages.context import Artifact
+    from aprbench.harness.running.stages.decoder import pose_latents
+    from aprbench.plugins.students.pae import PAE
+
+    data = make_data(tmp_path / "data", scenes=("office",), n_train=5, n_test=1).split("train")
+    torch.manual_seed(0)
+    pae = PAE(latent_dim=8, num_scenes=7, multi_scene=True).eval()
+    lx, lq = pose_latents(Artifact("student", "pae", "p", {}, pae), data, torch.device("cpu"))
+    with torch.no_grad():
+        ex, eq = pae(data.poses(), torch.full((5,), OFFICE))
+        wrong, _ = pae(data.poses(), torch.zeros(5, dtype=torch.int64))
+    assert torch.equal(lx, ex) and torch.equal(lq, eq) and not torch.allclose(lx, wrong)
