@@ -142,19 +142,25 @@ def test_digits_follow_the_quantity():
     assert tables._signed(-0.0123, tables.fmt_m) == "−0.01" and tables._signed(0.001, tables.fmt_m) == "±0.00"
 
 
+def _table_cells(line: str, fmt: str) -> list[str] | None:
+    """The cells of one table row in ``fmt`` (None for a line that is not a row)."""
+    if fmt == "latex" and " & " in line and line.endswith("\\\\"):
+        return [c.strip() for c in line[:-2].split(" & ")]
+    if fmt == "github" and line.startswith("| ") and not line.startswith("|--"):
+        return [c.strip() for c in line.strip("|").split(" | ")]
+    if fmt == "html" and "<td>" in line:
+        return [html.unescape(c.strip()) for c in re.findall(r"<td>(.*?)</td>", line)]
+    if fmt == "plain":
+        return re.split(r"\s{2,}", line.strip())
+    return None
+
+
 def _rows(text: str, fmt: str) -> dict[str, list[str]]:
     """Method name -> its cells, from a table in ``fmt`` (first table of each method name kept)."""
     rows: dict[str, list[str]] = {}
     for line in text.splitlines():
-        if fmt == "latex" and " & " in line and line.endswith("\\\\"):
-            cells = [c.strip() for c in line[:-2].split(" & ")]
-        elif fmt == "github" and line.startswith("| ") and not line.startswith("|--"):
-            cells = [c.strip() for c in line.strip("|").split(" | ")]
-        elif fmt == "html" and "<td>" in line:
-            cells = [c.strip() for c in re.findall(r"<td>(.*?)</td>", line)]
-        elif fmt == "plain" and line.startswith("posenet"):
-            cells = re.split(r"\s{2,}", line.strip())
-        else:
+        cells = _table_cells(line, fmt)
+        if cells is None or (fmt == "plain" and not line.startswith("posenet")):
             continue
         rows.setdefault(re.sub(r"\\_|_", "_", cells[0]).replace("\\%", "%"), cells[1:])
     return rows
@@ -188,15 +194,8 @@ def _stats_rows(text: str, fmt: str) -> dict[tuple[str, str, str], list[str]]:
     """(comparison, method, scene) -> the cells of the stats view's row, from a table in ``fmt``."""
     rows: dict[tuple[str, str, str], list[str]] = {}
     for line in text.splitlines():
-        if fmt == "latex" and " & " in line and line.endswith("\\\\"):
-            cells = [c.strip() for c in line[:-2].split(" & ")]
-        elif fmt == "github" and line.startswith("| ") and not line.startswith("|--"):
-            cells = [c.strip() for c in line.strip("|").split(" | ")]
-        elif fmt == "html" and "<td>" in line:
-            cells = [html.unescape(c.strip()) for c in re.findall(r"<td>(.*?)</td>", line)]
-        elif fmt == "plain":
-            cells = re.split(r"\s{2,}", line.strip())
-        else:
+        cells = _table_cells(line, fmt)
+        if cells is None:
             continue
         key = tuple(c.replace("\\", "") for c in cells[:3])
         if key[0] in ("vs teacher", "iteration"):
