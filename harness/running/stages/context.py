@@ -250,36 +250,43 @@ def obtain(ctx: Context, stage: Stage, name: str, upstream: dict[str, Artifact] 
     out_dir = ctx.store.artifact_dir(stage.kind, name, fp)
     art = Artifact(stage.kind, name, fp, recipe, model, out_dir / "weights.pth", ids, dict(options or {}))
     if checkpoint is not None:
-        convert = getattr(model, "from_reference_state_dict", None)  # a plugin's own layout (e.g. the reference's)
-        load_into(model, convert(state) if convert is not None else state, source=f"checkpoint {checkpoint}")
-        model.to(ctx.device).eval()
-        art.path = checkpoint
-        ctx.artifacts[fp] = art
-        return art
-    if len(train.labels) == 0:
-        raise BenchError(f"dataset {ctx.dataset!r} has no training frames for scenes {', '.join(ctx.data.scenes)}")
-
-    def run() -> None:
-        from aprbench.harness.training.loop import distributed_env
-
-        from aprbench.harness.running.progress import TIMES, resolve_mode, say, duration
-
-        t0 = time.perf_counter()
-        with model_threads(recipe, ctx.device):
-            history, meta = stage.train(ctx, art, upstream, out_dir)
-        if distributed_env()[0] != 0:
-            return
-        took = time.perf_counter() - t0
-        TIMES.add(f"{art.kind} {art.name}", took)
-        if resolve_mode(ctx.progress) != "quiet":
-            say(f"{art.kind} {art.name} ({', '.join(ctx.data.scenes)}) trained in {duration(took)} "
-                f"({len(history)} epoch{'' if len(history) == 1 else 's'})")
-        save_state(art.path, model.state_dict(), meta=_metadata(ctx, art, history, time.perf_counter() - t0, meta))
-        shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # complete: resumable state no longer needed
-
-    train_once(ctx, art, run)
+        _load_given(ctx, art, state, checkpoint)
+    else:
+        if len(train.labels) == 0:
+            raise BenchError(f"dataset {ctx.dataset!r} has no training frames for scenes {', '.join(ctx.data.scenes)}")
+        train_once(ctx, art, lambda: _train_and_save(ctx, stage, art, upstream, out_dir))
     ctx.artifacts[fp] = art
     return art
+
+
+def _load_given(ctx: Context, art: Artifact, state: dict, checkpoint: Path) -> None:
+    """Load the given weights into ``art.model`` (through the plugin's own layout converter, if it has one)."""
+    model = art.model
+    convert = getattr(model, "from_reference_state_dict", None)  # a plugin's own layout (e.g. the reference's)
+    load_into(model, convert(state) if convert is not None else state, source=f"checkpoint {checkpoint}")
+    model.to(ctx.device).eval()
+    art.path = checkpoint
+
+
+def _train_and_save(ctx: Context, stage: Stage, art: Artifact, upstream: dict[str, Artifact], out_dir: Path) -> None:
+    """Train ``art`` at its recipe's threads, say how long it took, save its weights and drop the resumable
+    checkpoints (rank 0 only under torchrun)."""
+    from aprbench.harness.training.loop import distributed_env
+
+    from aprbench.harness.running.progress import TIMES, resolve_mode, say, duration
+
+    t0 = time.perf_counter()
+    with model_threads(art.recipe, ctx.device):
+        history, meta = stage.train(ctx, art, upstream, out_dir)
+    if distributed_env()[0] != 0:
+        return
+    took = time.perf_counter() - t0
+    TIMES.add(f"{art.kind} {art.name}", took)
+    if resolve_mode(ctx.progress) != "quiet":
+        say(f"{art.kind} {art.name} ({', '.join(ctx.data.scenes)}) trained in {duration(took)} "
+            f"({len(history)} epoch{'' if len(history) == 1 else 's'})")
+    save_state(art.path, art.model.state_dict(), meta=_metadata(ctx, art, history, time.perf_counter() - t0, meta))
+    shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # complete: resumable state no longer needed
 
 
 _SAID: set[tuple] = set()  # shapes taken from checkpoints, said once per process
