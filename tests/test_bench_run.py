@@ -214,3 +214,28 @@ def test_same_seed_reproduces_every_estimate_bit_for_bit_and_seeds_differ(tmp_pa
     for key in first:
         assert (first[key] == second[key]).all(), key  # bit for bit
     assert not (first[(0, None, None)] == first[(1, None, None)]).all()  # another seed trains another teacher
+
+
+def test_validation_split_run_logs_held_out_curves_and_labels_its_rows(tmp_path):
+    """``--dataset ...,validation=true``: trained on all but each scene's last training sequence, scored on that
+    one; every model's log has per-epoch held-out values and the leaderboard says what it was scored on."""
+    args = ["run", "--dataset", TINY + ",validation=true", "--scenes", "room", "--teacher", "posenet-mobilenet",
+            "--student", "pae", "--refiner", "pae-rpr", "--iterations", "1", "--set", "epochs=2", "--no-progress",
+            "--no-report"]
+    done = bench(tmp_path, *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "synthetic (validation)" in done.stdout
+    for name in (tmp_path / "cells").glob("*.h5"):
+        arrays, attrs = read_h5(name)
+        assert attrs["cell"]["evaluated_on"] == "validation" and arrays["pose_gt"].shape[-2:] == (24, 7)  # seq 3
+    logs = {p.parts[-4]: pd.read_csv(p) for p in (tmp_path / "artifacts").glob("*/*/logs/log.csv")}
+    assert set(logs) == {"teacher", "student", "refiner"}
+    assert list(logs["teacher"]["epoch"]) == [1, 2] and (logs["teacher"][["val_m", "val_deg"]] > 0).all().all()
+    for kind in ("student", "refiner"):
+        assert logs[kind]["val_loss"].notna().all(), kind
+    assert (logs["teacher"]["cpu_seconds"] > 0).all()
+    # the validation data is told apart from the full dataset: a plain run trains its own models
+    plain = bench(tmp_path, "run", "--dataset", TINY, "--scenes", "room", "--teacher", "posenet-mobilenet",
+                  "--student", "none", "--refiner", "none", "--set", "epochs=1", "--no-progress", "--no-report")
+    assert plain.returncode == 0 and "synthetic (validation)" not in plain.stdout
+    assert len(list((tmp_path / "artifacts" / "teacher").iterdir())) == 2

@@ -318,6 +318,30 @@ def test_with_fraction_deterministic_per_scene_nested(tmp_path):
         D.with_fraction(data, 0.0)
 
 
+def test_with_validation_holds_out_each_scenes_last_training_sequence(tmp_path):
+    df = labels_frame(90, scenes=("a", "b"), seed=3)
+    train = df["split"] == "train"
+    df.loc[train, "seq"] = [f"seq-{1 + (i // 10) % 3:02d}" for i in range(int(train.sum()))]  # 3 training sequences
+    df.loc[(df["scene"] == "b") & train, "seq"] = "seq-01"  # scene b: one training sequence
+    data = D.make_pose_data("x", tmp_path, df)
+    val = D.with_validation(data)
+    assert val.options["validation"] is True and val.fingerprint() != data.fingerprint()
+    assert set(val.labels["img_path"]) == set(data.split("train").labels["img_path"])  # test frames never read
+    a_train = data.labels[(data.labels["scene"] == "a") & (data.labels["split"] == "train")]
+    held_a = val.labels[(val.labels["scene"] == "a") & (val.labels["split"] == "test")]
+    assert set(held_a["seq"]) == {a_train["seq"].iloc[-1]} and len(held_a) == (a_train["seq"] == a_train["seq"].iloc[-1]).sum()
+    b_train = data.labels[(data.labels["scene"] == "b") & (data.labels["split"] == "train")]
+    held_b = val.labels[(val.labels["scene"] == "b") & (val.labels["split"] == "test")]
+    assert list(held_b["img_path"]) == list(b_train["img_path"].iloc[-(len(b_train) // 8):])  # its last eighth
+    pd.testing.assert_frame_equal(D.with_validation(data).labels, val.labels)  # deterministic
+    assert D.with_validation(val) is val
+    with pytest.raises(BenchError, match="validation split before"):
+        D.with_validation(D.with_fraction(data, 0.5))
+    one = D.make_pose_data("x", tmp_path, df[df.index == df.index[train][0]])
+    with pytest.raises(DataError, match="needs at least 2"):
+        D.with_validation(one)
+
+
 # --------------------------------------------------------------------------- images
 def test_load_images_resize_crop_order_cache(tmp_path, monkeypatch):
     df = labels_frame(4, scenes=("s",))

@@ -93,6 +93,41 @@ def test_cosine_schedule_and_grad_clip():
     assert lrs[0] == pytest.approx(1e-2) and all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] > 1e-3
 
 
+def stepped(batches, n: int = 64, batch: int = 8):
+    """``batches`` that know their steps per epoch (what ``onecycle`` needs)."""
+    batches.steps_per_epoch = lambda world=1: n // batch
+    return batches
+
+
+def test_onecycle_warms_up_then_anneals_every_step_and_resumes(tmp_path):
+    config = TrainConfig(epochs=6, batch_size=8, lr=1e-2, schedule="onecycle", warmup=0.25, gamma=0.01, seed=3)
+    ref = fresh()
+    lrs = [h["lr"] for h in fit(ref, stepped(make_batches()), config, tmp_path / "ref", progress=False)]
+    # 8 steps per epoch, 48 in all: the peak (step 11) falls in epoch 1, each epoch's first step logged
+    assert lrs[0] == pytest.approx(1e-2 / 25)
+    assert lrs[1] == pytest.approx(1e-2 / 25 + (1e-2 - 1e-2 / 25) * (1 - math.cos(math.pi * 8 / 11)) / 2)
+    assert lrs[2] > lrs[1] and all(a > b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 0.2e-2
+    total, peak = 47, 11  # the last step's rate is lr * gamma, cosine from the peak
+    t = 5 * 8 - peak
+    assert lrs[5] == pytest.approx(1e-4 + (1e-2 - 1e-4) * (1 + math.cos(math.pi * t / (total - peak))) / 2)
+
+    task = fresh()
+    with pytest.raises(KeyboardInterrupt):
+        fit(task, stepped(make_batches(interrupt_at=(2, 3))), config, tmp_path / "run", progress=False)
+    resumed = fresh(seed=99)
+    hist = fit(resumed, stepped(make_batches()), config, tmp_path / "run", progress=False)
+    assert [h["lr"] for h in hist] == pytest.approx(lrs)
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+
+
+def test_onecycle_needs_batches_that_count_their_steps():
+    from aprbench.harness.errors import BenchError
+
+    with pytest.raises(BenchError, match="onecycle"):
+        fit(fresh(), make_batches(), TrainConfig(epochs=2, schedule="onecycle"), None, progress=False)
+
+
 def test_image_batches_shard_and_replay():
     images = torch.randint(0, 255, (20, 3, 8, 8), dtype=torch.uint8)
     poses = torch.randn(20, 7)
@@ -272,7 +307,7 @@ def test_fit_writes_epoch_log_with_loss_parts_weights_lr_time_and_validation(tmp
     task = PoseRegress()
     hist = fit(task, batches, config, tmp_path / "ckpt", progress=False, validate=validate)
     columns, rows = read_csv(tmp_path / "ckpt" / "log.csv")
-    assert columns == ["epoch", "loss", "lq", "lx", "sx", "sq", "lr", "seconds", "val_median_m"]
+    assert columns == ["epoch", "loss", "lq", "lx", "sx", "sq", "lr", "seconds", "cpu_seconds", "val_median_m"]
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert [float(r["lr"]) for r in rows] == pytest.approx([1e-2, 1e-2, 5e-3, 5e-3])
     for row, h in zip(rows, hist):

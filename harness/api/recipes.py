@@ -149,8 +149,11 @@ class TrainConfig:
     """Optimisation settings of one recipe: Adam, a per-epoch schedule, epochs, batch size.
 
     ``schedule``: ``step`` (StepLR every ``step_size`` epochs by ``gamma``;
-    ``step_size`` 0 keeps the rate constant) or ``cosine`` (cosine annealing
-    from ``lr`` to ``lr * gamma`` over ``epochs``). ``grad_clip`` > 0 clips
+    ``step_size`` 0 keeps the rate constant), ``cosine`` (cosine annealing
+    from ``lr`` to ``lr * gamma`` over ``epochs``) or ``onecycle`` (torch's
+    OneCycleLR, stepped every batch: a warm-up from ``lr / 25`` to ``lr`` over
+    the first ``warmup`` fraction of the steps, then cosine annealing to
+    ``lr * gamma``, Adam's beta1 cycled 0.95 -> 0.85 -> 0.95). ``grad_clip`` > 0 clips
     the gradient norm. ``eps`` is Adam's (the reference uses 1e-10).
     """
 
@@ -166,6 +169,7 @@ class TrainConfig:
     seed: int = 0
     eps: float = 1e-8  # Adam's epsilon
     threads: int = 1  # CPU threads (torch.set_num_threads) while this model trains and is evaluated on a CPU
+    warmup: float = 0.25  # onecycle: the fraction of steps spent warming up
 
     @classmethod
     def from_recipe(cls, recipe: dict[str, Any]) -> "TrainConfig":
@@ -178,8 +182,8 @@ class TrainConfig:
 TRAIN_RULES: dict[str, dict[str, Any]] = {
     "epochs": {"low": 0}, "batch_size": {"low": 1}, "lr": {"low": 0.0, "strict": True}, "eps": {"low": 0.0, "strict": True},
     "weight_decay": {"low": 0.0}, "step_size": {"low": 0}, "gamma": {"low": 0.0, "strict": True},
-    "schedule": {"choices": ("step", "cosine")}, "grad_clip": {"low": 0.0}, "checkpoint_every": {"low": 1},
-    "seed": {"low": 0}, "threads": {"low": 1},
+    "schedule": {"choices": ("step", "cosine", "onecycle")}, "grad_clip": {"low": 0.0}, "checkpoint_every": {"low": 1},
+    "seed": {"low": 0}, "threads": {"low": 1}, "warmup": {"low": 0.0, "high": 1.0, "strict": True},
 }
 # keys the harness passes to factories itself (never from a recipe)
 

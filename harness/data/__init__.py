@@ -32,6 +32,7 @@ _EXPORTS = {
     "parse_dataset_spec": ".datasets",
     "subset": ".datasets",
     "with_fraction": ".datasets",
+    "with_validation": ".datasets",
     "require_frames": ".datasets",
     "load_images": ".images",
     "normalize_images": ".images",

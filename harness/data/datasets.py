@@ -90,6 +90,9 @@ def open_dataset(spec: str, store: Store, registry: Any, scenes: Iterable[str] |
         options = {**dataset_defaults(name, profile), **options}
     fraction = options.pop("fraction", 1.0)
     fraction_seed = options.pop("fraction_seed", 0)
+    validation = options.pop("validation", False)
+    if not isinstance(validation, bool):
+        raise BenchError(f"dataset spec {spec!r}: validation must be true or false, got {validation!r}")
     if scenes is not None:
         options["scenes"] = list(scenes)
     data = registry.build("dataset", name, store=store, **options)
@@ -99,6 +102,8 @@ def open_dataset(spec: str, store: Store, registry: Any, scenes: Iterable[str] |
     check_plugin_data(name, data)  # then the checks the built-in readers apply (names, paths, magnitudes, duplicates)
     if scenes is not None and set(data.scenes) - set(scenes):
         data = make_pose_data(data.name, data.root, data.labels, scenes, data.options)
+    if validation:
+        data = with_validation(data)
     if not isinstance(fraction, (int, float)):
         raise BenchError(f"dataset spec {spec!r}: fraction must be a number, got {fraction!r}")
     if fraction != 1.0:
@@ -136,6 +141,38 @@ def check_plugin_data(name: str, data: PoseData) -> None:
         raise data_error(errors)
     table = labels[LABEL_COLUMNS].reset_index(drop=True).astype({c: str for c in ("scene", "split", "seq", "img_path")})
     check_label_table(table, where)
+
+
+def with_validation(data: PoseData) -> PoseData:
+    """The validation split: each scene's last training sequence (in label order) becomes the evaluated
+    ``test`` split and the original test frames are left out, so recipes are chosen without the test split.
+
+    A scene whose training frames form one sequence (or name none) holds out its last eighth, a contiguous
+    block of frames. Deterministic; ``options["validation"]`` is set, so the data fingerprint (and every
+    cell's) differs from the full dataset's and the leaderboard labels the rows ``NAME (validation)``.
+    Refused on data already reduced by a fraction (the held-out frames would depend on the fraction).
+    """
+    if data.options.get("validation"):
+        return data
+    if data.options.get("fraction", 1.0) != 1.0:
+        raise BenchError(f"dataset {data.name!r}: carve the validation split before reducing the training frames")
+    labels = data.labels[data.labels["split"] == "train"].copy()
+    if labels.empty:
+        raise data_error([f"dataset {data.name!r}: no training frames to carve a validation split from"])
+    held = np.zeros(len(labels), dtype=bool)
+    for scene in data.scenes:
+        rows = np.flatnonzero((labels["scene"] == scene).to_numpy())
+        if len(rows) < 2:
+            raise data_error([f"dataset {data.name!r}: scene {scene} has {len(rows)} training frame(s); "
+                              "a validation split needs at least 2"])
+        seqs = labels["seq"].iloc[rows].astype(str)
+        names = list(dict.fromkeys(seqs))
+        if len(names) >= 2 and names[-1] != "":
+            held[rows[(seqs == names[-1]).to_numpy()]] = True
+        else:
+            held[rows[len(rows) - max(1, len(rows) // 8):]] = True
+    labels.loc[held, "split"] = "test"
+    return PoseData(data.name, data.root, labels.reset_index(drop=True), data.scenes, {**data.options, "validation": True})
 
 
 def _stable_seed(*parts: Any) -> int:

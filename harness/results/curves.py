@@ -160,7 +160,7 @@ def plot(curves: Curves, png: Path) -> Path:
     columns = table_columns(curves)
     groups = {
         "loss": ["loss"] if "loss" in columns else [],
-        "logged parts (epoch means)": [c for c in columns if c not in ("stage", "epoch", "loss", "lr", "seconds")
+        "logged parts (epoch means)": [c for c in columns if c not in ("stage", "epoch", "loss", "lr", "seconds", "cpu_seconds")
                                        and not c.startswith("val_") and c.rpartition(".")[2] not in ("sx", "sq")],
         "learned loss weights (sx, sq)": [c for c in columns if c.rpartition(".")[2] in ("sx", "sq")],
         "learning rate": [c for c in columns if c == "lr"],

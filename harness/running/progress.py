@@ -155,7 +155,7 @@ class EpochProgress:
     def epoch(self, epoch: int, logs: Mapping[str, float], samples: int, seconds: float) -> None:
         """Epoch ``epoch`` (counted from 1) ended: mean ``logs``, ``samples`` trained on in ``seconds``."""
         rate = f"{samples / seconds:.0f} samples/s" if seconds > 0 and samples else ""
-        shown = {k: v for k, v in logs.items() if k not in ("seconds", "lr")}
+        shown = {k: v for k, v in logs.items() if k not in ("seconds", "cpu_seconds", "lr")}
         if self.bar is not None:
             self.bar.set_postfix_str(", ".join([f"{k}={v:.3g}" for k, v in shown.items()] + ([rate] if rate else [])))
             self.bar.update(1)

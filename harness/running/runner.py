@@ -309,7 +309,8 @@ class MatrixRunner:
         teacher_text = cell.teacher.name + (f"={cell.teacher.checkpoint}" if cell.teacher.checkpoint else "")
         chain = obtain_chain(ctx, teacher_text, cell.student, cell.encode or "estimate", cell.refiner, cell.decoder)
         models = self.models(cell)
-        attrs = {"cell": cell.record(), "fingerprint": fp, "scenes": ctx.data.scenes,
+        record = {**cell.record(), "evaluated_on": "validation" if ctx.data.options.get("validation") else "test"}
+        attrs = {"cell": record, "fingerprint": fp, "scenes": ctx.data.scenes,
                  "upstream": {k: a.fingerprint for k, a in vars(chain).items() if a is not None},
                  "models": models, "profile": self.profile, "provenance": self.provenance(cell, models),
                  "versions": software_versions(), "weights": self._given_weights(cell)}

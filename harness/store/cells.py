@@ -149,7 +149,7 @@ def identity(cell: CellFile) -> dict[str, Any]:
     models = cell.attrs.get("models") or {}
     teacher = c["teacher"] + (f"={c['checkpoint']}" if c.get("checkpoint") else "")
     return {
-        "dataset": c["dataset"],
+        "dataset": c["dataset"] + (" (validation)" if c.get("evaluated_on") == "validation" else ""),
         "teacher": given_label(cell, "teacher", teacher),
         "teacher_scenes": "+".join(c["scenes"]),
         "fraction": float(c["fraction"]), "seed": int(c.get("seed", 0)),

@@ -26,7 +26,7 @@ in the checkpoint); a step whose scaled gradients overflow is skipped.
 Learning curves: every epoch adds a row to ``checkpoint_dir/log.csv`` (see
 :class:`EpochLog`): the epoch's mean loss and loss parts, the learned loss
 weights ``sx``/``sq`` of the task's :class:`~harness.training.losses.PoseLoss`, the
-learning rate, the epoch's training time, and ``val_*`` metrics when the
+learning rate, the epoch's training time (wall and CPU seconds), and ``val_*`` metrics when the
 caller passes ``validate``. A resumed run keeps the rows of the epochs its
 checkpoint holds and appends from there, so no epoch appears twice.
 """
@@ -87,8 +87,16 @@ def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.opt
     return torch.optim.Adam(params, foreach=True, **kwargs)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """The per-epoch learning-rate schedule named by ``config.schedule``."""
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
+                   steps_per_epoch: int | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule named by ``config.schedule``: stepped once per epoch, except ``onecycle``,
+    stepped after every batch (it needs ``steps_per_epoch``; :func:`per_step` tells them apart)."""
+    if config.schedule == "onecycle":
+        div = 25.0
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=max(config.epochs * max(steps_per_epoch or 1, 1), 2),
+            pct_start=config.warmup, anneal_strategy="cos", div_factor=div, final_div_factor=1.0 / (div * config.gamma),
+        )
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(config.epochs, 1), eta_min=config.lr * config.gamma
@@ -102,13 +110,36 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> tor
     )
 
 
+def held_out_loss(task: nn.Module, batches: Callable[[int, int, int], Iterable[Any]]) -> Callable[[], dict[str, float]]:
+    """A ``validate`` for :func:`fit`: the task's mean loss and logged parts over epoch 0 of ``batches``
+    (held-out data, e.g. the validation split of ``harness.data.datasets.with_validation``); logged as
+    ``val_loss`` and ``val_<part>``."""
+
+    def validate() -> dict[str, float]:
+        sums: dict[str, float] = {}
+        count = 0
+        for batch in batches(0, 0, 1):
+            loss, logs = task(batch)
+            for k, v in {"loss": float(loss), **logs}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+    return validate
+
+
+def per_step(scheduler: Any) -> bool:
+    """Whether ``scheduler`` is stepped after every batch (``onecycle``) rather than once per epoch."""
+    return isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
+
+
 class EpochLog:
     """The per-epoch CSV log of one training run: one row per completed epoch, ``epoch`` counted from 1.
 
     Columns, in this order: ``epoch``, ``loss``, the task's other logged loss parts (epoch means),
     learned loss weights (``sx``, ``sq``: the log-variances of Kendall's loss at the epoch's end),
-    ``lr`` (the rate used during the epoch), ``seconds`` (the epoch's training time, validation
-    excluded), then ``val_*`` metrics. An empty cell is a value that epoch did not have. Rows are
+    ``lr`` (the rate at the epoch's first step), ``seconds`` (the epoch's training time, validation
+    excluded) and ``cpu_seconds`` (the process's CPU time over it, every thread counted), then ``val_*`` metrics. An empty cell is a value that epoch did not have. Rows are
     appended as epochs finish; the file is rewritten (atomically) only when a column appears or when
     a resumed run drops rows its checkpoint does not cover.
     """
@@ -162,8 +193,8 @@ def _column_order(name: str) -> tuple[int, str, int]:
         return (0 if name == "epoch" else 1), "", 0
     if last in ("sx", "sq"):
         return 3, prefix, 0 if last == "sx" else 1
-    if name in ("lr", "seconds"):
-        return (4 if name == "lr" else 5), "", 0
+    if name in ("lr", "seconds", "cpu_seconds"):
+        return 4, "", ("lr", "seconds", "cpu_seconds").index(name)
     return (6 if name.startswith("val_") else 2), name, 0
 
 
@@ -211,7 +242,8 @@ def fit(
 
     device = device or next(task.parameters()).device
     check_precision(precision, device)
-    run = _set_up(task, config, checkpoint_dir, device, precision)
+    steps = getattr(batches, "steps_per_epoch", None)
+    run = _set_up(task, config, checkpoint_dir, device, precision, steps(distributed_env()[1]) if steps else None)
     out = _open_outputs(run, batches, config, desc, progress, checkpoint_dir, log_path, log_kind)
     try:
         task.train()
@@ -260,7 +292,7 @@ class _Outputs:
 
 
 def _set_up(task: nn.Module, config: TrainConfig, checkpoint_dir: Path | None, device: torch.device,
-            precision: str) -> _Training:
+            precision: str, steps_per_epoch: int | None = None) -> _Training:
     """Seed, optimiser, schedule, loss scaler, distributed wrapper; the checkpoint's state restored when there is one."""
     from aprbench.harness.training.devices import autocast, grad_scaler
 
@@ -271,7 +303,9 @@ def _set_up(task: nn.Module, config: TrainConfig, checkpoint_dir: Path | None, d
     torch.manual_seed(config.seed + rank)
     params = [p for p in task.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config)
-    scheduler = make_scheduler(optimizer, config)
+    if config.schedule == "onecycle" and not steps_per_epoch:
+        raise BenchError("schedule 'onecycle' needs batches that know their steps per epoch")
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch)
     ckpt = Checkpoint(Path(checkpoint_dir) / "last.pth" if checkpoint_dir is not None and rank == 0 else None,
                       task, optimizer, scheduler, scaler)
     history = ckpt.load() if checkpoint_dir is not None else []
@@ -305,14 +339,19 @@ def _open_outputs(run: _Training, batches: Any, config: TrainConfig, desc: str, 
 def _train_epoch(run: _Training, out: _Outputs, batches: Callable[[int, int, int], Iterable[Any]], epoch: int,
                  config: TrainConfig, desc: str, validate: Callable[[], Mapping[str, float]] | None) -> None:
     """Epoch ``epoch`` (from 0): train, validate, log its row, checkpoint every ``checkpoint_every``-th and the last."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     seen: dict[str, int] = {}
+    lr = run.optimizer.param_groups[0]["lr"]
+    stepped = per_step(run.scheduler)
     means = _epoch(run.model, batches(epoch, run.rank, run.world), run.optimizer, run.params, config.grad_clip,
-                   f"{desc}, epoch {epoch + 1}", run.amp, run.scaler, out.pace, seen)
+                   f"{desc}, epoch {epoch + 1}", run.amp, run.scaler, out.pace, seen,
+                   run.scheduler if stepped else None)
     means.update(loss_weights(run.task))
-    means["lr"] = run.optimizer.param_groups[0]["lr"]
-    run.scheduler.step()
+    means["lr"] = lr
+    if not stepped:
+        run.scheduler.step()
     means["seconds"] = time.perf_counter() - t0
+    means["cpu_seconds"] = time.process_time() - c0
     if validate is not None and run.rank == 0:
         means.update(_validate(run.task, validate, run.device, run.amp))
     run.history.append(means)
@@ -353,8 +392,8 @@ class Pace:
 def _epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Optimizer, params: list,
            grad_clip: float, where: str, amp: Callable[[], Any] | None = None,
            scaler: torch.amp.GradScaler | None = None, pace: Pace | None = None,
-           seen: dict[str, int] | None = None) -> dict[str, float]:
-    """One pass over ``batches``: the mean of the loss and of every logged value (``seen["samples"]``: the
+           seen: dict[str, int] | None = None, scheduler: Any = None) -> dict[str, float]:
+    """One pass over ``batches`` (``scheduler``, when given, stepped after each optimisation step): the mean of the loss and of every logged value (``seen["samples"]``: the
     number of samples trained on, when batches hold tensors). A non-finite loss stops
     training with :class:`NonFinite` naming ``where`` (model and epoch) and the loss parts. ``amp()``: the
     autocast context of each forward pass; ``scaler``: fp16 loss scaling (disabled: plain steps)."""
@@ -376,6 +415,8 @@ def _epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Opti
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         scaler.step(optimizer)  # a plain optimizer.step() when disabled
         scaler.update()
+        if scheduler is not None and scheduler.last_epoch < scheduler.total_steps:
+            scheduler.step()
         count += 1
         if seen is not None:
             seen["samples"] = seen.get("samples", 0) + _batch_size(batch)

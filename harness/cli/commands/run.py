@@ -57,7 +57,7 @@ def register(commands) -> None:
     p.add_argument("--iterations", help="refinement iterations to show, comma-separated, e.g. 0,1,3 (a refiner cell runs the "
                    "largest once and stores every step; default: each refiner recipe's `iterations`)")
     p.add_argument("--fraction", help="training-data fractions, comma-separated, e.g. 1.0,0.3")
-    p.add_argument("--seeds", help="training seeds, comma-separated (0,1,2), or a count (3 means 0,1,2); default 0")
+    p.add_argument("--seeds", help="training seeds, comma-separated (0,1,2; seed 4 alone: 4,), or a count (3 means 0,1,2); default 0")
     p.add_argument("--decoder", nargs="+", action="extend", metavar="D", help="decoders scored on every teacher x student (the student trained with the first --encode value); "
                    "NAME@TEACHER limits one to that teacher")
     add_recipe_options(p)
@@ -91,7 +91,7 @@ def parse_seeds(text: str | None) -> list[int]:
     values = parse_list(text, int, "--seeds")
     if len(values) == 1 and "," not in text:
         if not 1 <= values[0] <= MAX_SEEDS:
-            raise BenchError(f"--seeds {text}: a count must be in 1..{MAX_SEEDS} (or list seeds: 0,1,2)")
+            raise BenchError(f"--seeds {text}: a count must be in 1..{MAX_SEEDS} (or list seeds: 0,1,2; seed N alone: N,)")
         return list(range(values[0]))
     if not values:
         raise BenchError(f"--seeds {text}: expected integers, e.g. 0,1,2 (or a count: 3)")

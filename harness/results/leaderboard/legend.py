@@ -17,7 +17,10 @@ COST_UNDER_LOAD = "≈"  # marks a cost measured during the run, beside training
 
 def scenes_legend(tidy: pd.DataFrame, fmt: str) -> list[str]:
     """The scenes view's legend for the rows ``tidy`` (:func:`.scenes.scenes_frame` of one dataset)."""
-    lines = ["each cell: median position error (m), median orientation error (°) over the scene's test frames; "
+    validation = tidy["dataset"].astype(str).str.endswith("(validation)").any() if "dataset" in tidy else False
+    frames = ("held-out frames of the validation split (its last training sequence; the test split is not read)"
+              if validation else "test frames")
+    lines = [f"each cell: median position error (m), median orientation error (°) over the scene's {frames}; "
              "Average: the mean of the per-scene medians"]
     seeds = sorted({int(n) for n in tidy["n_seeds"].dropna()})
     if seeds and seeds[-1] > 1:

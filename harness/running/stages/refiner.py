@@ -60,7 +60,7 @@ from aprbench.harness.api.compat import check_refiner, to_model_scenes, uses_stu
 from aprbench.harness.running.stages.context import (Artifact, Context, Stage, build_model, obtain, training_paths,
                                                      under_threads)
 from aprbench.harness.running.timing import seconds_per_frame
-from aprbench.harness.training.loop import fit
+from aprbench.harness.training.loop import fit, held_out_loss
 
 def _outputs(ctx: Context, teacher: Artifact, split: str) -> dict[str, np.ndarray]:
     """The teacher's stored outputs on ``split`` (indirection so that tests can stand in for teachers)."""
@@ -282,8 +282,16 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
         model.init_output_bias(torch.cat([sample[:, :3].mean(0), sample.new_tensor([1.0, 0.0, 0.0, 0.0])]))
     task = RPRTask(model, cfg.sx, cfg.sq, cfg.learn_weights).to(ctx.device)
     batches = pair_batches(make, config.batch_size, config.seed, images, cfg.augment, ctx.device)
+    validate = None
+    if ctx.data.options.get("validation") and images is None and not reference:
+        # a validation split: the loss on pairs built the same way from the held-out frames' teacher outputs
+        held = _outputs(ctx, teacher, "test")
+        if len(held["pose_gt"]) >= 2:
+            make_held = _pair_maker(held, cfg, config.seed, pae,
+                                    to_model_scenes(held["scene_id"], ctx.data.scenes, teacher.model))[0]
+            validate = held_out_loss(task, pair_batches(make_held, 10**9, config.seed, None, False, ctx.device))
     history = fit(task, batches, config, desc=f"refiner {name}", progress=ctx.progress, device=ctx.device,
-                  precision=ctx.precision, log_kind=ctx.log, **training_paths(out_dir))
+                  precision=ctx.precision, log_kind=ctx.log, validate=validate, **training_paths(out_dir))
     present = np.unique(out["scene_id"]).tolist()  # scene ids index the dataset's scenes
     return history, {
         "teacher_train_rms": {ctx.data.scenes[s]: dict(zip(("m_per_axis", "deg_per_axis"), spread[s].tolist())) for s in present},

@@ -61,7 +61,7 @@ from aprbench.harness.api.compat import check_student, to_model_scenes
 from aprbench.harness.api.recipes import ENCODES, Recipe
 from aprbench.harness.running.stages.context import Artifact, Context, Stage, obtain, training_paths, under_threads
 from aprbench.harness.running.timing import seconds_per_frame
-from aprbench.harness.training.loop import fit
+from aprbench.harness.training.loop import fit, held_out_loss
 
 def pose_weight(recipe: Recipe, encode: str) -> float:
     """The recipe's ``pose_weight``: a number, or a table by ``encode`` (``{estimate = 0.0, ground_truth = 1.0}``)."""
@@ -193,23 +193,27 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
     teacher, student, recipe = upstream["teacher"], art.model, art.recipe
     encode = _encode_of(art)
     weight = pose_weight(recipe, encode)
-    out = teacher_outputs(ctx, teacher, "train")  # stored: the image encoder does not run again
     dev = ctx.device
-    poses, scenes = student_inputs(out, teacher.model, encode, recipe.task.raw_quaternion, ctx.data.scenes)
-    tensors = (
-        poses.to(dev), scenes.to(dev),
-        torch.as_tensor(np.asarray(out["latent_x"]), dtype=torch.float32, device=dev),
-        torch.as_tensor(np.asarray(out["latent_q"]), dtype=torch.float32, device=dev),
-        torch.as_tensor(np.asarray(out["pose_gt"]), dtype=torch.float32, device=dev),
-    )
+
+    def tensors(split: str) -> tuple[Tensor, ...]:  # stored teacher outputs: the image encoder does not run again
+        out = teacher_outputs(ctx, teacher, split)
+        poses, scenes = student_inputs(out, teacher.model, encode, recipe.task.raw_quaternion, ctx.data.scenes)
+        return (poses.to(dev), scenes.to(dev), *(torch.as_tensor(np.asarray(out[k]), dtype=torch.float32, device=dev)
+                                                 for k in ("latent_x", "latent_q", "pose_gt")))
+
+    train = tensors("train")
     cfg = recipe.task
     teacher_model = teacher.model.to(dev)
     task = StudentTask(student.to(dev), teacher_model, cfg.sx, cfg.sq, cfg.learn_weights, cfg.latent_weight,
                        weight).to(dev)
+    validate = None
+    if ctx.data.options.get("validation"):  # a validation split: the loss on its held-out frames every epoch
+        held = tensors("test")
+        validate = held_out_loss(task, Batches(held, max(len(held[0]), 1), 0, device=dev)) if len(held[0]) else None
     with frozen(teacher_model):
-        history = fit(task, Batches(tensors, recipe.train.batch_size, recipe.train.seed, device=dev), recipe.train,
+        history = fit(task, Batches(train, recipe.train.batch_size, recipe.train.seed, device=dev), recipe.train,
                       desc=f"{art.name} <- {teacher.name}", progress=ctx.progress, device=dev,
-                      precision=ctx.precision, log_kind=ctx.log, **training_paths(out_dir))
+                      precision=ctx.precision, log_kind=ctx.log, validate=validate, **training_paths(out_dir))
     return history, {
         "encode": encode, "pose_weight": weight, "teacher": teacher.name, "latent_dim": int(student.latent_dim),
         "multi_scene": bool(student.multi_scene), "sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach()),

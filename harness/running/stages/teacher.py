@@ -16,7 +16,7 @@ import fnmatch
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -127,6 +127,7 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
         teacher.init_output_bias(mean_pose(poses))
     task = TeacherTask(teacher, task_cfg.sx, task_cfg.sq, task_cfg.learn_weights, task_cfg.nll_weight).to(ctx.device)
     stages = task_cfg.stages or [{}]
+    validate = held_out_errors(ctx, teacher, prep.test_images) if ctx.data.options.get("validation") else None
     names = [n for n, _ in teacher.named_parameters()]
     history: list[dict[str, float]] = []
     for i, stage in enumerate(stages):
@@ -143,9 +144,38 @@ def _train(ctx: Context, art: Artifact, upstream: dict[str, Artifact], out_dir: 
                                 task_cfg.scene_balanced, ctx.device, preprocess=prep)
         desc = f"{art.name}" + (f" stage {i + 1}/{len(stages)}" if len(stages) > 1 else "")
         history += fit(task, batches, config, desc=desc, progress=ctx.progress, device=ctx.device,
-                       precision=ctx.precision, log_kind=ctx.log, **training_paths(out_dir, i if len(stages) > 1 else None))
+                       precision=ctx.precision, log_kind=ctx.log, validate=validate,
+                       **training_paths(out_dir, i if len(stages) > 1 else None))
     teacher.requires_grad_(True)
     return history, {"sx": float(task.loss.sx.detach()), "sq": float(task.loss.sq.detach())}
+
+
+def held_out_errors(ctx: Context, teacher: Teacher, load: Any) -> Callable[[], dict[str, float]] | None:
+    """The per-epoch check of a training on a validation split (``harness.data.datasets.with_validation``):
+    median position (``m``, metres) and orientation (``deg``) errors on the held-out frames, and per scene
+    (``m_SCENE``, ``deg_SCENE``) for several scenes; ``load(data, store)`` gives their uint8 images.
+    ``None`` when there are no held-out frames. The training loop logs them as ``val_*``."""
+    from aprbench.harness.data.images import normalize_images
+
+    held = ctx.data.split("test")
+    if len(held.labels) == 0:
+        return None
+    images, poses, sid = load(held, ctx.store), held.poses(), held.scene_ids()
+    size = 256
+
+    def validate() -> dict[str, float]:
+        est = torch.cat([teacher(normalize_images(images[i : i + size]).to(ctx.device))[0].float().cpu()
+                         for i in range(0, len(images), size)])
+        pos, ori = pose_errors(est, poses)
+        out = {"m": float(pos.median()), "deg": float(ori.median())}
+        if len(ctx.data.scenes) > 1:
+            for k, scene in enumerate(ctx.data.scenes):
+                mask = sid == k
+                if bool(mask.any()):
+                    out[f"m_{scene}"], out[f"deg_{scene}"] = float(pos[mask].median()), float(ori[mask].median())
+        return out
+
+    return validate
 
 
 TEACHER = Stage("teacher", Teacher, _build_args, _check, _train)
