@@ -86,3 +86,39 @@ def test_report_links_each_trained_models_learning_curves(tmp_path):
     assert png in referenced(html) and (tmp_path / "report" / png).stat().st_size > 1000
     assert "Learning curves of teacher posenet-mobilenet" in html and "fp 0123456789abcdef" in html
     assert not any(r.startswith("curves-student") for r in referenced(html))
+
+
+def test_two_reports_written_at_once_into_one_folder_take_turns(tmp_path, monkeypatch):
+    """Two runs finishing together in one work directory: the second report waits for the first, then replaces
+    its files (it recorded them), instead of refusing them as a user's files."""
+    import threading
+    import time
+
+    from aprbench.harness.results import report
+
+    store = write_store(tmp_path / "wd", seeds=(0, 1))
+    out = tmp_path / "report"
+    slow_pages = report._write_pages
+
+    def slow(*args, **kwargs):
+        slow_pages(*args, **kwargs)
+        time.sleep(0.5)  # long enough for the other writer to look at the folder meanwhile
+
+    monkeypatch.setattr(report, "_write_pages", slow)
+    errors: list[BaseException] = []
+
+    def write(filters):
+        try:
+            write_report(store, out, filters=filters)
+        except BaseException as exc:  # noqa: BLE001  collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(f,)) for f in ([], ["refiner=-"])]
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    refs = referenced((out / "index.html").read_text())
+    assert refs and all((out / r).is_file() for r in refs)

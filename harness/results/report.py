@@ -17,6 +17,7 @@ file of the same name the user put there stops the report before anything change
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
@@ -314,22 +315,24 @@ def write_report(store: Store, out: Path, fingerprints: Iterable[str] | None = N
     stamp_path, index = out / ".cells.json", out / "index.html"
     if not force and index.exists() and _read_stamp(stamp_path) == stamp:
         return index
-    ours = owned(out, "report")
-    ours = legacy_report_files(out) if ours is None else ours | {".cells.json"}
-    _refuse_clashes(out, ["index.html", "report.md", ".cells.json"], ours)
-    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
-    try:
-        _write_pages(store, board, staging)
-        new = sorted(p.name for p in staging.iterdir())
-        _refuse_clashes(out, new, ours)
-        for name in ours - set(new) - {".cells.json"}:  # no stale figures of an earlier report; nothing else
-            (out / name).unlink(missing_ok=True)
-        for name in new:
-            os.replace(staging / name, out / name)
-        stamp_path.write_text(stamp)
-        record(out, "report", [*new, ".cells.json"])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # two runs finishing together in one work directory write one report after the other
+    with store.lock("report-" + hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]):
+        ours = owned(out, "report")
+        ours = legacy_report_files(out) if ours is None else ours | {".cells.json"}
+        _refuse_clashes(out, ["index.html", "report.md", ".cells.json"], ours)
+        staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+        try:
+            _write_pages(store, board, staging)
+            new = sorted(p.name for p in staging.iterdir())
+            _refuse_clashes(out, new, ours)
+            for name in ours - set(new) - {".cells.json"}:  # no stale figures of an earlier report; nothing else
+                (out / name).unlink(missing_ok=True)
+            for name in new:
+                os.replace(staging / name, out / name)
+            stamp_path.write_text(stamp)
+            record(out, "report", [*new, ".cells.json"])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return index
 
 
