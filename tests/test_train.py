@@ -121,6 +121,41 @@ def test_onecycle_warms_up_then_anneals_every_step_and_resumes(tmp_path):
         assert torch.allclose(a, b, atol=1e-6), k
 
 
+class Drift(nn.Module):
+    """loss = sum(w): Adam moves every weight by -lr each step, so the average has a closed form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(3))
+
+    def forward(self, batch):
+        return self.w.sum(), {}
+
+
+def test_ema_returns_the_moving_average_of_the_weights_and_resumes(tmp_path):
+    config = TrainConfig(epochs=2, batch_size=8, lr=0.1, ema=0.8, step_size=0)
+    drift = Drift()
+    fit(drift, make_batches(n=40), config, None, progress=False)
+    weights, average = [-0.1 * t for t in range(1, 11)], None  # 5 steps per epoch
+    for w in weights:
+        average = w if average is None else 0.8 * average + 0.2 * w
+    assert torch.allclose(drift.w.detach(), torch.full((3,), average), atol=1e-5)
+    assert abs(average - weights[-1]) > 0.1  # not the last weights
+    # interrupted in epoch 1 and resumed: the same average (it is in the checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        fit(Drift(), make_batches(n=40, interrupt_at=(1, 2)), config, tmp_path, progress=False)
+    resumed = Drift()
+    fit(resumed, make_batches(n=40), config, tmp_path, progress=False)
+    assert torch.allclose(resumed.w.detach(), drift.w.detach(), atol=1e-6)
+    # validation sees the averaged weights, and training goes on from the model's own
+    probe, seen = Drift(), []
+    fit(probe, make_batches(n=40), config, None, progress=False, validate=lambda: seen.append(float(probe.w[0])) or {})
+    first = -0.1 * 1
+    for w in weights[1:5]:
+        first = 0.8 * first + 0.2 * w
+    assert seen == pytest.approx([first, average], abs=1e-5)
+
+
 def test_onecycle_needs_batches_that_count_their_steps():
     from aprbench.harness.errors import BenchError
 

@@ -154,7 +154,9 @@ class TrainConfig:
     OneCycleLR, stepped every batch: a warm-up from ``lr / 25`` to ``lr`` over
     the first ``warmup`` fraction of the steps, then cosine annealing to
     ``lr * gamma``, Adam's beta1 cycled 0.95 -> 0.85 -> 0.95). ``grad_clip`` > 0 clips
-    the gradient norm. ``eps`` is Adam's (the reference uses 1e-10).
+    the gradient norm. ``eps`` is Adam's (the reference uses 1e-10). ``ema`` > 0 keeps an exponential
+    moving average of the weights and batch-norm statistics, updated after every step with that decay
+    (torch's ``AveragedModel``); it is what validation sees and what the training returns.
     """
 
     epochs: int = 10
@@ -170,6 +172,7 @@ class TrainConfig:
     eps: float = 1e-8  # Adam's epsilon
     threads: int = 1  # CPU threads (torch.set_num_threads) while this model trains and is evaluated on a CPU
     warmup: float = 0.25  # onecycle: the fraction of steps spent warming up
+    ema: float = 0.0  # per-step decay of an exponential moving average of the weights, the trained model (0: none)
 
     @classmethod
     def from_recipe(cls, recipe: dict[str, Any]) -> "TrainConfig":
@@ -184,6 +187,7 @@ TRAIN_RULES: dict[str, dict[str, Any]] = {
     "weight_decay": {"low": 0.0}, "step_size": {"low": 0}, "gamma": {"low": 0.0, "strict": True},
     "schedule": {"choices": ("step", "cosine", "onecycle")}, "grad_clip": {"low": 0.0}, "checkpoint_every": {"low": 1},
     "seed": {"low": 0}, "threads": {"low": 1}, "warmup": {"low": 0.0, "high": 1.0, "strict": True},
+    "ema": {"low": 0.0, "high": 0.99999},
 }
 # keys the harness passes to factories itself (never from a recipe)
 

@@ -41,7 +41,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -126,6 +126,30 @@ def held_out_loss(task: nn.Module, batches: Callable[[int, int, int], Iterable[A
         return {k: v / max(count, 1) for k, v in sums.items()}
 
     return validate
+
+
+def make_average(task: nn.Module, config: TrainConfig) -> Any:
+    """The exponential moving average of ``task``'s weights and buffers (``config.ema``: the per-step decay;
+    torch's ``AveragedModel``), or ``None`` when the recipe keeps none."""
+    if not config.ema:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(task, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+
+
+@contextlib.contextmanager
+def averaged_weights(task: nn.Module, average: Any) -> Iterator[None]:
+    """``task`` holds the averaged weights inside the block and its own again after it (no average: unchanged)."""
+    if average is None:
+        yield
+        return
+    own = {k: v.detach().clone() for k, v in task.state_dict().items()}
+    task.load_state_dict(average.module.state_dict())
+    try:
+        yield
+    finally:
+        task.load_state_dict(own)
 
 
 def per_step(scheduler: Any) -> bool:
@@ -257,6 +281,8 @@ def fit(
         out.bar.close()
         if out.board is not None:
             out.board.close()
+    if run.average is not None:  # the averaged weights are the trained model
+        task.load_state_dict(run.average.module.state_dict())
     task.eval()
     return run.history
 
@@ -279,6 +305,7 @@ class _Training:
     world: int
     device: torch.device
     saved: int
+    average: Any = None  # the weights' moving average (``TrainConfig.ema``)
 
 
 @dataclass
@@ -306,12 +333,13 @@ def _set_up(task: nn.Module, config: TrainConfig, checkpoint_dir: Path | None, d
     if config.schedule == "onecycle" and not steps_per_epoch:
         raise BenchError("schedule 'onecycle' needs batches that know their steps per epoch")
     scheduler = make_scheduler(optimizer, config, steps_per_epoch)
+    average = make_average(task, config)
     ckpt = Checkpoint(Path(checkpoint_dir) / "last.pth" if checkpoint_dir is not None and rank == 0 else None,
-                      task, optimizer, scheduler, scaler)
+                      task, optimizer, scheduler, scaler, average)
     history = ckpt.load() if checkpoint_dir is not None else []
     model = nn.parallel.DistributedDataParallel(task) if distributed else task
     return _Training(task, model, params, optimizer, scheduler, scaler, amp, ckpt, history, rank, world, device,
-                     saved=len(history))
+                     saved=len(history), average=average)
 
 
 def _open_outputs(run: _Training, batches: Any, config: TrainConfig, desc: str, progress: bool | str,
@@ -345,7 +373,7 @@ def _train_epoch(run: _Training, out: _Outputs, batches: Callable[[int, int, int
     stepped = per_step(run.scheduler)
     means = _epoch(run.model, batches(epoch, run.rank, run.world), run.optimizer, run.params, config.grad_clip,
                    f"{desc}, epoch {epoch + 1}", run.amp, run.scaler, out.pace, seen,
-                   run.scheduler if stepped else None)
+                   run.scheduler if stepped else None, run.average, run.task)
     means.update(loss_weights(run.task))
     means["lr"] = lr
     if not stepped:
@@ -353,7 +381,8 @@ def _train_epoch(run: _Training, out: _Outputs, batches: Callable[[int, int, int
     means["seconds"] = time.perf_counter() - t0
     means["cpu_seconds"] = time.process_time() - c0
     if validate is not None and run.rank == 0:
-        means.update(_validate(run.task, validate, run.device, run.amp))
+        with averaged_weights(run.task, run.average):
+            means.update(_validate(run.task, validate, run.device, run.amp))
     run.history.append(means)
     if out.log is not None:
         out.log.append(epoch + 1, means)
@@ -392,8 +421,10 @@ class Pace:
 def _epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Optimizer, params: list,
            grad_clip: float, where: str, amp: Callable[[], Any] | None = None,
            scaler: torch.amp.GradScaler | None = None, pace: Pace | None = None,
-           seen: dict[str, int] | None = None, scheduler: Any = None) -> dict[str, float]:
-    """One pass over ``batches`` (``scheduler``, when given, stepped after each optimisation step): the mean of the loss and of every logged value (``seen["samples"]``: the
+           seen: dict[str, int] | None = None, scheduler: Any = None, average: Any = None,
+           task: nn.Module | None = None) -> dict[str, float]:
+    """One pass over ``batches`` (``scheduler``, when given, stepped after each optimisation step; ``average``
+    updated from ``task``, the unwrapped model, after each step): the mean of the loss and of every logged value (``seen["samples"]``: the
     number of samples trained on, when batches hold tensors). A non-finite loss stops
     training with :class:`NonFinite` naming ``where`` (model and epoch) and the loss parts. ``amp()``: the
     autocast context of each forward pass; ``scaler``: fp16 loss scaling (disabled: plain steps)."""
@@ -417,6 +448,8 @@ def _epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Opti
         scaler.update()
         if scheduler is not None and scheduler.last_epoch < scheduler.total_steps:
             scheduler.step()
+        if average is not None:
+            average.update_parameters(task if task is not None else model)
         count += 1
         if seen is not None:
             seen["samples"] = seen.get("samples", 0) + _batch_size(batch)
@@ -441,13 +474,15 @@ def _batch_size(batch: Any) -> int:
 
 class Checkpoint:
     """The resumable state of one training (``path``; ``None`` keeps nothing): task, optimiser, schedule, RNG,
-    the fp16 loss scaler's state (when one is enabled) and the per-epoch history (its length is the number of
+    the fp16 loss scaler's state (when one is enabled), the weights' moving average (when the recipe keeps one)
+    and the per-epoch history (its length is the number of
     finished epochs)."""
 
     def __init__(self, path: Path | None, task: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 scaler: torch.amp.GradScaler | None = None) -> None:
+                 scaler: torch.amp.GradScaler | None = None, average: Any = None) -> None:
         self.path, self.task, self.optimizer, self.scheduler = path, task, optimizer, scheduler
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
+        self.average = average
 
     def load(self) -> list[dict[str, float]]:
         """Restore the saved state (if any) and return its history."""
@@ -460,6 +495,8 @@ class Checkpoint:
         torch.set_rng_state(state["rng"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        if self.average is not None and "average" in state:
+            self.average.load_state_dict(state["average"])
         return [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()][: int(state["epoch"])]
 
     def save(self, history: list[dict[str, float]]) -> None:
@@ -467,6 +504,8 @@ class Checkpoint:
             return
         keys = sorted({k for h in history for k in h})
         extra = {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+        if self.average is not None:
+            extra["average"] = self.average.state_dict()
         save_state(self.path, {**extra,
             "task": self.task.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": len(history),
