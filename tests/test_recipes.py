@@ -24,10 +24,10 @@ def test_parts_types_and_sources():
     r = resolve("teacher", "posenet-mobilenet", "epochs=3", "teacher.image_size=32")
     assert r.train.epochs == 3 and r.sources["epochs"] == "--set epochs=3"
     assert r.task.image_size == 32 and isinstance(r.task, R.TeacherConfig)
-    assert r.model == {"backbone": "mobilenetv2_050"}
+    assert r.model == {"backbone": "mobilenetv2_050", "dropout": 0.0}
     assert r.sources["batch_size"].startswith("registry.toml recipe #")
     assert r.sources["grad_clip"] == "default" and r.train.grad_clip == 0.0
-    assert r.train.lr == 3e-3 and isinstance(r.train.lr, float)
+    assert r.train.lr == 6e-3 and isinstance(r.train.lr, float)
 
 
 def test_student_copies_its_teachers_keys_and_set_still_wins():

@@ -22,7 +22,7 @@ from aprbench.harness.store.hdf5 import Store
 DEFAULT_COLD_RUN = {
     1: "no earlier run here; the default matrix took about 5-6 min in one process on an idle 2-core CPU when that "
        "process trained at two threads (models now train at their recipe's threads, 1: expect longer)",
-    2: "no earlier run here; the default matrix takes about 3 min with two worker processes on an idle 2-core CPU",
+    2: "no earlier run here; the default matrix takes about 3½ min with two worker processes on an idle 2-core CPU",
 }
 MAX_SEEDS = 1000  # a count beyond this is a typo (each seed trains every model of the matrix again)
 MAX_ITERATIONS = 1000  # refinement steps a refiner cell runs and stores (I x N x 7 estimates)
