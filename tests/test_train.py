@@ -156,6 +156,13 @@ def test_ema_returns_the_moving_average_of_the_weights_and_resumes(tmp_path):
     assert seen == pytest.approx([first, average], abs=1e-5)
 
 
+@pytest.mark.parametrize("epochs, n", [(1, 8), (1, 16), (1, 32), (2, 8), (3, 24)])
+def test_onecycle_trains_a_handful_of_steps(epochs, n):
+    config = TrainConfig(epochs=epochs, batch_size=8, lr=1e-2, schedule="onecycle", warmup=0.25)
+    hist = fit(fresh(), stepped(make_batches(n=n), n=n), config, None, progress=False)
+    assert len(hist) == epochs and all(math.isfinite(h["loss"]) for h in hist)
+
+
 def test_onecycle_needs_batches_that_count_their_steps():
     from aprbench.harness.errors import BenchError
 

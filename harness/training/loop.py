@@ -92,10 +92,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
     """The learning-rate schedule named by ``config.schedule``: stepped once per epoch, except ``onecycle``,
     stepped after every batch (it needs ``steps_per_epoch``; :func:`per_step` tells them apart)."""
     if config.schedule == "onecycle":
-        div = 25.0
+        div, total = 25.0, max(config.epochs * max(steps_per_epoch or 1, 1), 2)
+        # torch ends the warm-up at step warmup x total - 1: keep at least one step on each side of it
+        warmup = min(max(config.warmup, 1.5 / total), 1.0 - 0.5 / total)
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=max(config.epochs * max(steps_per_epoch or 1, 1), 2),
-            pct_start=config.warmup, anneal_strategy="cos", div_factor=div, final_div_factor=1.0 / (div * config.gamma),
+            optimizer, max_lr=config.lr, total_steps=total, pct_start=warmup, anneal_strategy="cos", div_factor=div,
+            final_div_factor=1.0 / (div * config.gamma),
         )
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(
