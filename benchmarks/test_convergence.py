@@ -55,11 +55,12 @@ def _curves(workdir: Path, budget: str) -> list[dict]:
     """One row per model and epoch: kind, model (``NAME<-TEACHER`` below a teacher), epoch, cumulative CPU and
     wall seconds, and every ``val_*`` value."""
     rows = []
+    teachers = {d.name.rsplit("-", 1)[1]: d.name.rsplit("-", 1)[0] for d in (workdir / "artifacts" / "teacher").iterdir()}
     for log in sorted((workdir / "artifacts").glob("*/*/logs/log.csv")):
         kind, model = log.parts[-4], log.parts[-3].rsplit("-", 1)[0]
         meta = log.parent.parent / "weights.json"
-        teacher = json.loads(meta.read_text()).get("teacher") if meta.is_file() else None
-        model += f"<-{teacher}" if teacher and kind != "teacher" else ""
+        teacher = json.loads(meta.read_text()).get("upstream", {}).get("teacher") if meta.is_file() else None
+        model += f"<-{teachers.get(teacher, teacher)}" if teacher and kind != "teacher" else ""
         cpu = wall = 0.0
         with open(log, newline="") as fh:
             for r in csv.DictReader(fh):
@@ -102,9 +103,9 @@ def test_quick_recipes_against_4x_budget(benchmark, tmp_path):
     for (budget, kind, model), r in by_dir.items():
         other = by_dir.get((f"{SCALE}x", kind, model))
         if budget == "quick" and other is not None:
-            key = "val_m" if "val_m" in r else "val_loss"
-            if key in r and key in other:
-                ratios[f"{kind}/{model} {key} quick/{SCALE}x"] = round(r[key] / other[key], 3) if other[key] else None
+            keys = [k for k in r if k.startswith(("val_m", "val_deg"))] or ["val_loss"]  # errors, per scene
+            for key in (k for k in keys if k in r and k in other and other[k]):
+                ratios[f"{kind}/{model} {key} quick/{SCALE}x"] = round(r[key] / other[key], 3)
             ratios[f"{kind}/{model} CPU-s quick/{SCALE}x"] = round(r["cpu_s"] / other["cpu_s"], 3) if other["cpu_s"] else None
     benchmark.extra_info.update({"ratios": ratios, "final": finals, "csv": str(out / "convergence.csv")})
     print("ratios:", ratios)
