@@ -55,7 +55,8 @@ def _curves(workdir: Path, budget: str) -> list[dict]:
     """One row per model and epoch: kind, model (``NAME<-TEACHER`` below a teacher), epoch, cumulative CPU and
     wall seconds, and every ``val_*`` value."""
     rows = []
-    teachers = {d.name.rsplit("-", 1)[1]: d.name.rsplit("-", 1)[0] for d in (workdir / "artifacts" / "teacher").iterdir()}
+    names = [d.name.rsplit("-", 1) for d in (workdir / "artifacts" / "teacher").iterdir()]
+    teachers = {fp: name for name, fp in names}  # fingerprint -> name
     for log in sorted((workdir / "artifacts").glob("*/*/logs/log.csv")):
         kind, model = log.parts[-4], log.parts[-3].rsplit("-", 1)[0]
         meta = log.parent.parent / "weights.json"
@@ -106,7 +107,8 @@ def test_quick_recipes_against_4x_budget(benchmark, tmp_path):
             keys = [k for k in r if k.startswith(("val_m", "val_deg"))] or ["val_loss"]  # errors, per scene
             for key in (k for k in keys if k in r and k in other and other[k]):
                 ratios[f"{kind}/{model} {key} quick/{SCALE}x"] = round(r[key] / other[key], 3)
-            ratios[f"{kind}/{model} CPU-s quick/{SCALE}x"] = round(r["cpu_s"] / other["cpu_s"], 3) if other["cpu_s"] else None
+            if other["cpu_s"]:
+                ratios[f"{kind}/{model} CPU-s quick/{SCALE}x"] = round(r["cpu_s"] / other["cpu_s"], 3)
     benchmark.extra_info.update({"ratios": ratios, "final": finals, "csv": str(out / "convergence.csv")})
     print("ratios:", ratios)
 

@@ -329,7 +329,8 @@ def test_with_validation_holds_out_each_scenes_last_training_sequence(tmp_path):
     assert set(val.labels["img_path"]) == set(data.split("train").labels["img_path"])  # test frames never read
     a_train = data.labels[(data.labels["scene"] == "a") & (data.labels["split"] == "train")]
     held_a = val.labels[(val.labels["scene"] == "a") & (val.labels["split"] == "test")]
-    assert set(held_a["seq"]) == {a_train["seq"].iloc[-1]} and len(held_a) == (a_train["seq"] == a_train["seq"].iloc[-1]).sum()
+    last = a_train["seq"].iloc[-1]
+    assert set(held_a["seq"]) == {last} and len(held_a) == (a_train["seq"] == last).sum()
     b_train = data.labels[(data.labels["scene"] == "b") & (data.labels["split"] == "train")]
     held_b = val.labels[(val.labels["scene"] == "b") & (val.labels["split"] == "test")]
     assert list(held_b["img_path"]) == list(b_train["img_path"].iloc[-(len(b_train) // 8):])  # its last eighth

@@ -172,7 +172,8 @@ def with_validation(data: PoseData) -> PoseData:
         else:
             held[rows[len(rows) - max(1, len(rows) // 8):]] = True
     labels.loc[held, "split"] = "test"
-    return PoseData(data.name, data.root, labels.reset_index(drop=True), data.scenes, {**data.options, "validation": True})
+    options = {**data.options, "validation": True}
+    return PoseData(data.name, data.root, labels.reset_index(drop=True), data.scenes, options)
 
 
 def _stable_seed(*parts: Any) -> int:

@@ -26,8 +26,8 @@ in the checkpoint); a step whose scaled gradients overflow is skipped.
 Learning curves: every epoch adds a row to ``checkpoint_dir/log.csv`` (see
 :class:`EpochLog`): the epoch's mean loss and loss parts, the learned loss
 weights ``sx``/``sq`` of the task's :class:`~harness.training.losses.PoseLoss`, the
-learning rate, the epoch's training time (wall and CPU seconds), and ``val_*`` metrics when the
-caller passes ``validate``. A resumed run keeps the rows of the epochs its
+learning rate, the epoch's training time (wall and CPU seconds), and ``val_*`` metrics when
+the caller passes ``validate``. A resumed run keeps the rows of the epochs its
 checkpoint holds and appends from there, so no epoch appears twice.
 """
 
@@ -165,9 +165,10 @@ class EpochLog:
     Columns, in this order: ``epoch``, ``loss``, the task's other logged loss parts (epoch means),
     learned loss weights (``sx``, ``sq``: the log-variances of Kendall's loss at the epoch's end),
     ``lr`` (the rate at the epoch's first step), ``seconds`` (the epoch's training time, validation
-    excluded) and ``cpu_seconds`` (the process's CPU time over it, every thread counted), then ``val_*`` metrics. An empty cell is a value that epoch did not have. Rows are
-    appended as epochs finish; the file is rewritten (atomically) only when a column appears or when
-    a resumed run drops rows its checkpoint does not cover.
+    excluded) and ``cpu_seconds`` (the process's CPU time over it, every thread counted), then ``val_*``
+    metrics. An empty cell is a value that epoch did not have. Rows are appended as epochs finish; the file
+    is rewritten (atomically) only when a column appears or when a resumed run drops rows its checkpoint
+    does not cover.
     """
 
     def __init__(self, path: Path) -> None:
@@ -426,8 +427,8 @@ def _epoch(model: nn.Module, batches: Iterable[Any], optimizer: torch.optim.Opti
            seen: dict[str, int] | None = None, scheduler: Any = None, average: Any = None,
            task: nn.Module | None = None) -> dict[str, float]:
     """One pass over ``batches`` (``scheduler``, when given, stepped after each optimisation step; ``average``
-    updated from ``task``, the unwrapped model, after each step): the mean of the loss and of every logged value (``seen["samples"]``: the
-    number of samples trained on, when batches hold tensors). A non-finite loss stops
+    updated from ``task``, the unwrapped model, after each step): the mean of the loss and of every logged
+    value (``seen["samples"]``: the number of samples trained on, when batches hold tensors). A non-finite loss stops
     training with :class:`NonFinite` naming ``where`` (model and epoch) and the loss parts. ``amp()``: the
     autocast context of each forward pass; ``scaler``: fp16 loss scaling (disabled: plain steps)."""
     amp = amp or contextlib.nullcontext
@@ -477,8 +478,7 @@ def _batch_size(batch: Any) -> int:
 class Checkpoint:
     """The resumable state of one training (``path``; ``None`` keeps nothing): task, optimiser, schedule, RNG,
     the fp16 loss scaler's state (when one is enabled), the weights' moving average (when the recipe keeps one)
-    and the per-epoch history (its length is the number of
-    finished epochs)."""
+    and the per-epoch history (its length is the number of finished epochs)."""
 
     def __init__(self, path: Path | None, task: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                  scaler: torch.amp.GradScaler | None = None, average: Any = None) -> None:

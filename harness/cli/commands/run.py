@@ -57,7 +57,8 @@ def register(commands) -> None:
     p.add_argument("--iterations", help="refinement iterations to show, comma-separated, e.g. 0,1,3 (a refiner cell runs the "
                    "largest once and stores every step; default: each refiner recipe's `iterations`)")
     p.add_argument("--fraction", help="training-data fractions, comma-separated, e.g. 1.0,0.3")
-    p.add_argument("--seeds", help="training seeds, comma-separated (0,1,2; seed 4 alone: 4,), or a count (3 means 0,1,2); default 0")
+    p.add_argument("--seeds", help="training seeds, comma-separated (0,1,2; seed 4 alone: 4,), or a count "
+                                   "(3 means 0,1,2); default 0")
     p.add_argument("--decoder", nargs="+", action="extend", metavar="D", help="decoders scored on every teacher x student (the student trained with the first --encode value); "
                    "NAME@TEACHER limits one to that teacher")
     add_recipe_options(p)
