@@ -36,7 +36,7 @@ SCALE = 4
 def _bench(workdir: Path, *args: str) -> None:
     env = {**os.environ, "BENCH_WORKDIR": str(workdir)}
     seed = os.environ.get("BENCH_CONVERGENCE_SEED", "0")
-    proc = subprocess.run([sys.executable, "-m", "aprbench.harness", "run", "--dataset", DATASET, "--seed", seed,
+    proc = subprocess.run([sys.executable, "-m", "aprbench.harness", "run", "--dataset", DATASET, "--seeds", f"{seed},",
                            *MATRIX, *args], env=env, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
