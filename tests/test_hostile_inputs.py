@@ -43,6 +43,8 @@ def snapshot(folder: Path) -> set[str]:
     (["--format", "xlsx"], "--format 'xlsx': expected one of github, plain, html, latex, csv, json"),
     (["--shard", "3/2"], "--shard '3/2': need n >= 1 and 0 <= i < n"),
     (["--seeds", "0"], "--seeds 0: a count must be in 1..1000"),
+    (["--seed", "3", "--seeds", "2"], "--seed and --seeds: give one of them"),
+    (["--seed", "-1"], "--seed -1: a seed is an integer >= 0"),
     (["--iterations", "-1"], "--iterations -1: must be >= 0"),
 ])
 def test_bad_options_fail_fast_before_any_work(tmp_path, args, culprit):

@@ -186,3 +186,14 @@ def test_decoder_can_be_limited_to_one_teacher():
     plan = expand(axes, data(), registry(), "quick")
     decoded = [(c.teacher.name, c.encode, c.decoder) for c in plan.cells if c.decoder]
     assert decoded == [("single", "estimate", "dec")]
+
+
+def test_run_seed_names_one_seed_as_in_bench_train():
+    """``bench run --seed 3`` is seed 3 alone (argparse would otherwise read it as the count ``--seeds 3``)."""
+    from aprbench.harness.cli.main import build_parser
+    from aprbench.harness.cli.commands.run import axes_from_args
+
+    parser = build_parser()
+    assert axes_from_args(parser.parse_args(["run", "--seed", "3"])).seeds == [3]
+    assert axes_from_args(parser.parse_args(["run", "--seeds", "3"])).seeds == [0, 1, 2]
+    assert axes_from_args(parser.parse_args(["run", "--seeds", "3,"])).seeds == [3]

@@ -59,6 +59,7 @@ def register(commands) -> None:
     p.add_argument("--fraction", help="training-data fractions, comma-separated, e.g. 1.0,0.3")
     p.add_argument("--seeds", help="training seeds, comma-separated (0,1,2; seed 4 alone: 4,), or a count "
                                    "(3 means 0,1,2); default 0")
+    p.add_argument("--seed", type=int, help="one training seed: --seed 4 is --seeds 4, (as in bench train)")
     p.add_argument("--decoder", nargs="+", action="extend", metavar="D", help="decoders scored on every teacher x student (the student trained with the first --encode value); "
                    "NAME@TEACHER limits one to that teacher")
     add_recipe_options(p)
@@ -137,8 +138,20 @@ def axes_from_args(args: argparse.Namespace) -> Axes:
         iterations=distinct("--iterations", _iterations(iterations)),
         fractions=distinct("--fraction", parse_list(args.fraction or "1.0", float, "--fraction")),
         decoders=distinct("--decoder", flatten(axis("decoder", args.decoder) or [])),
-        seeds=parse_seeds(args.seeds),
+        seeds=_seeds(args),
     )
+
+
+def _seeds(args: argparse.Namespace) -> list[int]:
+    """``--seeds``, or the one seed of ``--seed`` (not both)."""
+    seed = getattr(args, "seed", None)
+    if seed is None:
+        return parse_seeds(args.seeds)
+    if args.seeds is not None:
+        raise BenchError("--seed and --seeds: give one of them (--seeds 0,1,2 or a count; --seed N for seed N alone)")
+    if not 0 <= seed:
+        raise BenchError(f"--seed {seed}: a seed is an integer >= 0")
+    return [seed]
 
 
 def run(args: argparse.Namespace) -> int:
