@@ -8,8 +8,9 @@ estimates and pae-rpr. The 4x run multiplies every model's epochs by 4 (its sche
 everything else is the quick recipe. Per model and epoch the curves (``val_*`` of each ``log.csv``: median
 metres and degrees for a teacher, the held-out loss for a PAE or refiner, with cumulative CPU-seconds) go to
 ``extra_info`` and to ``convergence.csv`` in ``$BENCH_CONVERGENCE_OUT`` (default ``.benchmarks/convergence``),
-and a table of the final values is printed. Seed 0 unless ``$BENCH_CONVERGENCE_SEED``; about 15 min on an
-idle 2-core CPU. Run: ``.venv/bin/pytest benchmarks/test_convergence.py --benchmark-only -s``.
+and a table of the final values is printed. A PAE or refiner of the 4x run learns from the 4x teacher: compare
+where its curve flattens with the quick one's, not its values. Seed 0 unless ``$BENCH_CONVERGENCE_SEED``; about
+13 min on an idle 2-core CPU. Run: ``.venv/bin/pytest benchmarks/test_convergence.py --benchmark-only -s``.
 """
 
 from __future__ import annotations
