@@ -197,3 +197,13 @@ def test_run_seed_names_one_seed_as_in_bench_train():
     assert axes_from_args(parser.parse_args(["run", "--seed", "3"])).seeds == [3]
     assert axes_from_args(parser.parse_args(["run", "--seeds", "3"])).seeds == [0, 1, 2]
     assert axes_from_args(parser.parse_args(["run", "--seeds", "3,"])).seeds == [3]
+
+
+def test_first_run_plan_scales_the_default_matrix_time_by_its_seeds():
+    from aprbench.harness.cli.main import build_parser
+    from aprbench.harness.cli.commands.run import _first_run
+
+    parser = build_parser()
+    one, three = (_first_run(parser.parse_args(["run", *extra]), 2) for extra in ([], ["--seeds", "3"]))
+    assert "min" in one and "seeds" not in one and three == one + ", for each of the 3 seeds"
+    assert _first_run(parser.parse_args(["run", "--teacher", "posenet-mobilenet"]), 2) == ""

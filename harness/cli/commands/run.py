@@ -499,7 +499,10 @@ def _first_run(args: argparse.Namespace, jobs: int) -> str:
     """What the plan says about time when this work directory has no earlier run: the default matrix's
     measured cold time (README, "Progress, speed and the work directory")."""
     default = args.teacher is None and args.profile == "quick" and args.dataset == "synthetic" and not args.set
-    return DEFAULT_COLD_RUN[min(jobs, 2)] if default else ""
+    seeds = len(_seeds(args))
+    if not default:
+        return ""
+    return DEFAULT_COLD_RUN[min(jobs, 2)] + (f", for each of the {seeds} seeds" if seeds > 1 else "")
 
 
 def _jobs(args: argparse.Namespace, runner, plan, device, fps: list[str]) -> int:
