@@ -12,6 +12,7 @@ where a process is itself under test.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,10 @@ os.environ.setdefault("BENCH_PLUGINS", "none")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `bench` does: a shared CI machine does not stall the suite
 # one process per `bench run` (in-process test plugins exist only there); tests/test_workers.py unsets it
 os.environ.setdefault("BENCH_JOBS", "1")
+# a suite started in the background of a non-interactive shell inherits SIGINT ignored, and so would every `bench`
+# process it starts: the Ctrl-C tests stand for a terminal, where Ctrl-C is delivered
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def bench_in_process(*args: object, env: dict[str, str] | None = None, cwd=None,
