@@ -160,19 +160,17 @@ def held_out_errors(ctx: Context, teacher: Teacher, load: Any) -> Callable[[], d
     held = ctx.data.split("test")
     if len(held.labels) == 0:
         return None
-    images, poses, sid = load(held, ctx.store), held.poses(), held.scene_ids()
+    images, poses, sid = load(held, ctx.store), held.poses().numpy(), held.scene_ids().numpy()
     size = 256
 
     def validate() -> dict[str, float]:
         est = torch.cat([teacher(normalize_images(images[i : i + size]).to(ctx.device))[0].float().cpu()
-                         for i in range(0, len(images), size)])
-        pos, ori = pose_errors(est, poses)
-        out = {"m": float(pos.median()), "deg": float(ori.median())}
+                         for i in range(0, len(images), size)]).numpy()
+        pos, ori = errors(est, poses)
+        out = {"m": float(np.median(pos)), "deg": float(np.median(ori))}
         if len(ctx.data.scenes) > 1:
-            for k, scene in enumerate(ctx.data.scenes):
-                mask = sid == k
-                if bool(mask.any()):
-                    out[f"m_{scene}"], out[f"deg_{scene}"] = float(pos[mask].median()), float(ori[mask].median())
+            for row in per_scene(est, poses, sid, ctx.data.scenes).itertuples():
+                out[f"m_{row.scene}"], out[f"deg_{row.scene}"] = row.median_m, row.median_deg
         return out
 
     return validate
